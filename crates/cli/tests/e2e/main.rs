@@ -1,0 +1,9 @@
+//! End-to-end tests: the real binary, real HTTP, real SQLite files and PostgreSQL databases.
+//! One test binary for the whole tree (each binary links everything).
+
+mod at_rest;
+mod common;
+mod fhir_api;
+mod isolation;
+mod oauth;
+mod tamper;

@@ -1,0 +1,180 @@
+//! Audit records, and the group committer that makes them durable before data leaves.
+//!
+//! Records name data subjects by resource id, never by name. A data response is released only
+//! after [`AuditTrail::record`] returns `Ok`, which happens only after the database committed
+//! the record. Writes do not use the committer: their records commit in the same transaction as
+//! the write (see [`crate::store::Store::commit`]).
+//!
+//! The hash chain, checkpoints and verification extend this module (`seq` is assigned by the
+//! store in commit order per tenant, which is where the chain will hang).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::ids::TenantId;
+use crate::store::{Store, StoreError};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Success,
+    /// The request was refused for lack of rights (the client saw "not found" or 403).
+    Denied,
+    NotFound,
+    /// The request was invalid (4xx other than the above).
+    Invalid,
+    /// Stored data failed its integrity check.
+    IntegrityFailure,
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Denied => "denied",
+            Outcome::NotFound => "not-found",
+            Outcome::Invalid => "invalid",
+            Outcome::IntegrityFailure => "integrity-failure",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// One audit record. The stored form is this struct's JSON (versioned by `v`).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    /// Format version of the record.
+    pub v: u32,
+    /// Per-tenant sequence number, assigned by the store when committed (0 before).
+    pub seq: i64,
+    pub time_ms: i64,
+    #[serde(with = "tenant_text")]
+    pub tenant: TenantId,
+    /// `client/<id>`, `operator/cli`, later `user/<id>`.
+    pub principal: String,
+    /// Short id of the token or session used.
+    pub session: Option<String>,
+    pub roles: Vec<String>,
+    pub auth_strength: String,
+    pub source: Option<String>,
+    /// `read`, `vread`, `search`, `history`, `create`, `update`, `delete`, `transaction`,
+    /// `batch`, `token.issue`, `tenant.create`, `client.register`, …
+    pub action: String,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    /// Patient ids whose data the action touched or returned.
+    pub subjects: Vec<String>,
+    /// Data categories returned or written (`demographics`, `clinical`, …).
+    pub categories: Vec<String>,
+    pub purpose: Option<String>,
+    pub outcome: Outcome,
+    /// A short, non-personal note (an error code, a query's parameter names).
+    pub detail: Option<String>,
+}
+
+pub const AUDIT_RECORD_VERSION: u32 = 1;
+
+mod tenant_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::ids::TenantId;
+
+    pub fn serialize<S: Serializer>(tenant: &TenantId, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(tenant)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TenantId, D::Error> {
+        let text = String::deserialize(d)?;
+        TenantId::parse(&text).ok_or_else(|| serde::de::Error::custom("tenant is not a UUID"))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the audit trail could not be written: {0}")]
+pub struct AuditUnavailable(pub String);
+
+type Pending = (AuditRecord, oneshot::Sender<Result<(), String>>);
+
+/// Group commit for audit records that do not ride on a write transaction (reads, searches,
+/// refusals). Concurrent callers' records are gathered into one transaction, so durability
+/// costs one commit per batch instead of one per request.
+#[derive(Clone)]
+pub struct AuditTrail {
+    sender: mpsc::Sender<Pending>,
+    healthy: Arc<AtomicBool>,
+}
+
+/// The most records one shared commit carries.
+const MAX_BATCH: usize = 512;
+
+impl AuditTrail {
+    /// Starts the committer task on the current Tokio runtime.
+    pub fn start(store: Arc<dyn Store>) -> AuditTrail {
+        let (sender, receiver) = mpsc::channel::<Pending>(MAX_BATCH * 8);
+        let healthy = Arc::new(AtomicBool::new(true));
+        tokio::spawn(run_committer(store, receiver, healthy.clone()));
+        AuditTrail { sender, healthy }
+    }
+
+    /// Returns once the record is durable. An error means the caller must not release data.
+    pub async fn record(&self, record: AuditRecord) -> Result<(), AuditUnavailable> {
+        let (done, wait) = oneshot::channel();
+        self.sender
+            .send((record, done))
+            .await
+            .map_err(|_| AuditUnavailable("the audit committer has stopped".to_owned()))?;
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(AuditUnavailable(message)),
+            Err(_) => Err(AuditUnavailable(
+                "the audit committer dropped the record".to_owned(),
+            )),
+        }
+    }
+
+    /// False after the last commit failed; true again once one succeeds. Shown by /readyz.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Lets write paths report the state of their own (in-transaction) audit commits.
+    pub fn note_commit(&self, ok: bool) {
+        self.healthy.store(ok, Ordering::Relaxed);
+    }
+}
+
+async fn run_committer(
+    store: Arc<dyn Store>,
+    mut receiver: mpsc::Receiver<Pending>,
+    healthy: Arc<AtomicBool>,
+) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let records: Vec<AuditRecord> = batch.iter().map(|(record, _)| record.clone()).collect();
+        let result = store.append_audit(&records).await;
+        let outcome = match &result {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                tracing::error!(%error, records = records.len(), "audit append failed");
+                Err(describe(error))
+            }
+        };
+        healthy.store(result.is_ok(), Ordering::Relaxed);
+        for (_, done) in batch.drain(..) {
+            // A caller that gave up (its request was cancelled) no longer listens; that is fine.
+            let _ = done.send(outcome.clone());
+        }
+    }
+}
+
+fn describe(error: &StoreError) -> String {
+    match error {
+        StoreError::Backend(message) => message.clone(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,856 @@
+//! FHIR interactions on one tenant's records: read, vread, create, update, delete, history and
+//! search. (Transaction and batch bundles are in [`crate::bundle`].)
+//!
+//! Every interaction follows the same path, and fails closed at each step:
+//! scope check → store (sealed bodies) → open and re-check → audit committed → result.
+//! A resource of another tenant, a resource that never existed, and a resource the caller may
+//! not read all produce the same `NotFound`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use carevault_crypto::CryptoError;
+use carevault_fhir::{Issue, IssueCode, ResourceType};
+use serde_json::{Map, Value};
+
+use crate::audit::{AUDIT_RECORD_VERSION, AuditRecord, AuditTrail, Outcome};
+use crate::clock::format_instant;
+use crate::ids::ResourceId;
+use crate::keyring::{KeyError, Keyring, TenantKeys};
+use crate::principal::{Principal, TenantScope};
+use crate::scopes::Interaction;
+use crate::store::{DateEntry, Precondition, ResourceWrite, Store, StoreError, StoredVersion};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// No such resource in the caller's tenant (or the caller may not know it exists).
+    #[error("resource not found")]
+    NotFound,
+    /// The resource was deleted (the tombstone's version).
+    #[error("resource deleted")]
+    Gone { version: i64 },
+    /// The token's scopes do not allow this interaction on this type.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request is malformed (400).
+    #[error("invalid request")]
+    Invalid(Vec<Issue>),
+    /// The resource is well-formed JSON but breaks a FHIR rule (422).
+    #[error("unprocessable resource")]
+    Unprocessable(Vec<Issue>),
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A sealed body failed to open: tampered with or moved. Never returns data.
+    #[error("stored data failed its integrity check")]
+    Integrity,
+    #[error("the audit trail could not be written")]
+    AuditUnavailable,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for RecordError {
+    fn from(error: StoreError) -> RecordError {
+        match error {
+            StoreError::Conflict { resource_type, id } => {
+                RecordError::Conflict(format!("{resource_type}/{id} was changed concurrently"))
+            }
+            other => RecordError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<KeyError> for RecordError {
+    fn from(error: KeyError) -> RecordError {
+        RecordError::Internal(error.to_string())
+    }
+}
+
+impl RecordError {
+    pub fn invalid(path: &str, message: impl Into<String>) -> RecordError {
+        RecordError::Invalid(vec![Issue::error(IssueCode::Invalid, path, message)])
+    }
+
+    fn outcome(&self) -> Outcome {
+        match self {
+            RecordError::NotFound | RecordError::Gone { .. } => Outcome::NotFound,
+            RecordError::Forbidden(_) => Outcome::Denied,
+            RecordError::Invalid(_)
+            | RecordError::Unprocessable(_)
+            | RecordError::PreconditionFailed(_)
+            | RecordError::Conflict(_) => Outcome::Invalid,
+            RecordError::Integrity => Outcome::IntegrityFailure,
+            RecordError::AuditUnavailable | RecordError::Internal(_) => Outcome::Error,
+        }
+    }
+}
+
+/// An opened resource version, as the client will see it.
+#[derive(Clone, Debug)]
+pub struct ResourceView {
+    pub resource_type: ResourceType,
+    pub id: String,
+    pub version: i64,
+    pub last_updated_ms: i64,
+    /// `None` for a tombstone (a deleted version in a history listing).
+    pub body: Option<Value>,
+}
+
+impl ResourceView {
+    pub fn subjects(&self) -> Vec<String> {
+        match &self.body {
+            Some(body) => carevault_fhir::data_subjects(self.resource_type, body, &self.id),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// The result of a create or update.
+#[derive(Clone, Debug)]
+pub struct WriteOutcome {
+    pub view: ResourceView,
+    /// True when a new resource came into being (201), false for a new version or an existing
+    /// match of a conditional create (200).
+    pub created: bool,
+}
+
+/// What an interaction is about, for its audit record.
+pub(crate) struct AuditSubject<'a> {
+    pub action: &'a str,
+    pub resource_type: Option<ResourceType>,
+    pub resource_id: Option<&'a str>,
+}
+
+pub struct Records {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) keyring: Arc<Keyring>,
+    pub(crate) audit: AuditTrail,
+}
+
+pub(crate) fn resource_aad(
+    scope: &TenantScope,
+    resource_type: &str,
+    id: &str,
+    version: i64,
+) -> Vec<u8> {
+    format!(
+        "carevault/resource/v1\u{0}{}\u{0}{resource_type}\u{0}{id}\u{0}{version}",
+        scope.tenant()
+    )
+    .into_bytes()
+}
+
+impl Records {
+    pub fn new(store: Arc<dyn Store>, keyring: Arc<Keyring>, audit: AuditTrail) -> Records {
+        Records {
+            store,
+            keyring,
+            audit,
+        }
+    }
+
+    pub fn audit_trail(&self) -> &AuditTrail {
+        &self.audit
+    }
+
+    // ---- the interactions ----
+
+    pub async fn read(
+        &self,
+        principal: &Principal,
+        rt: ResourceType,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<ResourceView, RecordError> {
+        let about = AuditSubject {
+            action: "read",
+            resource_type: Some(rt),
+            resource_id: Some(id),
+        };
+        let result = self.read_current(principal, rt, id).await;
+        self.finish_read(principal, &about, result, now_ms).await
+    }
+
+    async fn read_current(
+        &self,
+        principal: &Principal,
+        rt: ResourceType,
+        id: &str,
+    ) -> Result<ResourceView, RecordError> {
+        require(principal, rt, Interaction::Read)?;
+        let id = ResourceId::parse(id).ok_or(RecordError::NotFound)?;
+        let scope = principal.scope();
+        let stored = self
+            .store
+            .current(scope, rt.name(), id.as_str())
+            .await?
+            .ok_or(RecordError::NotFound)?;
+        if stored.deleted {
+            return Err(RecordError::Gone {
+                version: stored.version,
+            });
+        }
+        let keys = self.keyring.keys(scope.tenant()).await?;
+        self.open(&keys, scope, rt, &stored)
+    }
+
+    pub async fn vread(
+        &self,
+        principal: &Principal,
+        rt: ResourceType,
+        id: &str,
+        version: &str,
+        now_ms: i64,
+    ) -> Result<ResourceView, RecordError> {
+        let about = AuditSubject {
+            action: "vread",
+            resource_type: Some(rt),
+            resource_id: Some(id),
+        };
+        let result = self.read_version(principal, rt, id, version).await;
+        self.finish_read(principal, &about, result, now_ms).await
+    }
+
+    async fn read_version(
+        &self,
+        principal: &Principal,
+        rt: ResourceType,
+        id: &str,
+        version: &str,
+    ) -> Result<ResourceView, RecordError> {
+        require(principal, rt, Interaction::Read)?;
+        let id = ResourceId::parse(id).ok_or(RecordError::NotFound)?;
+        let version: i64 = version.parse().map_err(|_| RecordError::NotFound)?;
+        let scope = principal.scope();
+        let stored = self
+            .store
+            .version(scope, rt.name(), id.as_str(), version)
+            .await?
+            .ok_or(RecordError::NotFound)?;
+        if stored.deleted {
+            return Err(RecordError::Gone {
+                version: stored.version,
+            });
+        }
+        let keys = self.keyring.keys(scope.tenant()).await?;
+        self.open(&keys, scope, rt, &stored)
+    }
+
+    /// Audits a single-resource read (success or failure) and releases the result only once
+    /// the record is durable.
+    async fn finish_read(
+        &self,
+        principal: &Principal,
+        about: &AuditSubject<'_>,
+        result: Result<ResourceView, RecordError>,
+        now_ms: i64,
+    ) -> Result<ResourceView, RecordError> {
+        let record = match &result {
+            Ok(view) => audit_record(
+                principal,
+                about,
+                view.subjects(),
+                categories_of([view.resource_type]),
+                Outcome::Success,
+                None,
+                now_ms,
+            ),
+            Err(error) => failure_record(principal, about, error, now_ms),
+        };
+        self.audit
+            .record(record)
+            .await
+            .map_err(|_| RecordError::AuditUnavailable)?;
+        result
+    }
+
+    pub async fn create(
+        &self,
+        principal: &Principal,
+        rt: ResourceType,
+        body: Value,
+        if_none_exist: Option<&str>,
+        now_ms: i64,
+    ) -> Result<WriteOutcome, RecordError> {
+        let about = AuditSubject {
+            action: "create",
+            resource_type: Some(rt),
+            resource_id: None,
+        };
+        let prepared = async {
+            require(principal, rt, Interaction::Create)?;
+            validate(&body, rt, "")?;
+            if let Some(query) = if_none_exist {
+                if let Some(existing) = self.find_existing(principal, rt, query, now_ms).await? {
+                    return Ok(Err(existing));
+                }
+            }
+            let id = ResourceId::generate();
+            let keys = self.keyring.keys(principal.scope().tenant()).await?;
+            let (write, view) = self.prepare_write(
+                &keys,
+                principal.scope(),
+                rt,
+                id.as_str(),
+                1,
+                Precondition::Absent,
+                body,
+                now_ms,
+            )?;
+            Ok(Ok((write, view)))
+        }
+        .await;
+        match prepared {
+            Ok(Err(existing)) => Ok(WriteOutcome {
+                view: existing,
+                created: false,
+            }),
+            Ok(Ok((write, view))) => {
+                let record = write_record(principal, "create", &view, now_ms);
+                self.commit_one(principal, write, record).await?;
+                Ok(WriteOutcome {
+                    view,
+                    created: true,
+                })
+            }
+            Err(error) => Err(self.fail(principal, &about, error, now_ms).await),
+        }
+    }
+
+    /// Conditional create: the one existing match (returned, audited as a read), none, or a
+    /// refusal when the criteria match more than one.
+    async fn find_existing(
+        &self,
+        principal: &Principal,
+        rt: ResourceType,
+        query: &str,
+        now_ms: i64,
+    ) -> Result<Option<ResourceView>, RecordError> {
+        let query = query.strip_prefix('?').unwrap_or(query);
+        let query = query.rsplit_once('?').map_or(query, |(_, params)| params);
+        let mut pairs = parse_query_string(query);
+        if pairs.is_empty() {
+            return Err(RecordError::invalid(
+                "If-None-Exist",
+                "If-None-Exist needs search parameters, such as identifier=system|value",
+            ));
+        }
+        pairs.push(("_count".to_owned(), "2".to_owned()));
+        let found = self.search(principal, rt, &pairs, now_ms).await?;
+        match found.matches.len() {
+            0 => Ok(None),
+            1 => Ok(found.matches.into_iter().next()),
+            _ => Err(RecordError::PreconditionFailed(
+                "the If-None-Exist criteria match more than one resource".into(),
+            )),
+        }
+    }
+
+    pub async fn update(
+        &self,
+        principal: &Principal,
+        rt: ResourceType,
+        id: &str,
+        body: Value,
+        if_match: Option<i64>,
+        now_ms: i64,
+    ) -> Result<WriteOutcome, RecordError> {
+        let about = AuditSubject {
+            action: "update",
+            resource_type: Some(rt),
+            resource_id: Some(id),
+        };
+        // A concurrent writer may slip in between our read and our commit; without If-Match
+        // the last writer wins, so retry a few times before giving up.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let result = self
+                .try_update(principal, rt, id, body.clone(), if_match, now_ms)
+                .await;
+            match result {
+                Err(RecordError::Conflict(_)) if if_match.is_none() && attempts < 4 => continue,
+                Err(RecordError::Conflict(_)) if if_match.is_some() => {
+                    let error = RecordError::PreconditionFailed(
+                        "the resource changed since the version named in If-Match".into(),
+                    );
+                    return Err(self.fail(principal, &about, error, now_ms).await);
+                }
+                Err(error) => return Err(self.fail(principal, &about, error, now_ms).await),
+                Ok(outcome) => return Ok(outcome),
+            }
+        }
+    }
+
+    async fn try_update(
+        &self,
+        principal: &Principal,
+        rt: ResourceType,
+        id: &str,
+        body: Value,
+        if_match: Option<i64>,
+        now_ms: i64,
+    ) -> Result<WriteOutcome, RecordError> {
+        require(principal, rt, Interaction::Update)?;
+        validate(&body, rt, "")?;
+        let resource_id = ResourceId::parse(id).ok_or_else(|| {
+            RecordError::invalid("id", "the id in the URL is not a valid FHIR id")
+        })?;
+        match body.get("id").and_then(Value::as_str) {
+            Some(body_id) if body_id == id => {}
+            Some(_) => {
+                return Err(RecordError::invalid(
+                    &format!("{}.id", rt.name()),
+                    "the resource's id does not match the id in the URL",
+                ));
+            }
+            None => {
+                return Err(RecordError::invalid(
+                    &format!("{}.id", rt.name()),
+                    "an update must carry the resource's id, the same as in the URL",
+                ));
+            }
+        }
+        let scope = principal.scope();
+        let current = self
+            .store
+            .current(scope, rt.name(), resource_id.as_str())
+            .await?;
+        let (version, precondition, created) = match (&current, if_match) {
+            (None, Some(_)) => {
+                return Err(RecordError::PreconditionFailed(
+                    "If-Match names a version of a resource that does not exist".into(),
+                ));
+            }
+            (Some(current), Some(expected)) if current.version != expected => {
+                return Err(RecordError::PreconditionFailed(format!(
+                    "If-Match expected version {expected}, the current version is {}",
+                    current.version
+                )));
+            }
+            (None, None) => {
+                // Update as create: the client chose the id. It still needs the right to create.
+                require(principal, rt, Interaction::Create)?;
+                (1, Precondition::Absent, true)
+            }
+            (Some(current), _) => (
+                current.version + 1,
+                Precondition::CurrentVersion(current.version),
+                current.deleted,
+            ),
+        };
+        let keys = self.keyring.keys(scope.tenant()).await?;
+        let (write, view) = self.prepare_write(
+            &keys,
+            scope,
+            rt,
+            resource_id.as_str(),
+            version,
+            precondition,
+            body,
+            now_ms,
+        )?;
+        let action = if created { "create" } else { "update" };
+        let record = write_record(principal, action, &view, now_ms);
+        self.commit_one(principal, write, record).await?;
+        Ok(WriteOutcome { view, created })
+    }
+
+    pub async fn delete(
+        &self,
+        principal: &Principal,
+        rt: ResourceType,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<(), RecordError> {
+        let about = AuditSubject {
+            action: "delete",
+            resource_type: Some(rt),
+            resource_id: Some(id),
+        };
+        let result = async {
+            require(principal, rt, Interaction::Delete)?;
+            let scope = principal.scope();
+            let resource_id = ResourceId::parse(id).ok_or(RecordError::NotFound)?;
+            let current = self
+                .store
+                .current(scope, rt.name(), resource_id.as_str())
+                .await?
+                .ok_or(RecordError::NotFound)?;
+            if current.deleted {
+                // Deleting a deleted resource changes nothing and is not an error.
+                return Ok(None);
+            }
+            let keys = self.keyring.keys(scope.tenant()).await?;
+            let opened = self.open(&keys, scope, rt, &current)?;
+            Ok(Some((self.tombstone(rt, &current, now_ms), opened)))
+        }
+        .await;
+        match result {
+            Ok(None) => Ok(()),
+            Ok(Some((write, opened))) => {
+                let record = audit_record(
+                    principal,
+                    &about,
+                    opened.subjects(),
+                    categories_of([rt]),
+                    Outcome::Success,
+                    None,
+                    now_ms,
+                );
+                self.commit_one(principal, write, record).await
+            }
+            Err(error) => Err(self.fail(principal, &about, error, now_ms).await),
+        }
+    }
+
+    pub(crate) fn tombstone(
+        &self,
+        rt: ResourceType,
+        current: &StoredVersion,
+        now_ms: i64,
+    ) -> ResourceWrite {
+        ResourceWrite {
+            version: StoredVersion {
+                resource_type: rt.name().to_owned(),
+                id: current.id.clone(),
+                version: current.version + 1,
+                last_updated_ms: now_ms,
+                deleted: true,
+                body: Vec::new(),
+            },
+            precondition: Precondition::CurrentVersion(current.version),
+            tokens: Vec::new(),
+            dates: Vec::new(),
+        }
+    }
+
+    async fn commit_one(
+        &self,
+        principal: &Principal,
+        write: ResourceWrite,
+        record: AuditRecord,
+    ) -> Result<(), RecordError> {
+        let result = self
+            .store
+            .commit(principal.scope(), std::slice::from_ref(&write), &[record])
+            .await;
+        self.audit
+            .note_commit(!matches!(result, Err(StoreError::Backend(_))));
+        result.map_err(RecordError::from)
+    }
+
+    /// Records a failed interaction, then hands the error back. If even that record cannot be
+    /// written, the caller learns that the trail is down.
+    pub(crate) async fn fail(
+        &self,
+        principal: &Principal,
+        about: &AuditSubject<'_>,
+        error: RecordError,
+        now_ms: i64,
+    ) -> RecordError {
+        let record = failure_record(principal, about, &error, now_ms);
+        match self.audit.record(record).await {
+            Ok(()) => error,
+            Err(_) => RecordError::AuditUnavailable,
+        }
+    }
+
+    // ---- sealing ----
+
+    /// Stamps id and meta into the accepted body, seals it, and computes its search rows.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn prepare_write(
+        &self,
+        keys: &TenantKeys,
+        scope: &TenantScope,
+        rt: ResourceType,
+        id: &str,
+        version: i64,
+        precondition: Precondition,
+        mut body: Value,
+        now_ms: i64,
+    ) -> Result<(ResourceWrite, ResourceView), RecordError> {
+        stamp(&mut body, id, version, now_ms)?;
+        let plaintext = serde_json::to_vec(&body)
+            .map_err(|error| RecordError::Internal(format!("serialising a resource: {error}")))?;
+        let sealed = keys
+            .sealing_key()
+            .seal(&resource_aad(scope, rt.name(), id, version), &plaintext)
+            .map_err(|error| RecordError::Internal(format!("sealing: {error}")))?;
+        let mut tokens = BTreeSet::new();
+        let mut dates = Vec::new();
+        for entry in carevault_fhir::index_entries(rt, &body) {
+            match entry {
+                carevault_fhir::IndexEntry::Term { param, term } => {
+                    tokens.insert(keys.index_key().blind_token(param, &term));
+                }
+                carevault_fhir::IndexEntry::Date { param, low, high } => dates.push(DateEntry {
+                    param: param.to_owned(),
+                    low,
+                    high,
+                }),
+            }
+        }
+        let write = ResourceWrite {
+            version: StoredVersion {
+                resource_type: rt.name().to_owned(),
+                id: id.to_owned(),
+                version,
+                last_updated_ms: now_ms,
+                deleted: false,
+                body: sealed,
+            },
+            precondition,
+            tokens: tokens.into_iter().collect(),
+            dates,
+        };
+        let view = ResourceView {
+            resource_type: rt,
+            id: id.to_owned(),
+            version,
+            last_updated_ms: now_ms,
+            body: Some(body),
+        };
+        Ok((write, view))
+    }
+
+    /// Opens a sealed version. Any failure to open (a flipped byte, a body moved from another
+    /// row or tenant) is an integrity failure: logged for the operator, never returned as data.
+    pub(crate) fn open(
+        &self,
+        keys: &TenantKeys,
+        scope: &TenantScope,
+        rt: ResourceType,
+        stored: &StoredVersion,
+    ) -> Result<ResourceView, RecordError> {
+        if stored.deleted {
+            return Ok(ResourceView {
+                resource_type: rt,
+                id: stored.id.clone(),
+                version: stored.version,
+                last_updated_ms: stored.last_updated_ms,
+                body: None,
+            });
+        }
+        let opened = carevault_crypto::sealed_key_version(&stored.body)
+            .and_then(|version| {
+                keys.data_key(version)
+                    .ok_or(CryptoError::UnknownKeyVersion(version))
+            })
+            .and_then(|key| {
+                key.open(
+                    &resource_aad(scope, &stored.resource_type, &stored.id, stored.version),
+                    &stored.body,
+                )
+            });
+        let body = opened
+            .ok()
+            .and_then(|plaintext| serde_json::from_slice::<Value>(&plaintext).ok())
+            .filter(|body| {
+                body.get("resourceType").and_then(Value::as_str) == Some(rt.name())
+                    && body.get("id").and_then(Value::as_str) == Some(stored.id.as_str())
+            });
+        let Some(body) = body else {
+            tracing::error!(
+                tenant = %scope.tenant(),
+                resource_type = %stored.resource_type,
+                id = %stored.id,
+                version = stored.version,
+                "integrity failure: a sealed resource body did not open; it was changed or moved"
+            );
+            return Err(RecordError::Integrity);
+        };
+        Ok(ResourceView {
+            resource_type: rt,
+            id: stored.id.clone(),
+            version: stored.version,
+            last_updated_ms: stored.last_updated_ms,
+            body: Some(body),
+        })
+    }
+}
+
+pub(crate) fn require(
+    principal: &Principal,
+    rt: ResourceType,
+    interaction: Interaction,
+) -> Result<(), RecordError> {
+    if principal.scopes().allows(rt.name(), interaction) {
+        Ok(())
+    } else {
+        Err(RecordError::Forbidden(format!(
+            "the token's scopes do not allow {} on {}",
+            interaction_name(interaction),
+            rt.name()
+        )))
+    }
+}
+
+fn interaction_name(interaction: Interaction) -> &'static str {
+    match interaction {
+        Interaction::Create => "create",
+        Interaction::Read => "read",
+        Interaction::Update => "update",
+        Interaction::Delete => "delete",
+        Interaction::Search => "search",
+    }
+}
+
+/// Validates a resource for a write. JSON-level mistakes and FHIR-rule breaches both name the
+/// element path; `path_prefix` places them inside a bundle entry.
+pub(crate) fn validate(
+    body: &Value,
+    rt: ResourceType,
+    path_prefix: &str,
+) -> Result<(), RecordError> {
+    carevault_fhir::validate(body, Some(rt))
+        .map(|_| ())
+        .map_err(|issues| {
+            let issues = issues
+                .into_iter()
+                .map(|mut issue| {
+                    if !path_prefix.is_empty() {
+                        issue.path = format!("{path_prefix}{}", issue.path);
+                    }
+                    issue
+                })
+                .collect();
+            RecordError::Unprocessable(issues)
+        })
+}
+
+/// Sets `id` (right after `resourceType`), `meta.versionId` and `meta.lastUpdated`, keeping
+/// everything else the client sent, in its order.
+pub(crate) fn stamp(
+    body: &mut Value,
+    id: &str,
+    version: i64,
+    now_ms: i64,
+) -> Result<(), RecordError> {
+    let Value::Object(object) = body else {
+        return Err(RecordError::invalid("", "a resource must be a JSON object"));
+    };
+    if object.contains_key("id") {
+        object.insert("id".to_owned(), Value::String(id.to_owned()));
+    } else {
+        object.shift_insert(
+            1.min(object.len()),
+            "id".to_owned(),
+            Value::String(id.to_owned()),
+        );
+    }
+    let meta = object
+        .entry("meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(meta) = meta else {
+        return Err(RecordError::invalid("meta", "meta must be an object"));
+    };
+    meta.insert("versionId".to_owned(), Value::String(version.to_string()));
+    meta.insert(
+        "lastUpdated".to_owned(),
+        Value::String(format_instant(now_ms)),
+    );
+    Ok(())
+}
+
+pub(crate) fn categories_of(types: impl IntoIterator<Item = ResourceType>) -> Vec<String> {
+    let categories: BTreeSet<&'static str> = types
+        .into_iter()
+        .flat_map(|rt| {
+            rt.data_categories()
+                .iter()
+                .map(|category| category.as_str())
+        })
+        .collect();
+    categories.into_iter().map(str::to_owned).collect()
+}
+
+pub(crate) fn audit_record(
+    principal: &Principal,
+    about: &AuditSubject<'_>,
+    subjects: Vec<String>,
+    categories: Vec<String>,
+    outcome: Outcome,
+    detail: Option<String>,
+    now_ms: i64,
+) -> AuditRecord {
+    let mut subjects = subjects;
+    subjects.sort();
+    subjects.dedup();
+    AuditRecord {
+        v: AUDIT_RECORD_VERSION,
+        seq: 0,
+        time_ms: now_ms,
+        tenant: principal.scope().tenant(),
+        principal: principal.actor().audit_name(),
+        session: principal.session().map(str::to_owned),
+        roles: principal.actor().roles(),
+        auth_strength: principal.strength().as_str().to_owned(),
+        source: principal.source().map(|ip| ip.to_string()),
+        action: about.action.to_owned(),
+        resource_type: about.resource_type.map(|rt| rt.name().to_owned()),
+        resource_id: about.resource_id.map(str::to_owned),
+        subjects,
+        categories,
+        purpose: None,
+        outcome,
+        detail,
+    }
+}
+
+fn failure_record(
+    principal: &Principal,
+    about: &AuditSubject<'_>,
+    error: &RecordError,
+    now_ms: i64,
+) -> AuditRecord {
+    // Only the kind of failure is recorded: never request content, which may be personal.
+    let detail = match error {
+        RecordError::Invalid(issues) | RecordError::Unprocessable(issues) => {
+            Some(format!("{} issue(s)", issues.len()))
+        }
+        RecordError::Forbidden(_) => Some("scope".to_owned()),
+        _ => None,
+    };
+    audit_record(
+        principal,
+        about,
+        Vec::new(),
+        Vec::new(),
+        error.outcome(),
+        detail,
+        now_ms,
+    )
+}
+
+pub(crate) fn write_record(
+    principal: &Principal,
+    action: &str,
+    view: &ResourceView,
+    now_ms: i64,
+) -> AuditRecord {
+    let about = AuditSubject {
+        action,
+        resource_type: Some(view.resource_type),
+        resource_id: Some(&view.id),
+    };
+    audit_record(
+        principal,
+        &about,
+        view.subjects(),
+        categories_of([view.resource_type]),
+        Outcome::Success,
+        None,
+        now_ms,
+    )
+}
+
+/// Splits `a=1&b=2` into decoded pairs (form encoding: `+` is a space).
+pub fn parse_query_string(query: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(key, value)| (key.into_owned(), value.into_owned()))
+        .collect()
+}

@@ -1,0 +1,268 @@
+//! Search parameter definitions (FHIR R4 names and paths) per supported type.
+
+/// How a parameter's values are compared and indexed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamKind {
+    String,
+    Token,
+    Date,
+    Reference,
+    Phonetic,
+}
+
+/// One search parameter of one resource type.
+#[derive(Debug)]
+pub struct SearchParam {
+    pub name: &'static str,
+    pub kind: ParamKind,
+    /// Element paths from the resource root; `x[x]` matches every choice of `x`.
+    pub(crate) paths: &'static [&'static str],
+    /// Reference targets (Reference params) in R4 order.
+    pub(crate) targets: &'static [&'static str],
+    /// For ContactPoint tokens: only points with this `system` (phone, email).
+    pub(crate) contact_system: Option<&'static str>,
+    /// Date params indexed as exact-precision Terms (birthdate), not ranges.
+    pub(crate) date_as_terms: bool,
+}
+
+const fn p(name: &'static str, kind: ParamKind, paths: &'static [&'static str]) -> SearchParam {
+    SearchParam {
+        name,
+        kind,
+        paths,
+        targets: &[],
+        contact_system: None,
+        date_as_terms: false,
+    }
+}
+
+const fn r(
+    name: &'static str,
+    paths: &'static [&'static str],
+    targets: &'static [&'static str],
+) -> SearchParam {
+    SearchParam {
+        name,
+        kind: ParamKind::Reference,
+        paths,
+        targets,
+        contact_system: None,
+        date_as_terms: false,
+    }
+}
+
+const fn contact(name: &'static str, system: Option<&'static str>) -> SearchParam {
+    SearchParam {
+        name,
+        kind: ParamKind::Token,
+        paths: &["telecom"],
+        targets: &[],
+        contact_system: system,
+        date_as_terms: false,
+    }
+}
+
+use ParamKind::{Date, Phonetic, String, Token};
+
+const PATIENT_ONLY: &[&str] = &["Patient"];
+const SUBJECT_TARGETS: &[&str] = &["Patient", "Group"];
+const OBS_SUBJECT: &[&str] = &["Patient", "Group", "Device", "Location"];
+
+pub(crate) const PATIENT: &[SearchParam] = &[
+    p("identifier", Token, &["identifier"]),
+    p("family", String, &["name.family"]),
+    p("given", String, &["name.given"]),
+    p("name", String, &["name"]),
+    SearchParam {
+        name: "birthdate",
+        kind: Date,
+        paths: &["birthDate"],
+        targets: &[],
+        contact_system: None,
+        date_as_terms: true,
+    },
+    p("gender", Token, &["gender"]),
+    p("address-postalcode", String, &["address.postalCode"]),
+    contact("phone", Some("phone")),
+    contact("email", Some("email")),
+    contact("telecom", None),
+    p("active", Token, &["active"]),
+    p("phonetic", Phonetic, &["name"]),
+];
+
+pub(crate) const PRACTITIONER: &[SearchParam] = &[
+    p("identifier", Token, &["identifier"]),
+    p("name", String, &["name"]),
+    p("family", String, &["name.family"]),
+    p("given", String, &["name.given"]),
+    p("active", Token, &["active"]),
+];
+
+pub(crate) const ORGANIZATION: &[SearchParam] = &[
+    p("identifier", Token, &["identifier"]),
+    p("name", String, &["name", "alias"]),
+    p("address-postalcode", String, &["address.postalCode"]),
+    p("active", Token, &["active"]),
+];
+
+pub(crate) const LOCATION: &[SearchParam] = &[
+    p("identifier", Token, &["identifier"]),
+    p("name", String, &["name", "alias"]),
+    p("address-postalcode", String, &["address.postalCode"]),
+    p("status", Token, &["status"]),
+    r("organization", &["managingOrganization"], &["Organization"]),
+];
+
+pub(crate) const ENCOUNTER: &[SearchParam] = &[
+    p("identifier", Token, &["identifier"]),
+    r("patient", &["subject"], PATIENT_ONLY),
+    r("subject", &["subject"], SUBJECT_TARGETS),
+    p("date", Date, &["period"]),
+    p("status", Token, &["status"]),
+    p("class", Token, &["class"]),
+    p("type", Token, &["type"]),
+    r("episode-of-care", &["episodeOfCare"], &["EpisodeOfCare"]),
+];
+
+pub(crate) const EPISODE_OF_CARE: &[SearchParam] = &[
+    p("identifier", Token, &["identifier"]),
+    r("patient", &["patient"], PATIENT_ONLY),
+    p("date", Date, &["period"]),
+    p("status", Token, &["status"]),
+    p("type", Token, &["type"]),
+    r("organization", &["managingOrganization"], &["Organization"]),
+];
+
+pub(crate) const OBSERVATION: &[SearchParam] = &[
+    p("identifier", Token, &["identifier"]),
+    r("patient", &["subject"], PATIENT_ONLY),
+    r("subject", &["subject"], OBS_SUBJECT),
+    p("date", Date, &["effective[x]"]),
+    p("code", Token, &["code"]),
+    p("status", Token, &["status"]),
+    p("category", Token, &["category"]),
+    r("encounter", &["encounter"], &["Encounter"]),
+];
+
+pub(crate) const CONDITION: &[SearchParam] = &[
+    p("identifier", Token, &["identifier"]),
+    r("patient", &["subject"], PATIENT_ONLY),
+    r("subject", &["subject"], SUBJECT_TARGETS),
+    p("date", Date, &["recordedDate", "onset[x]"]),
+    p("onset-date", Date, &["onset[x]"]),
+    p("recorded-date", Date, &["recordedDate"]),
+    p("code", Token, &["code"]),
+    p("clinical-status", Token, &["clinicalStatus"]),
+    p("verification-status", Token, &["verificationStatus"]),
+    p("category", Token, &["category"]),
+    r("encounter", &["encounter"], &["Encounter"]),
+];
+
+pub(crate) const ALLERGY_INTOLERANCE: &[SearchParam] = &[
+    p("identifier", Token, &["identifier"]),
+    r("patient", &["patient"], PATIENT_ONLY),
+    p("date", Date, &["recordedDate"]),
+    p("code", Token, &["code", "reaction.substance"]),
+    p("clinical-status", Token, &["clinicalStatus"]),
+    p("category", Token, &["category"]),
+    r("encounter", &["encounter"], &["Encounter"]),
+];
+
+pub(crate) const MEDICATION_STATEMENT: &[SearchParam] = &[
+    p("identifier", Token, &["identifier"]),
+    r("patient", &["subject"], PATIENT_ONLY),
+    r("subject", &["subject"], SUBJECT_TARGETS),
+    p("date", Date, &["effective[x]"]),
+    p("effective", Date, &["effective[x]"]),
+    p("code", Token, &["medication[x]"]),
+    p("status", Token, &["status"]),
+    p("category", Token, &["category"]),
+    r("context", &["context"], &["Encounter", "EpisodeOfCare"]),
+];
+
+pub(crate) const MEDICATION_REQUEST: &[SearchParam] = &[
+    p("identifier", Token, &["identifier"]),
+    r("patient", &["subject"], PATIENT_ONLY),
+    r("subject", &["subject"], SUBJECT_TARGETS),
+    p("date", Date, &["authoredOn"]),
+    p("authoredon", Date, &["authoredOn"]),
+    p("code", Token, &["medication[x]"]),
+    p("status", Token, &["status"]),
+    p("intent", Token, &["intent"]),
+    p("category", Token, &["category"]),
+    r("encounter", &["encounter"], &["Encounter"]),
+    r(
+        "requester",
+        &["requester"],
+        &["Practitioner", "Organization", "Patient"],
+    ),
+];
+
+pub(crate) const CARE_PLAN: &[SearchParam] = &[
+    p("identifier", Token, &["identifier"]),
+    r("patient", &["subject"], PATIENT_ONLY),
+    r("subject", &["subject"], SUBJECT_TARGETS),
+    p("date", Date, &["period"]),
+    p("status", Token, &["status"]),
+    p("category", Token, &["category"]),
+    r("encounter", &["encounter"], &["Encounter"]),
+];
+
+pub(crate) const CARE_TEAM: &[SearchParam] = &[
+    p("identifier", Token, &["identifier"]),
+    r("patient", &["subject"], PATIENT_ONLY),
+    r("subject", &["subject"], SUBJECT_TARGETS),
+    p("date", Date, &["period"]),
+    p("status", Token, &["status"]),
+    p("category", Token, &["category"]),
+    r("encounter", &["encounter"], &["Encounter"]),
+];
+
+pub(crate) const APPOINTMENT: &[SearchParam] = &[
+    p("identifier", Token, &["identifier"]),
+    r("patient", &["participant.actor"], PATIENT_ONLY),
+    r("practitioner", &["participant.actor"], &["Practitioner"]),
+    r("location", &["participant.actor"], &["Location"]),
+    p("date", Date, &["start"]),
+    p("status", Token, &["status"]),
+    p("service-type", Token, &["serviceType"]),
+];
+
+pub(crate) const FLAG: &[SearchParam] = &[
+    p("identifier", Token, &["identifier"]),
+    r("patient", &["subject"], PATIENT_ONLY),
+    r(
+        "subject",
+        &["subject"],
+        &[
+            "Patient",
+            "Location",
+            "Group",
+            "Organization",
+            "Practitioner",
+        ],
+    ),
+    p("date", Date, &["period"]),
+    p("status", Token, &["status"]),
+    p("category", Token, &["category"]),
+    r("encounter", &["encounter"], &["Encounter"]),
+];
+
+pub(crate) const DOCUMENT_REFERENCE: &[SearchParam] = &[
+    p("identifier", Token, &["masterIdentifier", "identifier"]),
+    r("patient", &["subject"], PATIENT_ONLY),
+    r(
+        "subject",
+        &["subject"],
+        &["Patient", "Practitioner", "Group", "Device"],
+    ),
+    p("date", Date, &["date"]),
+    p("status", Token, &["status"]),
+    p("type", Token, &["type"]),
+    p("category", Token, &["category"]),
+    r(
+        "encounter",
+        &["context.encounter"],
+        &["Encounter", "EpisodeOfCare"],
+    ),
+];

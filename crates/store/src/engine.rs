@@ -1,0 +1,690 @@
+//! The [`Store`](carevault_domain::store::Store) implementation, written once and instantiated
+//! for each engine by [`implement_store!`]. The SQL is shared (see `sql.rs`); what differs per
+//! engine lives in the engine's own module as four inherent methods:
+//!
+//! - `read_pool(&self) -> &Pool<DB>`: single-statement reads of platform records;
+//! - `write_pool(&self) -> &Pool<DB>`: single-statement writes of platform records;
+//! - `begin_read(&self, Option<TenantId>)` / `begin_write(&self, Option<TenantId>)`: a
+//!   transaction, already bound to the tenant when one is given (PostgreSQL sets the
+//!   row-level-security tenant; SQLite takes the write lock up front);
+//! - `enter_tenant(&mut Connection, TenantId)`: rebinds an open transaction to another tenant
+//!   (used by `append_audit`, whose batch may span tenants).
+//!
+//! Every statement on tenant data also names the tenant in its `WHERE` clause, so isolation
+//! does not rest on row-level security alone.
+
+use carevault_domain::audit::AuditRecord;
+use carevault_domain::ids::TenantId;
+use carevault_domain::store::StoreError;
+
+pub(crate) fn backend(error: sqlx::Error) -> StoreError {
+    StoreError::Backend(error.to_string())
+}
+
+pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(database) if database.is_unique_violation())
+}
+
+/// Maps a unique violation to `Duplicate(what)`, anything else to `Backend`.
+pub(crate) fn duplicate_or_backend(
+    error: sqlx::Error,
+    what: impl FnOnce() -> String,
+) -> StoreError {
+    if is_unique_violation(&error) {
+        StoreError::Duplicate(what())
+    } else {
+        backend(error)
+    }
+}
+
+pub(crate) fn corrupt(what: &str) -> StoreError {
+    StoreError::Backend(format!("stored {what} is not valid"))
+}
+
+/// Audit records grouped by tenant, tenants in order of first appearance, records in the
+/// order given (which becomes their sequence order).
+pub(crate) fn group_by_tenant(records: &[AuditRecord]) -> Vec<(TenantId, Vec<&AuditRecord>)> {
+    let mut groups: Vec<(TenantId, Vec<&AuditRecord>)> = Vec::new();
+    for record in records {
+        match groups
+            .iter_mut()
+            .find(|(tenant, _)| *tenant == record.tenant)
+        {
+            Some((_, group)) => group.push(record),
+            None => groups.push((record.tenant, vec![record])),
+        }
+    }
+    groups
+}
+
+/// The stored form of a record: its JSON with the assigned sequence number.
+pub(crate) fn audit_json(record: &AuditRecord, seq: i64) -> Result<String, StoreError> {
+    let mut stored = record.clone();
+    stored.seq = seq;
+    serde_json::to_string(&stored)
+        .map_err(|error| StoreError::Backend(format!("audit record not serialisable: {error}")))
+}
+
+pub(crate) fn parse_audit(text: &str) -> Result<AuditRecord, StoreError> {
+    serde_json::from_str(text).map_err(|_| corrupt("audit record"))
+}
+
+macro_rules! implement_store {
+    ($store:ty, $db:ty, $connection:ty, $row:ty, $engine:literal) => {
+        mod shared_implementation {
+            use async_trait::async_trait;
+            use carevault_domain::audit::AuditRecord;
+            use carevault_domain::ids::{ClientId, TenantId};
+            use carevault_domain::principal::TenantScope;
+            use carevault_domain::store::{
+                AccessTokenRecord, Candidate, CandidateQuery, ClientRecord, ClientStatus,
+                HistoryQuery, KeyPurpose, Precondition, ResourceWrite, Store, StoreError,
+                StoreResult, StoredVersion, TenantRecord, TenantStatus, TokenLookup, WrappedKey,
+            };
+            use sqlx::Row;
+
+            use super::*;
+            use crate::engine::{
+                audit_json, backend, corrupt, duplicate_or_backend, group_by_tenant,
+                is_unique_violation, parse_audit,
+            };
+            use crate::sql::{self, Sql, Value};
+
+            type Query = sqlx::query::Query<'static, $db, <$db as sqlx::Database>::Arguments>;
+
+            /// A statement built from static fragments by [`Sql`], with its values bound.
+            fn dynamic(statement: &Sql) -> Query {
+                // Sound: `Sql` text is made only of `&'static str` fragments and placeholders.
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(statement.text().to_owned()));
+                for value in statement.values() {
+                    query = match value {
+                        Value::Uuid(uuid) => query.bind(*uuid),
+                        Value::Text(text) => query.bind(text.clone()),
+                        Value::Int(number) => query.bind(*number),
+                        Value::Bytes(bytes) => query.bind(bytes.clone()),
+                    };
+                }
+                query
+            }
+
+            fn get<T>(row: &$row, index: usize) -> StoreResult<T>
+            where
+                T: for<'r> sqlx::Decode<'r, $db> + sqlx::Type<$db>,
+            {
+                row.try_get(index).map_err(backend)
+            }
+
+            fn tenant_from(row: &$row) -> StoreResult<TenantRecord> {
+                let status: String = get(row, 2)?;
+                Ok(TenantRecord {
+                    id: TenantId::from_uuid(get(row, 0)?),
+                    name: get(row, 1)?,
+                    status: TenantStatus::parse(&status).ok_or_else(|| corrupt("tenant status"))?,
+                    created_ms: get(row, 3)?,
+                })
+            }
+
+            fn key_from(row: &$row) -> StoreResult<WrappedKey> {
+                let purpose: String = get(row, 1)?;
+                let version: i64 = get(row, 2)?;
+                Ok(WrappedKey {
+                    tenant: TenantId::from_uuid(get(row, 0)?),
+                    purpose: KeyPurpose::parse(&purpose).ok_or_else(|| corrupt("key purpose"))?,
+                    version: u32::try_from(version).map_err(|_| corrupt("key version"))?,
+                    wrapped: get(row, 3)?,
+                    kek_id: get(row, 4)?,
+                    created_ms: get(row, 5)?,
+                })
+            }
+
+            fn client_from(row: &$row) -> StoreResult<ClientRecord> {
+                let id: String = get(row, 0)?;
+                let status: String = get(row, 5)?;
+                Ok(ClientRecord {
+                    id: ClientId::parse(&id).ok_or_else(|| corrupt("client id"))?,
+                    tenant: TenantId::from_uuid(get(row, 1)?),
+                    name: get(row, 2)?,
+                    jwks: get(row, 3)?,
+                    scopes: get(row, 4)?,
+                    status: ClientStatus::parse(&status).ok_or_else(|| corrupt("client status"))?,
+                    created_ms: get(row, 6)?,
+                })
+            }
+
+            /// Reads `VERSION_COLUMNS` starting at column `first`.
+            fn version_from(row: &$row, first: usize) -> StoreResult<StoredVersion> {
+                Ok(StoredVersion {
+                    resource_type: get(row, first)?,
+                    id: get(row, first + 1)?,
+                    version: get(row, first + 2)?,
+                    last_updated_ms: get(row, first + 3)?,
+                    deleted: get(row, first + 4)?,
+                    body: get(row, first + 5)?,
+                })
+            }
+
+            /// Appends one tenant's records inside an open transaction already bound to that
+            /// tenant: reserves contiguous sequence numbers from the tenant's head row, then
+            /// inserts each record with its number.
+            async fn append_group(
+                connection: &mut $connection,
+                tenant: TenantId,
+                records: &[&AuditRecord],
+            ) -> StoreResult<()> {
+                let count = i64::try_from(records.len())
+                    .map_err(|_| StoreError::Backend("audit batch too large".to_owned()))?;
+                if count == 0 {
+                    return Ok(());
+                }
+                sqlx::query(sql::ENSURE_AUDIT_HEAD)
+                    .bind(tenant.as_uuid())
+                    .execute(&mut *connection)
+                    .await
+                    .map_err(backend)?;
+                let last: i64 = sqlx::query(sql::ADVANCE_AUDIT_HEAD)
+                    .bind(tenant.as_uuid())
+                    .bind(count)
+                    .fetch_one(&mut *connection)
+                    .await
+                    .map_err(backend)
+                    .and_then(|row| get(&row, 0))?;
+                let mut seq = last - count;
+                for record in records {
+                    seq += 1;
+                    sqlx::query(sql::INSERT_AUDIT)
+                        .bind(tenant.as_uuid())
+                        .bind(seq)
+                        .bind(record.time_ms)
+                        .bind(record.action.clone())
+                        .bind(record.outcome.as_str())
+                        .bind(audit_json(record, seq)?)
+                        .execute(&mut *connection)
+                        .await
+                        .map_err(backend)?;
+                }
+                Ok(())
+            }
+
+            /// Applies one write inside the committing transaction.
+            async fn apply_write(
+                connection: &mut $connection,
+                tenant: TenantId,
+                write: &ResourceWrite,
+            ) -> StoreResult<()> {
+                let version = &write.version;
+                let conflict = || StoreError::Conflict {
+                    resource_type: version.resource_type.clone(),
+                    id: version.id.clone(),
+                };
+                let current: Option<i64> = match sqlx::query(sql::SELECT_CURRENT_VERSION_NUMBER)
+                    .bind(tenant.as_uuid())
+                    .bind(version.resource_type.clone())
+                    .bind(version.id.clone())
+                    .fetch_optional(&mut *connection)
+                    .await
+                    .map_err(backend)?
+                {
+                    Some(row) => Some(get(&row, 0)?),
+                    None => None,
+                };
+                let holds = match write.precondition {
+                    Precondition::Absent => current.is_none(),
+                    Precondition::CurrentVersion(expected) => current == Some(expected),
+                };
+                if !holds {
+                    return Err(conflict());
+                }
+                // A concurrent writer that passed the same check inserts the same version
+                // number first; the primary key turns the race into a conflict.
+                sqlx::query(sql::INSERT_VERSION)
+                    .bind(tenant.as_uuid())
+                    .bind(version.resource_type.clone())
+                    .bind(version.id.clone())
+                    .bind(version.version)
+                    .bind(version.last_updated_ms)
+                    .bind(version.deleted)
+                    .bind(version.body.clone())
+                    .execute(&mut *connection)
+                    .await
+                    .map_err(|error| {
+                        if is_unique_violation(&error) {
+                            conflict()
+                        } else {
+                            backend(error)
+                        }
+                    })?;
+                sqlx::query(sql::UPSERT_CURRENT)
+                    .bind(tenant.as_uuid())
+                    .bind(version.resource_type.clone())
+                    .bind(version.id.clone())
+                    .bind(version.version)
+                    .bind(version.last_updated_ms)
+                    .bind(version.deleted)
+                    .execute(&mut *connection)
+                    .await
+                    .map_err(backend)?;
+                for statement in [sql::DELETE_TOKENS, sql::DELETE_DATES] {
+                    sqlx::query(statement)
+                        .bind(tenant.as_uuid())
+                        .bind(version.resource_type.clone())
+                        .bind(version.id.clone())
+                        .execute(&mut *connection)
+                        .await
+                        .map_err(backend)?;
+                }
+                if version.deleted {
+                    return Ok(());
+                }
+                for token in &write.tokens {
+                    sqlx::query(sql::INSERT_TOKEN)
+                        .bind(tenant.as_uuid())
+                        .bind(version.resource_type.clone())
+                        .bind(version.id.clone())
+                        .bind(token.to_vec())
+                        .execute(&mut *connection)
+                        .await
+                        .map_err(backend)?;
+                }
+                for date in &write.dates {
+                    sqlx::query(sql::INSERT_DATE)
+                        .bind(tenant.as_uuid())
+                        .bind(version.resource_type.clone())
+                        .bind(version.id.clone())
+                        .bind(date.param.clone())
+                        .bind(date.low)
+                        .bind(date.high)
+                        .execute(&mut *connection)
+                        .await
+                        .map_err(backend)?;
+                }
+                Ok(())
+            }
+
+            #[async_trait]
+            impl Store for $store {
+                fn engine(&self) -> &'static str {
+                    $engine
+                }
+
+                async fn ping(&self) -> StoreResult<()> {
+                    sqlx::query("SELECT 1")
+                        .execute(self.read_pool())
+                        .await
+                        .map(|_| ())
+                        .map_err(backend)
+                }
+
+                async fn create_tenant(
+                    &self,
+                    tenant: &TenantRecord,
+                    keys: &[WrappedKey],
+                ) -> StoreResult<()> {
+                    let mut tx = self.begin_write(None).await?;
+                    sqlx::query(sql::INSERT_TENANT)
+                        .bind(tenant.id.as_uuid())
+                        .bind(tenant.name.clone())
+                        .bind(tenant.status.as_str())
+                        .bind(tenant.created_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|error| {
+                            duplicate_or_backend(error, || format!("tenant {}", tenant.id))
+                        })?;
+                    for key in keys {
+                        if key.tenant != tenant.id {
+                            return Err(StoreError::Backend(
+                                "a tenant key names another tenant".to_owned(),
+                            ));
+                        }
+                        sqlx::query(sql::INSERT_TENANT_KEY)
+                            .bind(key.tenant.as_uuid())
+                            .bind(key.purpose.as_str())
+                            .bind(i64::from(key.version))
+                            .bind(key.wrapped.clone())
+                            .bind(key.kek_id.clone())
+                            .bind(key.created_ms)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(|error| {
+                                duplicate_or_backend(error, || {
+                                    format!("{} key version {}", key.purpose.as_str(), key.version)
+                                })
+                            })?;
+                    }
+                    tx.commit().await.map_err(backend)
+                }
+
+                async fn list_tenants(&self) -> StoreResult<Vec<TenantRecord>> {
+                    let rows = sqlx::query(sql::LIST_TENANTS)
+                        .fetch_all(self.read_pool())
+                        .await
+                        .map_err(backend)?;
+                    rows.iter().map(tenant_from).collect()
+                }
+
+                async fn tenant(&self, id: TenantId) -> StoreResult<Option<TenantRecord>> {
+                    let row = sqlx::query(sql::SELECT_TENANT)
+                        .bind(id.as_uuid())
+                        .fetch_optional(self.read_pool())
+                        .await
+                        .map_err(backend)?;
+                    row.as_ref().map(tenant_from).transpose()
+                }
+
+                async fn set_tenant_status(
+                    &self,
+                    id: TenantId,
+                    status: TenantStatus,
+                ) -> StoreResult<bool> {
+                    let done = sqlx::query(sql::UPDATE_TENANT_STATUS)
+                        .bind(id.as_uuid())
+                        .bind(status.as_str())
+                        .execute(self.write_pool())
+                        .await
+                        .map_err(backend)?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                async fn tenant_keys(&self, id: TenantId) -> StoreResult<Vec<WrappedKey>> {
+                    let rows = sqlx::query(sql::SELECT_TENANT_KEYS)
+                        .bind(id.as_uuid())
+                        .fetch_all(self.read_pool())
+                        .await
+                        .map_err(backend)?;
+                    rows.iter().map(key_from).collect()
+                }
+
+                async fn create_client(&self, client: &ClientRecord) -> StoreResult<()> {
+                    sqlx::query(sql::INSERT_CLIENT)
+                        .bind(client.id.as_str().to_owned())
+                        .bind(client.tenant.as_uuid())
+                        .bind(client.name.clone())
+                        .bind(client.jwks.clone())
+                        .bind(client.scopes.clone())
+                        .bind(client.status.as_str())
+                        .bind(client.created_ms)
+                        .execute(self.write_pool())
+                        .await
+                        .map(|_| ())
+                        .map_err(|error| {
+                            duplicate_or_backend(error, || format!("client {}", client.id))
+                        })
+                }
+
+                async fn client(&self, id: &ClientId) -> StoreResult<Option<ClientRecord>> {
+                    let row = sqlx::query(sql::SELECT_CLIENT)
+                        .bind(id.as_str().to_owned())
+                        .fetch_optional(self.read_pool())
+                        .await
+                        .map_err(backend)?;
+                    row.as_ref().map(client_from).transpose()
+                }
+
+                async fn list_clients(
+                    &self,
+                    tenant: Option<TenantId>,
+                ) -> StoreResult<Vec<ClientRecord>> {
+                    let query = match tenant {
+                        Some(tenant) => {
+                            sqlx::query(sql::LIST_CLIENTS_OF_TENANT).bind(tenant.as_uuid())
+                        }
+                        None => sqlx::query(sql::LIST_CLIENTS),
+                    };
+                    let rows = query.fetch_all(self.read_pool()).await.map_err(backend)?;
+                    rows.iter().map(client_from).collect()
+                }
+
+                async fn set_client_status(
+                    &self,
+                    id: &ClientId,
+                    status: ClientStatus,
+                ) -> StoreResult<bool> {
+                    let done = sqlx::query(sql::UPDATE_CLIENT_STATUS)
+                        .bind(id.as_str().to_owned())
+                        .bind(status.as_str())
+                        .execute(self.write_pool())
+                        .await
+                        .map_err(backend)?;
+                    Ok(done.rows_affected() > 0)
+                }
+
+                async fn remember_jti(
+                    &self,
+                    client: &ClientId,
+                    jti: &str,
+                    expires_ms: i64,
+                    now_ms: i64,
+                ) -> StoreResult<bool> {
+                    let mut tx = self.begin_write(None).await?;
+                    sqlx::query(sql::PRUNE_JTI)
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    let inserted = sqlx::query(sql::INSERT_JTI)
+                        .bind(client.as_str().to_owned())
+                        .bind(jti.to_owned())
+                        .bind(expires_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?
+                        .rows_affected();
+                    tx.commit().await.map_err(backend)?;
+                    Ok(inserted == 1)
+                }
+
+                async fn store_access_token(&self, token: &AccessTokenRecord) -> StoreResult<()> {
+                    sqlx::query(sql::INSERT_ACCESS_TOKEN)
+                        .bind(token.token_hash.to_vec())
+                        .bind(token.tenant.as_uuid())
+                        .bind(token.client.as_str().to_owned())
+                        .bind(token.scopes.clone())
+                        .bind(token.issued_ms)
+                        .bind(token.expires_ms)
+                        .execute(self.write_pool())
+                        .await
+                        .map(|_| ())
+                        .map_err(|error| duplicate_or_backend(error, || "access token".to_owned()))
+                }
+
+                async fn find_access_token(
+                    &self,
+                    token_hash: &[u8; 32],
+                ) -> StoreResult<Option<TokenLookup>> {
+                    let Some(row) = sqlx::query(sql::FIND_ACCESS_TOKEN)
+                        .bind(token_hash.to_vec())
+                        .fetch_optional(self.read_pool())
+                        .await
+                        .map_err(backend)?
+                    else {
+                        return Ok(None);
+                    };
+                    let hash: Vec<u8> = get(&row, 0)?;
+                    let client: String = get(&row, 2)?;
+                    let tenant_status: String = get(&row, 6)?;
+                    let client_status: String = get(&row, 7)?;
+                    Ok(Some(TokenLookup {
+                        token: AccessTokenRecord {
+                            token_hash: hash.try_into().map_err(|_| corrupt("token hash"))?,
+                            tenant: TenantId::from_uuid(get(&row, 1)?),
+                            client: ClientId::parse(&client).ok_or_else(|| corrupt("client id"))?,
+                            scopes: get(&row, 3)?,
+                            issued_ms: get(&row, 4)?,
+                            expires_ms: get(&row, 5)?,
+                        },
+                        tenant_status: TenantStatus::parse(&tenant_status)
+                            .ok_or_else(|| corrupt("tenant status"))?,
+                        client_status: ClientStatus::parse(&client_status)
+                            .ok_or_else(|| corrupt("client status"))?,
+                        client_name: get(&row, 8)?,
+                    }))
+                }
+
+                async fn current(
+                    &self,
+                    scope: &TenantScope,
+                    resource_type: &str,
+                    id: &str,
+                ) -> StoreResult<Option<StoredVersion>> {
+                    let mut tx = self.begin_read(Some(scope.tenant())).await?;
+                    let row = sqlx::query(sql::SELECT_CURRENT)
+                        .bind(scope.tenant().as_uuid())
+                        .bind(resource_type.to_owned())
+                        .bind(id.to_owned())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    tx.commit().await.map_err(backend)?;
+                    row.map(|row| version_from(&row, 0)).transpose()
+                }
+
+                async fn version(
+                    &self,
+                    scope: &TenantScope,
+                    resource_type: &str,
+                    id: &str,
+                    version: i64,
+                ) -> StoreResult<Option<StoredVersion>> {
+                    let mut tx = self.begin_read(Some(scope.tenant())).await?;
+                    let row = sqlx::query(sql::SELECT_VERSION)
+                        .bind(scope.tenant().as_uuid())
+                        .bind(resource_type.to_owned())
+                        .bind(id.to_owned())
+                        .bind(version)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    tx.commit().await.map_err(backend)?;
+                    row.map(|row| version_from(&row, 0)).transpose()
+                }
+
+                async fn current_many(
+                    &self,
+                    scope: &TenantScope,
+                    refs: &[(String, String)],
+                ) -> StoreResult<Vec<StoredVersion>> {
+                    if refs.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    let mut found = std::collections::HashMap::new();
+                    let mut tx = self.begin_read(Some(scope.tenant())).await?;
+                    for chunk in refs.chunks(sql::CURRENT_MANY_CHUNK) {
+                        let statement = sql::current_many(scope.tenant(), chunk);
+                        let rows = dynamic(&statement)
+                            .fetch_all(&mut *tx)
+                            .await
+                            .map_err(backend)?;
+                        for row in &rows {
+                            let version = version_from(row, 0)?;
+                            found.insert(
+                                (version.resource_type.clone(), version.id.clone()),
+                                version,
+                            );
+                        }
+                    }
+                    tx.commit().await.map_err(backend)?;
+                    // In the order asked for; a pair asked for twice is returned once.
+                    Ok(refs.iter().filter_map(|key| found.remove(key)).collect())
+                }
+
+                async fn history(
+                    &self,
+                    scope: &TenantScope,
+                    query: &HistoryQuery,
+                ) -> StoreResult<Vec<StoredVersion>> {
+                    if query.limit == 0 {
+                        return Ok(Vec::new());
+                    }
+                    let statement = sql::history(scope.tenant(), query);
+                    let mut tx = self.begin_read(Some(scope.tenant())).await?;
+                    let rows = dynamic(&statement)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    tx.commit().await.map_err(backend)?;
+                    rows.iter().map(|row| version_from(row, 0)).collect()
+                }
+
+                async fn search(
+                    &self,
+                    scope: &TenantScope,
+                    query: &CandidateQuery,
+                ) -> StoreResult<Vec<Candidate>> {
+                    if query.limit == 0 {
+                        return Ok(Vec::new());
+                    }
+                    let statement = sql::search(scope.tenant(), query);
+                    let mut tx = self.begin_read(Some(scope.tenant())).await?;
+                    let rows = dynamic(&statement)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    tx.commit().await.map_err(backend)?;
+                    rows.iter()
+                        .map(|row| {
+                            Ok(Candidate {
+                                sort_value: get(row, 0)?,
+                                version: version_from(row, 1)?,
+                            })
+                        })
+                        .collect()
+                }
+
+                async fn commit(
+                    &self,
+                    scope: &TenantScope,
+                    writes: &[ResourceWrite],
+                    audit: &[AuditRecord],
+                ) -> StoreResult<()> {
+                    let tenant = scope.tenant();
+                    if audit.iter().any(|record| record.tenant != tenant) {
+                        return Err(StoreError::Backend(
+                            "an audit record of a commit names another tenant".to_owned(),
+                        ));
+                    }
+                    let mut tx = self.begin_write(Some(tenant)).await?;
+                    for write in writes {
+                        // On error the transaction is dropped, which rolls it back.
+                        apply_write(&mut *tx, tenant, write).await?;
+                    }
+                    let records: Vec<&AuditRecord> = audit.iter().collect();
+                    append_group(&mut *tx, tenant, &records).await?;
+                    tx.commit().await.map_err(backend)
+                }
+
+                async fn append_audit(&self, records: &[AuditRecord]) -> StoreResult<()> {
+                    let groups = group_by_tenant(records);
+                    let Some((first, _)) = groups.first() else {
+                        return Ok(());
+                    };
+                    let mut tx = self.begin_write(Some(*first)).await?;
+                    for (position, (tenant, group)) in groups.iter().enumerate() {
+                        if position > 0 {
+                            <$store>::enter_tenant(&mut *tx, *tenant).await?;
+                        }
+                        append_group(&mut *tx, *tenant, group).await?;
+                    }
+                    tx.commit().await.map_err(backend)
+                }
+
+                async fn audit_records(&self, tenant: TenantId) -> StoreResult<Vec<AuditRecord>> {
+                    let mut tx = self.begin_read(Some(tenant)).await?;
+                    let rows = sqlx::query(sql::SELECT_AUDIT)
+                        .bind(tenant.as_uuid())
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    tx.commit().await.map_err(backend)?;
+                    rows.iter()
+                        .map(|row| {
+                            let text: String = get(row, 0)?;
+                            parse_audit(&text)
+                        })
+                        .collect()
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use implement_store;

@@ -1,0 +1,51 @@
+//! carevault-store: the SQLite and PostgreSQL adapters of
+//! [`carevault_domain::store::Store`], their migrations, and [`open_store`], which picks one
+//! from a database URL.
+//!
+//! Both engines share one schema shape and one SQL text (see `sql.rs`); every statement on
+//! tenant data names the tenant of the caller's `TenantScope`, and PostgreSQL adds row-level
+//! security on top. The conformance suite in `tests/conformance.rs` runs against both.
+
+mod date_sql;
+mod engine;
+mod migrations;
+mod postgres;
+mod sql;
+mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use carevault_domain::store::{Store, StoreError};
+
+pub use postgres::{APP_ROLE, PgStore, migrate};
+pub use sqlite::SqliteStore;
+
+/// Opens the store a URL names: `postgres://…` or `postgresql://…` → PostgreSQL;
+/// `sqlite:/path`, `sqlite:///path` or a plain path → SQLite.
+pub async fn open_store(database_url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+        return Ok(Arc::new(PgStore::connect(database_url).await?));
+    }
+    let path = database_url
+        .strip_prefix("sqlite://")
+        .or_else(|| database_url.strip_prefix("sqlite:"))
+        .unwrap_or(database_url);
+    if path.is_empty() || path.contains("://") {
+        return Err(StoreError::Backend(format!(
+            "unsupported database URL (expected postgres://…, sqlite:/path or a file path): {}",
+            describe_url(database_url)
+        )));
+    }
+    Ok(Arc::new(SqliteStore::open(Path::new(path)).await?))
+}
+
+/// The URL without credentials, for messages.
+fn describe_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://…{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,203 @@
+//! The PostgreSQL store: the same schema as SQLite, with row-level security as a second wall
+//! between tenants.
+//!
+//! Every tenant-scoped transaction first sets `carevault.tenant` (transaction-local), and the
+//! policies on the tenant-data tables admit only that tenant's rows. The policies would be
+//! worthless for a superuser or a role with BYPASSRLS, so the pool runs as `carevault_app`
+//! (NOSUPERUSER NOBYPASSRLS, no UPDATE or DELETE on `audit_log`), and [`PgStore::connect`]
+//! refuses to start when the pooled role could bypass the policies.
+
+use std::str::FromStr;
+
+use carevault_domain::ids::TenantId;
+use carevault_domain::store::{StoreError, StoreResult};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, Executor, Postgres, Row, Transaction};
+
+use crate::engine::{backend, implement_store};
+use crate::migrations;
+
+/// The role the server's connections act as. It owns nothing and cannot bypass row-level
+/// security. Production may log in as it directly (migrations then run separately as the
+/// owner, through [`migrate`]).
+pub const APP_ROLE: &str = "carevault_app";
+
+const POOL_SIZE: u32 = 16;
+
+/// Serialises concurrent `migrate` runs on one database (grants race otherwise).
+const MIGRATE_LOCK: i64 = 0x6361_7265_7661_756c; // "carevaul"
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects. When the URL's user is not [`APP_ROLE`], it is taken to be the schema owner:
+    /// migrations run first, and every pooled connection then switches to [`APP_ROLE`].
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(backend)?;
+        let mut first = PgConnection::connect_with(&options)
+            .await
+            .map_err(backend)?;
+        let user: String = sqlx::query("SELECT current_user::text")
+            .fetch_one(&mut first)
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(backend)?;
+        let switch_role = user != APP_ROLE;
+        if switch_role {
+            migrate_on(&mut first).await?;
+        }
+        first.close().await.map_err(backend)?;
+
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if switch_role {
+                        connection.execute("SET ROLE carevault_app").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        refuse_privileged_role(&pool).await?;
+        Ok(PgStore { pool })
+    }
+
+    /// The pool, for the conformance suite's checks of roles and row-level security.
+    #[cfg(feature = "test-support")]
+    pub fn pool_for_tests(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn read_pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn write_pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn begin_read(
+        &self,
+        tenant: Option<TenantId>,
+    ) -> StoreResult<Transaction<'static, Postgres>> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN READ ONLY")
+            .await
+            .map_err(backend)?;
+        if let Some(tenant) = tenant {
+            PgStore::enter_tenant(&mut tx, tenant).await?;
+        }
+        Ok(tx)
+    }
+
+    async fn begin_write(
+        &self,
+        tenant: Option<TenantId>,
+    ) -> StoreResult<Transaction<'static, Postgres>> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        if let Some(tenant) = tenant {
+            PgStore::enter_tenant(&mut tx, tenant).await?;
+        }
+        Ok(tx)
+    }
+
+    /// Binds the open transaction to `tenant` for row-level security (until it ends).
+    async fn enter_tenant(connection: &mut PgConnection, tenant: TenantId) -> StoreResult<()> {
+        sqlx::query("SELECT set_config('carevault.tenant', $1, true)")
+            .bind(tenant.to_string())
+            .execute(connection)
+            .await
+            .map(|_| ())
+            .map_err(backend)
+    }
+}
+
+/// Applies pending migrations as the URL's user (the schema owner), creates [`APP_ROLE`] if
+/// absent and grants it what the server needs. Idempotent.
+pub async fn migrate(url: &str) -> Result<(), StoreError> {
+    let options = PgConnectOptions::from_str(url).map_err(backend)?;
+    let mut connection = PgConnection::connect_with(&options)
+        .await
+        .map_err(backend)?;
+    migrate_on(&mut connection).await?;
+    connection.close().await.map_err(backend)
+}
+
+/// Creates the role when absent. Roles are cluster-wide, so another database's migration may
+/// create it at the same moment; both "already exists" errors are taken as success.
+const ENSURE_APP_ROLE: &str = "DO $$ BEGIN \
+       IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'carevault_app') THEN \
+         CREATE ROLE carevault_app NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE; \
+       END IF; \
+     EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; \
+     END $$";
+
+const GRANTS: &str = "GRANT USAGE ON SCHEMA public TO carevault_app; \
+     GRANT SELECT, INSERT, UPDATE, DELETE ON tenants, tenant_keys, clients, client_jti, \
+       access_tokens, resource_versions, resource_current, search_tokens, search_dates, \
+       audit_heads TO carevault_app; \
+     REVOKE ALL ON audit_log FROM carevault_app; \
+     GRANT SELECT, INSERT ON audit_log TO carevault_app";
+
+async fn migrate_on(connection: &mut PgConnection) -> Result<(), StoreError> {
+    migrations::postgres()
+        .run(&mut *connection)
+        .await
+        .map_err(|error| StoreError::Backend(format!("migration failed: {error}")))?;
+    let mut tx = connection.begin().await.map_err(backend)?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATE_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    sqlx::raw_sql(ENSURE_APP_ROLE)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    let superuser: bool = sqlx::query("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        .fetch_one(&mut *tx)
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(backend)?;
+    if !superuser {
+        // A non-superuser owner may only switch to roles it is a member of.
+        sqlx::raw_sql("GRANT carevault_app TO CURRENT_USER")
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+    }
+    sqlx::raw_sql(GRANTS)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+    tx.commit().await.map_err(backend)
+}
+
+/// Fails closed when the pool's role could read across tenants.
+async fn refuse_privileged_role(pool: &PgPool) -> Result<(), StoreError> {
+    let row = sqlx::query(
+        "SELECT current_user::text, rolsuper, rolbypassrls FROM pg_roles \
+         WHERE rolname = current_user",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(backend)?;
+    let user: String = row.try_get(0).map_err(backend)?;
+    let superuser: bool = row.try_get(1).map_err(backend)?;
+    let bypass: bool = row.try_get(2).map_err(backend)?;
+    if superuser || bypass {
+        return Err(StoreError::Backend(format!(
+            "the database role {user} can bypass row-level security; \
+             the server must run as {APP_ROLE} (NOSUPERUSER NOBYPASSRLS)"
+        )));
+    }
+    Ok(())
+}
+
+implement_store!(PgStore, Postgres, PgConnection, PgRow, "postgres");

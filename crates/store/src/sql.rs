@@ -1,0 +1,377 @@
+//! SQL shared by both engines. Both dialects accept `$n` placeholders, `ON CONFLICT`,
+//! `RETURNING` and row comparisons, so one text serves both.
+//!
+//! Dynamic statements (search, history, batches) are assembled by [`Sql`], which only accepts
+//! `&'static str` fragments and numbered placeholders: no caller-provided text ever becomes
+//! SQL, which is what makes the `AssertSqlSafe` at execution sound.
+
+use carevault_domain::ids::TenantId;
+use carevault_domain::store::{CandidateFilter, CandidateQuery, HistoryQuery, SortBy};
+use carevault_fhir::DateCondition;
+use uuid::Uuid;
+
+use crate::date_sql;
+
+/// A value bound to a numbered placeholder.
+#[derive(Clone, Debug)]
+pub(crate) enum Value {
+    Uuid(Uuid),
+    Text(String),
+    Int(i64),
+    Bytes(Vec<u8>),
+}
+
+/// A statement under construction: text from static fragments, values bound by number.
+#[derive(Default)]
+pub(crate) struct Sql {
+    text: String,
+    values: Vec<Value>,
+}
+
+impl Sql {
+    pub(crate) fn new() -> Sql {
+        Sql::default()
+    }
+
+    pub(crate) fn push(&mut self, fragment: &'static str) -> &mut Sql {
+        self.text.push_str(fragment);
+        self
+    }
+
+    /// Appends a placeholder for a new value.
+    pub(crate) fn bind(&mut self, value: Value) -> &mut Sql {
+        self.values.push(value);
+        self.text.push('$');
+        self.text.push_str(&self.values.len().to_string());
+        self
+    }
+
+    /// Binds a value without writing its placeholder (for values the text refers to by number).
+    pub(crate) fn preset(&mut self, value: Value) -> usize {
+        self.values.push(value);
+        self.values.len()
+    }
+
+    /// Appends a placeholder for a value bound earlier (`index` as returned by [`Sql::last`]).
+    pub(crate) fn again(&mut self, index: usize) -> &mut Sql {
+        self.text.push('$');
+        self.text.push_str(&index.to_string());
+        self
+    }
+
+    /// The placeholder number of the value bound last.
+    pub(crate) fn last(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Appends `value, value, …` placeholders.
+    pub(crate) fn bind_list(&mut self, values: impl IntoIterator<Item = Value>) -> &mut Sql {
+        for (position, value) in values.into_iter().enumerate() {
+            if position > 0 {
+                self.push(", ");
+            }
+            self.bind(value);
+        }
+        self
+    }
+
+    pub(crate) fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub(crate) fn values(&self) -> &[Value] {
+        &self.values
+    }
+}
+
+pub(crate) fn tenant_value(tenant: TenantId) -> Value {
+    Value::Uuid(tenant.as_uuid())
+}
+
+/// Columns of a stored version, in the order `row_to_version` reads them.
+pub(crate) const VERSION_COLUMNS: &str =
+    "v.resource_type, v.id, v.version, v.last_updated_ms, v.deleted, v.body";
+
+// ---- platform records ----
+
+pub(crate) const INSERT_TENANT: &str =
+    "INSERT INTO tenants (id, name, status, created_ms) VALUES ($1, $2, $3, $4)";
+pub(crate) const INSERT_TENANT_KEY: &str = "INSERT INTO tenant_keys \
+     (tenant_id, purpose, version, wrapped, kek_id, created_ms) VALUES ($1, $2, $3, $4, $5, $6)";
+pub(crate) const LIST_TENANTS: &str =
+    "SELECT id, name, status, created_ms FROM tenants ORDER BY name, id";
+pub(crate) const SELECT_TENANT: &str =
+    "SELECT id, name, status, created_ms FROM tenants WHERE id = $1";
+pub(crate) const UPDATE_TENANT_STATUS: &str = "UPDATE tenants SET status = $2 WHERE id = $1";
+pub(crate) const SELECT_TENANT_KEYS: &str = "SELECT tenant_id, purpose, version, wrapped, kek_id, \
+     created_ms FROM tenant_keys WHERE tenant_id = $1 ORDER BY purpose, version";
+
+pub(crate) const INSERT_CLIENT: &str = "INSERT INTO clients \
+     (id, tenant_id, name, jwks, scopes, status, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+pub(crate) const SELECT_CLIENT: &str =
+    "SELECT id, tenant_id, name, jwks, scopes, status, created_ms FROM clients WHERE id = $1";
+pub(crate) const LIST_CLIENTS: &str = "SELECT id, tenant_id, name, jwks, scopes, status, \
+     created_ms FROM clients ORDER BY tenant_id, name, id";
+pub(crate) const LIST_CLIENTS_OF_TENANT: &str = "SELECT id, tenant_id, name, jwks, scopes, \
+     status, created_ms FROM clients WHERE tenant_id = $1 ORDER BY name, id";
+pub(crate) const UPDATE_CLIENT_STATUS: &str = "UPDATE clients SET status = $2 WHERE id = $1";
+
+pub(crate) const PRUNE_JTI: &str = "DELETE FROM client_jti WHERE expires_ms <= $1";
+pub(crate) const INSERT_JTI: &str = "INSERT INTO client_jti (client_id, jti, expires_ms) \
+     VALUES ($1, $2, $3) ON CONFLICT (client_id, jti) DO NOTHING";
+
+pub(crate) const INSERT_ACCESS_TOKEN: &str = "INSERT INTO access_tokens \
+     (token_hash, tenant_id, client_id, scopes, issued_ms, expires_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
+pub(crate) const FIND_ACCESS_TOKEN: &str = "SELECT a.token_hash, a.tenant_id, a.client_id, \
+     a.scopes, a.issued_ms, a.expires_ms, t.status, c.status, c.name \
+     FROM access_tokens a \
+     JOIN tenants t ON t.id = a.tenant_id \
+     JOIN clients c ON c.id = a.client_id \
+     WHERE a.token_hash = $1";
+
+// ---- tenant data ----
+
+pub(crate) const SELECT_CURRENT: &str = "SELECT v.resource_type, v.id, v.version, \
+     v.last_updated_ms, v.deleted, v.body \
+     FROM resource_current c JOIN resource_versions v \
+       ON v.tenant_id = c.tenant_id AND v.resource_type = c.resource_type \
+      AND v.id = c.id AND v.version = c.version \
+     WHERE c.tenant_id = $1 AND c.resource_type = $2 AND c.id = $3";
+pub(crate) const SELECT_VERSION: &str = "SELECT v.resource_type, v.id, v.version, \
+     v.last_updated_ms, v.deleted, v.body FROM resource_versions v \
+     WHERE v.tenant_id = $1 AND v.resource_type = $2 AND v.id = $3 AND v.version = $4";
+pub(crate) const SELECT_CURRENT_VERSION_NUMBER: &str = "SELECT version FROM resource_current \
+     WHERE tenant_id = $1 AND resource_type = $2 AND id = $3";
+pub(crate) const INSERT_VERSION: &str = "INSERT INTO resource_versions \
+     (tenant_id, resource_type, id, version, last_updated_ms, deleted, body) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+pub(crate) const UPSERT_CURRENT: &str = "INSERT INTO resource_current \
+     (tenant_id, resource_type, id, version, last_updated_ms, deleted) \
+     VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (tenant_id, resource_type, id) DO UPDATE SET \
+       version = excluded.version, last_updated_ms = excluded.last_updated_ms, \
+       deleted = excluded.deleted";
+pub(crate) const DELETE_TOKENS: &str =
+    "DELETE FROM search_tokens WHERE tenant_id = $1 AND resource_type = $2 AND id = $3";
+pub(crate) const DELETE_DATES: &str =
+    "DELETE FROM search_dates WHERE tenant_id = $1 AND resource_type = $2 AND id = $3";
+pub(crate) const INSERT_TOKEN: &str = "INSERT INTO search_tokens \
+     (tenant_id, resource_type, id, token) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+pub(crate) const INSERT_DATE: &str = "INSERT INTO search_dates \
+     (tenant_id, resource_type, id, param, low, high) VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT DO NOTHING";
+
+pub(crate) const ENSURE_AUDIT_HEAD: &str = "INSERT INTO audit_heads (tenant_id, seq) \
+     VALUES ($1, 0) ON CONFLICT (tenant_id) DO NOTHING";
+/// Reserves `$2` sequence numbers; returns the last one. The row lock taken here orders
+/// concurrent appenders of one tenant (PostgreSQL), and the single writer does so on SQLite.
+pub(crate) const ADVANCE_AUDIT_HEAD: &str =
+    "UPDATE audit_heads SET seq = seq + $2 WHERE tenant_id = $1 RETURNING seq";
+pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit_log \
+     (tenant_id, seq, time_ms, action, outcome, record) VALUES ($1, $2, $3, $4, $5, $6)";
+pub(crate) const SELECT_AUDIT: &str =
+    "SELECT record FROM audit_log WHERE tenant_id = $1 ORDER BY seq";
+
+/// The most (type, id) pairs one `current_many` statement carries.
+pub(crate) const CURRENT_MANY_CHUNK: usize = 200;
+
+/// Current versions of some (type, id) pairs of one tenant; deleted ones excluded.
+pub(crate) fn current_many(tenant: TenantId, refs: &[(String, String)]) -> Sql {
+    let mut sql = Sql::new();
+    sql.push("SELECT ")
+        .push(VERSION_COLUMNS)
+        .push(
+            " FROM resource_current c JOIN resource_versions v \
+               ON v.tenant_id = c.tenant_id AND v.resource_type = c.resource_type \
+              AND v.id = c.id AND v.version = c.version \
+             WHERE c.tenant_id = ",
+        )
+        .bind(tenant_value(tenant))
+        .push(" AND c.deleted = FALSE AND (");
+    for (position, (resource_type, id)) in refs.iter().enumerate() {
+        if position > 0 {
+            sql.push(" OR ");
+        }
+        sql.push("(c.resource_type = ")
+            .bind(Value::Text(resource_type.clone()))
+            .push(" AND c.id = ")
+            .bind(Value::Text(id.clone()))
+            .push(")");
+    }
+    if refs.is_empty() {
+        sql.push("FALSE");
+    }
+    sql.push(")");
+    sql
+}
+
+/// History: newest first, ordered by (last_updated desc, id asc, version desc) within the type,
+/// keyset-paged strictly after `before` in that order. Tombstones included.
+pub(crate) fn history(tenant: TenantId, query: &HistoryQuery) -> Sql {
+    let mut sql = Sql::new();
+    sql.push("SELECT ")
+        .push(VERSION_COLUMNS)
+        .push(" FROM resource_versions v WHERE v.tenant_id = ")
+        .bind(tenant_value(tenant))
+        .push(" AND v.resource_type = ")
+        .bind(Value::Text(query.resource_type.clone()));
+    if let Some(id) = &query.id {
+        sql.push(" AND v.id = ").bind(Value::Text(id.clone()));
+    }
+    if let Some(since) = query.since_ms {
+        sql.push(" AND v.last_updated_ms >= ")
+            .bind(Value::Int(since));
+    }
+    if let Some((last_updated, id, version)) = &query.before {
+        sql.push(" AND (v.last_updated_ms < ")
+            .bind(Value::Int(*last_updated));
+        let updated = sql.last();
+        sql.push(" OR (v.last_updated_ms = ")
+            .again(updated)
+            .push(" AND (v.id > ")
+            .bind(Value::Text(id.clone()));
+        let id_index = sql.last();
+        sql.push(" OR (v.id = ")
+            .again(id_index)
+            .push(" AND v.version < ")
+            .bind(Value::Int(*version))
+            .push("))))");
+    }
+    sql.push(" ORDER BY v.last_updated_ms DESC, v.id ASC, v.version DESC LIMIT ")
+        .bind(Value::Int(limit_value(query.limit)));
+    sql
+}
+
+/// A candidate search. See [`CandidateQuery`]: every filter must match; ordered by sort value
+/// then id; keyset-paged strictly after `after`.
+pub(crate) fn search(tenant: TenantId, query: &CandidateQuery) -> Sql {
+    let mut sql = Sql::new();
+    // $1 and $2 are reused by every fragment below.
+    sql.preset(tenant_value(tenant));
+    sql.preset(Value::Text(query.resource_type.clone()));
+    sql.push("SELECT s.sort_value, ")
+        .push(VERSION_COLUMNS)
+        .push(" FROM (SELECT ");
+    match &query.sort {
+        SortBy::LastUpdated => {
+            sql.push("c.last_updated_ms");
+        }
+        SortBy::Date(param) => {
+            sql.push(
+                "COALESCE((SELECT MIN(d.low) FROM search_dates d \
+                 WHERE d.tenant_id = c.tenant_id AND d.resource_type = c.resource_type \
+                   AND d.id = c.id AND d.param = ",
+            )
+            .bind(Value::Text(param.clone()))
+            .push("), 9223372036854775807)");
+        }
+    }
+    sql.push(
+        " AS sort_value, c.id AS id, c.version AS version FROM resource_current c \
+         WHERE c.tenant_id = $1 AND c.resource_type = $2 AND c.deleted = FALSE",
+    );
+    for filter in &query.filters {
+        sql.push(" AND ");
+        push_filter(&mut sql, filter);
+    }
+    sql.push(
+        ") s JOIN resource_versions v ON v.tenant_id = $1 AND v.resource_type = $2 \
+         AND v.id = s.id AND v.version = s.version",
+    );
+    let (comparison, order) = if query.descending {
+        (" < ", " ORDER BY s.sort_value DESC, s.id DESC LIMIT ")
+    } else {
+        (" > ", " ORDER BY s.sort_value ASC, s.id ASC LIMIT ")
+    };
+    if let Some((sort_value, id)) = &query.after {
+        sql.push(" WHERE (s.sort_value")
+            .push(comparison)
+            .bind(Value::Int(*sort_value));
+        let value_index = sql.last();
+        sql.push(" OR (s.sort_value = ")
+            .again(value_index)
+            .push(" AND s.id")
+            .push(comparison)
+            .bind(Value::Text(id.clone()))
+            .push("))");
+    }
+    sql.push(order).bind(Value::Int(limit_value(query.limit)));
+    sql
+}
+
+fn push_filter(sql: &mut Sql, filter: &CandidateFilter) {
+    match filter {
+        CandidateFilter::AnyToken(tokens) => {
+            if tokens.is_empty() {
+                sql.push("FALSE");
+                return;
+            }
+            sql.push(
+                "c.id IN (SELECT t.id FROM search_tokens t \
+                 WHERE t.tenant_id = $1 AND t.resource_type = $2 AND t.token IN (",
+            )
+            .bind_list(tokens.iter().map(|token| Value::Bytes(token.to_vec())))
+            .push("))");
+        }
+        CandidateFilter::AnyDate { param, conditions } => {
+            if conditions.is_empty() {
+                sql.push("FALSE");
+                return;
+            }
+            sql.push(
+                "EXISTS (SELECT 1 FROM search_dates d \
+                 WHERE d.tenant_id = $1 AND d.resource_type = $2 AND d.id = c.id AND d.param = ",
+            )
+            .bind(Value::Text(param.clone()))
+            .push(" AND (");
+            push_conditions(sql, conditions, "d.low", "d.high");
+            sql.push("))");
+        }
+        CandidateFilter::Ids(ids) => {
+            if ids.is_empty() {
+                sql.push("FALSE");
+                return;
+            }
+            sql.push("c.id IN (")
+                .bind_list(ids.iter().map(|id| Value::Text(id.clone())))
+                .push(")");
+        }
+        CandidateFilter::LastUpdated(conditions) => {
+            if conditions.is_empty() {
+                sql.push("FALSE");
+                return;
+            }
+            sql.push("(");
+            push_conditions(
+                sql,
+                conditions,
+                "c.last_updated_ms",
+                "(c.last_updated_ms + 1)",
+            );
+            sql.push(")");
+        }
+    }
+}
+
+/// `cond OR cond OR …` over a resource range [low, high).
+fn push_conditions(
+    sql: &mut Sql,
+    conditions: &[DateCondition],
+    low: &'static str,
+    high: &'static str,
+) {
+    for (position, condition) in conditions.iter().enumerate() {
+        if position > 0 {
+            sql.push(" OR ");
+        }
+        sql.push("(");
+        date_sql::push_condition(sql, condition, low, high);
+        sql.push(")");
+    }
+}
+
+/// Limits beyond i64 cannot be expressed and are meaningless; clamp.
+fn limit_value(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,137 @@
+//! The embedded SQLite store: one database file (WAL, synchronous=FULL, foreign keys on).
+//!
+//! Writes go through a single writer connection and take the write lock at `BEGIN IMMEDIATE`,
+//! so concurrent writers queue in the pool instead of failing with `SQLITE_BUSY`; reads use a
+//! separate pool and, under WAL, never wait for the writer. The file and its directory are
+//! created readable by the owner only.
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use carevault_domain::ids::TenantId;
+use carevault_domain::store::{StoreError, StoreResult};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+
+use crate::engine::{backend, implement_store};
+use crate::migrations;
+
+/// How long a statement waits for a lock held by another process (a backup, the CLI).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read connections; reads run in parallel with the single writer under WAL.
+const READERS: u32 = 8;
+
+pub struct SqliteStore {
+    reader: SqlitePool,
+    writer: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing, mode 0600, parent directory 0700) and migrates the database.
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        prepare_file(path)?;
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(false)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(backend)?;
+        migrations::sqlite()
+            .run(&writer)
+            .await
+            .map_err(|error| StoreError::Backend(format!("migration failed: {error}")))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        Ok(SqliteStore { reader, writer })
+    }
+
+    fn read_pool(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    fn write_pool(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    async fn begin_read(
+        &self,
+        _tenant: Option<TenantId>,
+    ) -> StoreResult<Transaction<'static, Sqlite>> {
+        self.reader.begin().await.map_err(backend)
+    }
+
+    async fn begin_write(
+        &self,
+        _tenant: Option<TenantId>,
+    ) -> StoreResult<Transaction<'static, Sqlite>> {
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)
+    }
+
+    /// SQLite has no row-level security; every statement names its tenant.
+    async fn enter_tenant(
+        _connection: &mut SqliteConnection,
+        _tenant: TenantId,
+    ) -> StoreResult<()> {
+        Ok(())
+    }
+}
+
+/// Creates the parent directory (0700) and the file (0600) if missing, so the database, its
+/// WAL and shared-memory files (which SQLite creates with the database's mode) are never
+/// readable by other users.
+fn prepare_file(path: &Path) -> Result<(), StoreError> {
+    let io = |what: &str, error: std::io::Error| {
+        StoreError::Backend(format!("cannot {what} {}: {error}", path.display()))
+    };
+    if let Some(parent) = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|error| io("create the directory of", error))?;
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|error| io("create", error))?;
+    let mode = file
+        .metadata()
+        .map_err(|error| io("inspect", error))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format_args!("{:o}", mode & 0o777),
+            "the database file is readable by other users; restricting it to its owner"
+        );
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|error| io("restrict the permissions of", error))?;
+    }
+    Ok(())
+}
+
+implement_store!(SqliteStore, Sqlite, SqliteConnection, SqliteRow, "sqlite");
