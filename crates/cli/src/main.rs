@@ -195,7 +195,12 @@ async fn serve(data_dir: &Path, listen: Option<SocketAddr>) -> anyhow::Result<()
     }
     let state = runtime.server_state();
     let base = runtime.config.public_url();
-    tracing::info!(address = %bound, engine = runtime.store.engine(), "carevault listening");
+    tracing::info!(
+        address = %bound,
+        engine = runtime.store.engine(),
+        signing_key = %runtime.signing_public_key(),
+        "carevault listening"
+    );
     println!("carevault is listening on {base}");
     println!("FHIR base: {base}/fhir   token endpoint: {base}/oauth/token");
     println!(

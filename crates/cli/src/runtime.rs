@@ -1,7 +1,7 @@
 //! The composition root: opens the data directory and wires store, keys, audit trail and use
 //! cases together. Nothing below this module reads configuration, files or the clock.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -18,7 +18,6 @@ use crate::config::{Config, KEK_FILE, SIGNING_KEY_FILE};
 
 pub struct Runtime {
     pub config: Config,
-    pub data_dir: PathBuf,
     pub store: Arc<dyn Store>,
     pub keyring: Arc<Keyring>,
     pub verifier: Arc<dyn AssertionVerifier>,
@@ -81,7 +80,6 @@ impl Runtime {
         carevault_auth::install_crypto_provider();
         Ok(Runtime {
             config,
-            data_dir: data_dir.to_path_buf(),
             store,
             keyring,
             verifier: Arc::new(carevault_auth::SmartVerifier),
@@ -120,6 +118,12 @@ impl Runtime {
             clock: self.clock.clone(),
             base_url: self.config.public_url(),
         }
+    }
+
+    /// The signing key's public half, hex: operators record it off the box so that signed
+    /// audit checkpoints and backup manifests can be verified without trusting this host.
+    pub fn signing_public_key(&self) -> String {
+        hex::encode(self.signing_key.verifying_key().to_bytes())
     }
 
     pub fn now_ms(&self) -> i64 {

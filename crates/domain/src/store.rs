@@ -259,13 +259,16 @@ pub trait Store: Send + Sync {
     async fn create_tenant(&self, tenant: &TenantRecord, keys: &[WrappedKey]) -> StoreResult<()>;
     async fn list_tenants(&self) -> StoreResult<Vec<TenantRecord>>;
     async fn tenant(&self, id: TenantId) -> StoreResult<Option<TenantRecord>>;
-    /// Sets the status; returns false when the tenant does not exist.
+    /// Sets the status; returns false when the tenant does not exist. Quarantine also deletes
+    /// every access token of the tenant, in the same transaction, so a later release does not
+    /// revive tokens issued before it.
     async fn set_tenant_status(&self, id: TenantId, status: TenantStatus) -> StoreResult<bool>;
     async fn tenant_keys(&self, id: TenantId) -> StoreResult<Vec<WrappedKey>>;
 
     async fn create_client(&self, client: &ClientRecord) -> StoreResult<()>;
     async fn client(&self, id: &ClientId) -> StoreResult<Option<ClientRecord>>;
     async fn list_clients(&self, tenant: Option<TenantId>) -> StoreResult<Vec<ClientRecord>>;
+    /// Sets the status; disabling also deletes the client's access tokens.
     async fn set_client_status(&self, id: &ClientId, status: ClientStatus) -> StoreResult<bool>;
 
     /// Remembers an assertion's `jti` until `expires_ms`. Returns false if this client already

@@ -376,12 +376,23 @@ macro_rules! implement_store {
                     id: TenantId,
                     status: TenantStatus,
                 ) -> StoreResult<bool> {
+                    // Quarantine revokes every access token of the tenant in the same
+                    // transaction, so a release never revives a token issued before it.
+                    let mut tx = self.begin_write(None).await?;
                     let done = sqlx::query(sql::UPDATE_TENANT_STATUS)
                         .bind(id.as_uuid())
                         .bind(status.as_str())
-                        .execute(self.write_pool())
+                        .execute(&mut *tx)
                         .await
                         .map_err(backend)?;
+                    if status == TenantStatus::Quarantined {
+                        sqlx::query(sql::DELETE_TENANT_TOKENS)
+                            .bind(id.as_uuid())
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(backend)?;
+                    }
+                    tx.commit().await.map_err(backend)?;
                     Ok(done.rows_affected() > 0)
                 }
 
@@ -439,12 +450,22 @@ macro_rules! implement_store {
                     id: &ClientId,
                     status: ClientStatus,
                 ) -> StoreResult<bool> {
+                    // Disabling revokes the client's tokens in the same transaction.
+                    let mut tx = self.begin_write(None).await?;
                     let done = sqlx::query(sql::UPDATE_CLIENT_STATUS)
                         .bind(id.as_str().to_owned())
                         .bind(status.as_str())
-                        .execute(self.write_pool())
+                        .execute(&mut *tx)
                         .await
                         .map_err(backend)?;
+                    if status == ClientStatus::Disabled {
+                        sqlx::query(sql::DELETE_CLIENT_TOKENS)
+                            .bind(id.as_str().to_owned())
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(backend)?;
+                    }
+                    tx.commit().await.map_err(backend)?;
                     Ok(done.rows_affected() > 0)
                 }
 

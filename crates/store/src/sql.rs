@@ -103,6 +103,8 @@ pub(crate) const LIST_TENANTS: &str =
 pub(crate) const SELECT_TENANT: &str =
     "SELECT id, name, status, created_ms FROM tenants WHERE id = $1";
 pub(crate) const UPDATE_TENANT_STATUS: &str = "UPDATE tenants SET status = $2 WHERE id = $1";
+pub(crate) const DELETE_TENANT_TOKENS: &str = "DELETE FROM access_tokens WHERE tenant_id = $1";
+pub(crate) const DELETE_CLIENT_TOKENS: &str = "DELETE FROM access_tokens WHERE client_id = $1";
 pub(crate) const SELECT_TENANT_KEYS: &str = "SELECT tenant_id, purpose, version, wrapped, kek_id, \
      created_ms FROM tenant_keys WHERE tenant_id = $1 ORDER BY purpose, version";
 

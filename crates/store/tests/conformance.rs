@@ -638,7 +638,11 @@ async fn commit_checks_preconditions(store: Arc<dyn Store>, _raw: &Raw) {
     let (tenant, scope) = new_tenant(&store, "writes").await;
     let first = create("Patient", "p1", T0);
     store
-        .commit(&scope, std::slice::from_ref(&first), &[audit(tenant, "create", "1")])
+        .commit(
+            &scope,
+            std::slice::from_ref(&first),
+            &[audit(tenant, "create", "1")],
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -652,7 +656,10 @@ async fn commit_checks_preconditions(store: Arc<dyn Store>, _raw: &Raw) {
     assert!(matches!(again, Err(StoreError::Conflict { ref id, .. }) if id == "p1"));
 
     let second = update("Patient", "p1", 2, T0 + 10);
-    store.commit(&scope, std::slice::from_ref(&second), &[]).await.unwrap();
+    store
+        .commit(&scope, std::slice::from_ref(&second), &[])
+        .await
+        .unwrap();
     let stale = store
         .commit(&scope, &[update("Patient", "p1", 2, T0 + 20)], &[])
         .await;

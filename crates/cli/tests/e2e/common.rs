@@ -58,11 +58,6 @@ impl PgDatabase {
         }
     }
 
-    /// Runs SQL as the superuser on this database (for tampering and dumps).
-    pub fn sql(&self, statement: &str) -> String {
-        psql(&self.url, statement)
-    }
-
     pub fn dump(&self) -> Vec<u8> {
         let output = Command::new("pg_dump")
             .arg("--data-only")
@@ -507,4 +502,35 @@ pub fn patient(family: &str, given: &str, nhs: &str, birth: &str) -> Value {
 
 pub fn file_bytes(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_default()
+}
+
+impl Fhir<'_> {
+    /// Sends body bytes exactly as given (no re-serialisation, so decimal text and element
+    /// order reach the server untouched) and keeps the raw reply.
+    pub async fn send_raw(&self, method: reqwest::Method, path: &str, body: Vec<u8>) -> Reply {
+        let response = self
+            .server
+            .http
+            .request(method, self.server.fhir(path))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/fhir+json")
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request: {e}"));
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let raw = response
+            .bytes()
+            .await
+            .map(|b| b.to_vec())
+            .unwrap_or_default();
+        let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+            raw,
+        }
+    }
 }

@@ -2,8 +2,14 @@
 //! One test binary for the whole tree (each binary links everything).
 
 mod at_rest;
+mod audit;
 mod common;
 mod fhir_api;
+mod fhirpy;
+mod hl7_examples;
 mod isolation;
 mod oauth;
+mod operations;
+mod search;
 mod tamper;
+mod transactions;

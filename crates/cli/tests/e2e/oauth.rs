@@ -221,6 +221,11 @@ async fn quarantine_and_disable_stop_tokens_at_once() {
     assert!(listing.contains("quarantined"), "{listing}");
 
     server.cli(&["tenant", "release", "--tenant", &tenant_a]);
+    assert_eq!(
+        fhir_a.get("Patient").await.status,
+        401,
+        "release must not revive old tokens"
+    );
     let mut client_a = client_a;
     server.token(&mut client_a, "system/*.cruds").await;
     let fhir_a = Fhir::new(&server, &client_a);
@@ -233,4 +238,10 @@ async fn quarantine_and_disable_stop_tokens_at_once() {
         "a disabled client's token still works"
     );
     assert_eq!(fhir_a.get("Patient").await.status, 200);
+    server.cli(&["client", "enable", "--client", &client_b.id]);
+    assert_eq!(
+        fhir_b.get("Patient").await.status,
+        401,
+        "enabling must not revive old tokens"
+    );
 }
