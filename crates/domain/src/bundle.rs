@@ -226,6 +226,22 @@ fn parse_operation(index: usize, entry: &Value) -> Result<Operation, RecordError
     })
 }
 
+/// Refuses a GET entry of a transaction up front: the token must allow it, and a search must
+/// parse (unknown parameters and modifiers are named with the entry).
+fn check_get(principal: &Principal, operation: &Operation) -> Result<(), RecordError> {
+    if operation.id.is_some() {
+        return require(principal, operation.rt, Interaction::Read);
+    }
+    require(principal, operation.rt, Interaction::Search)?;
+    let pairs = parse_query_string(operation.query.as_deref().unwrap_or(""));
+    carevault_fhir::parse_search(operation.rt, &pairs)
+        .map(|_| ())
+        .map_err(|mut issue| {
+            issue.path = format!("Bundle.entry[{}].request.url", operation.index);
+            RecordError::Invalid(vec![issue])
+        })
+}
+
 fn entries(bundle: &Value) -> Result<Vec<Value>, RecordError> {
     match bundle.get("entry") {
         None => Ok(Vec::new()),
@@ -289,11 +305,11 @@ impl Records {
         let mut existing_matches: HashMap<usize, ResourceView> = HashMap::new();
         for operation in &mut operations {
             if operation.method != Method::Post {
-                if let (Some(full_url), Some(id)) = (&operation.full_url, &operation.id) {
-                    if full_url.starts_with("urn:") {
-                        new_references
-                            .insert(full_url.clone(), format!("{}/{id}", operation.rt.name()));
-                    }
+                if let (Some(full_url), Some(id)) = (&operation.full_url, &operation.id)
+                    && full_url.starts_with("urn:")
+                {
+                    new_references
+                        .insert(full_url.clone(), format!("{}/{id}", operation.rt.name()));
                 }
                 continue;
             }
@@ -338,6 +354,9 @@ impl Records {
             let index = operation.index;
             let rt = operation.rt;
             if operation.method == Method::Get {
+                // Reads run after the commit; anything that would refuse them is refused now,
+                // before a write can land.
+                check_get(principal, operation)?;
                 continue;
             }
             let Some(id) = operation.id.clone() else {
@@ -388,13 +407,13 @@ impl Records {
                     let (version, precondition, created) = match (&current, operation.if_match) {
                         (None, Some(_)) => {
                             return Err(RecordError::PreconditionFailed(format!(
-                                "entry {index}: ifMatch names a resource that does not exist"
+                                "Bundle.entry[{index}]: ifMatch names a resource that does not exist"
                             )));
                         }
                         (Some(current), Some(expected)) if current.version != expected => {
                             return Err(RecordError::PreconditionFailed(format!(
-                                "entry {index}: ifMatch expected version {expected}, the current \
-                                 version is {}",
+                                "Bundle.entry[{index}]: ifMatch expected version {expected}, the \
+                                 current version is {}",
                                 current.version
                             )));
                         }
@@ -475,11 +494,23 @@ impl Records {
                 .note_commit(!matches!(result, Err(StoreError::Backend(_))));
             result?;
         }
-        // Reads run after the writes, so they see them.
+        // Reads run after the writes, so they see them. Once writes have committed, a read that
+        // still fails (the resource is not there, the audit trail failed) is reported in its own
+        // entry: answering with an error would tell the client that nothing was written.
         for operation in &operations {
             if operation.method == Method::Get {
-                responses[operation.index] =
-                    Some(self.run_get(principal, operation, now_ms).await?);
+                let response = match self.run_get(principal, operation, now_ms).await {
+                    Ok(response) => response,
+                    Err(error) if !writes.is_empty() => EntryResponse {
+                        status: 0,
+                        location: None,
+                        version: None,
+                        last_modified_ms: None,
+                        body: EntryBody::Failed(error),
+                    },
+                    Err(error) => return Err(error),
+                };
+                responses[operation.index] = Some(response);
             }
         }
         Ok(responses

@@ -95,6 +95,30 @@ impl fmt::Display for ClientId {
     }
 }
 
+/// A person with an account (staff of a tenant, or supplier staff).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct PersonId(Uuid);
+
+impl PersonId {
+    pub fn generate() -> PersonId {
+        PersonId(Uuid::new_v4())
+    }
+
+    pub fn parse(text: &str) -> Option<PersonId> {
+        Uuid::parse_str(text).ok().map(PersonId)
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for PersonId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

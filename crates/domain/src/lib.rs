@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod clock;
 pub mod ids;
 pub mod keyring;
+pub mod people;
 pub mod principal;
 pub mod records;
 pub mod scopes;

@@ -282,10 +282,10 @@ impl Records {
         let prepared = async {
             require(principal, rt, Interaction::Create)?;
             validate(&body, rt, "")?;
-            if let Some(query) = if_none_exist {
-                if let Some(existing) = self.find_existing(principal, rt, query, now_ms).await? {
-                    return Ok(Err(existing));
-                }
+            if let Some(query) = if_none_exist
+                && let Some(existing) = self.find_existing(principal, rt, query, now_ms).await?
+            {
+                return Ok(Err(existing));
             }
             let id = ResourceId::generate();
             let keys = self.keyring.keys(principal.scope().tenant()).await?;
@@ -792,7 +792,12 @@ pub(crate) fn audit_record(
         source: principal.source().map(|ip| ip.to_string()),
         action: about.action.to_owned(),
         resource_type: about.resource_type.map(|rt| rt.name().to_owned()),
-        resource_id: about.resource_id.map(str::to_owned),
+        // The id comes from the URL: only a well-formed FHIR id is kept, so a client cannot
+        // put free text (a name, say) into the trail through a malformed one.
+        resource_id: about
+            .resource_id
+            .and_then(ResourceId::parse)
+            .map(|id| id.as_str().to_owned()),
         subjects,
         categories,
         purpose: None,

@@ -464,19 +464,20 @@ impl Records {
         for version in versions.iter().take(count) {
             entries.push(self.open(&keys, scope, rt, version)?);
         }
-        if versions.len() > count && count > 0 {
-            if let Some(last) = versions.get(count - 1) {
-                next_cursor = Some(seal_cursor(
-                    &keys,
-                    scope,
-                    &CursorPayload {
-                        q: fingerprint,
-                        s: last.last_updated_ms,
-                        i: last.id.clone(),
-                        v: Some(last.version),
-                    },
-                )?);
-            }
+        if versions.len() > count
+            && count > 0
+            && let Some(last) = versions.get(count - 1)
+        {
+            next_cursor = Some(seal_cursor(
+                &keys,
+                scope,
+                &CursorPayload {
+                    q: fingerprint,
+                    s: last.last_updated_ms,
+                    i: last.id.clone(),
+                    v: Some(last.version),
+                },
+            )?);
         }
         Ok(HistoryPage {
             entries,

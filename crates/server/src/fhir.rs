@@ -58,7 +58,7 @@ fn resource_type(name: &str) -> Result<ResourceType, ApiError> {
 }
 
 /// Accepts `application/fhir+json` and `application/json` (any parameters); refuses others.
-fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, Response> {
+fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, Box<Response>> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -67,14 +67,14 @@ fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, Response> {
     if !media.eq_ignore_ascii_case("application/fhir+json")
         && !media.eq_ignore_ascii_case("application/json")
     {
-        return Err(outcome(
+        return Err(Box::new(outcome(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "not-supported",
             "send FHIR JSON with Content-Type: application/fhir+json (or application/json)",
-        ));
+        )));
     }
     carevault_fhir::parse_json(body)
-        .map_err(|issues| ApiError(RecordError::Invalid(issues)).into_response())
+        .map_err(|issues| Box::new(ApiError(RecordError::Invalid(issues)).into_response()))
 }
 
 fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
@@ -141,7 +141,7 @@ async fn create(
     body: Bytes,
 ) -> Result<Response, Response> {
     let rt = resource_type(&type_name).map_err(IntoResponse::into_response)?;
-    let resource = json_body(&headers, &body)?;
+    let resource = json_body(&headers, &body).map_err(|response| *response)?;
     let if_none_exist = headers
         .get("if-none-exist")
         .and_then(|value| value.to_str().ok());
@@ -172,7 +172,7 @@ async fn update(
     body: Bytes,
 ) -> Result<Response, Response> {
     let rt = resource_type(&type_name).map_err(IntoResponse::into_response)?;
-    let resource = json_body(&headers, &body)?;
+    let resource = json_body(&headers, &body).map_err(|response| *response)?;
     let if_match = if_match(&headers).map_err(IntoResponse::into_response)?;
     let outcome = state
         .records
@@ -306,7 +306,7 @@ async fn bundle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Response> {
-    let bundle = json_body(&headers, &body)?;
+    let bundle = json_body(&headers, &body).map_err(|response| *response)?;
     let kind = bundle_kind(&bundle).map_err(|error| ApiError(error).into_response())?;
     let now = state.now_ms();
     let (responses, name) = match kind {

@@ -116,10 +116,10 @@ impl IntoResponse for ApiError {
         }
         let (status, body) = record_error_parts(&self.0);
         let mut response = fhir_response(status, &body);
-        if let RecordError::Gone { version } = &self.0 {
-            if let Ok(value) = HeaderValue::from_str(&format!("W/\"{version}\"")) {
-                response.headers_mut().insert(header::ETAG, value);
-            }
+        if let RecordError::Gone { version } = &self.0
+            && let Ok(value) = HeaderValue::from_str(&format!("W/\"{version}\""))
+        {
+            response.headers_mut().insert(header::ETAG, value);
         }
         response
     }

@@ -47,7 +47,7 @@ fn encodings(needle: &str) -> Vec<(String, Vec<u8>)> {
         if encoded.len() > skip + keep && keep >= 6 {
             forms.push((
                 format!("base64+{shift}"),
-                encoded[skip..skip + keep].as_bytes().to_vec(),
+                encoded.as_bytes()[skip..skip + keep].to_vec(),
             ));
         }
     }
@@ -120,7 +120,7 @@ async fn write_and_search(server: &Server, fhir: &Fhir<'_>) {
         let reply = fhir.get(&query).await;
         assert_eq!(reply.status, 200, "{query}: {}", reply.body);
         assert!(
-            !reply.body["entry"].as_array().map_or(true, Vec::is_empty),
+            reply.body["entry"].as_array().is_some_and(|entries| !entries.is_empty()),
             "{query} found nothing"
         );
     }
