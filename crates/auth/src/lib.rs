@@ -1,7 +1,14 @@
-//! carevault-auth: verification of SMART Backend Services client assertions
-//! (`private_key_jwt`).
+//! carevault-auth: the authentication primitives. Pure: no storage, no
+//! HTTP, no clock.
 //!
-//! Guarantees:
+//! - [`password`]: Argon2id hashing and the policy for new passwords.
+//! - [`totp`]: RFC 6238 codes, accepted once per time step.
+//! - [`recovery`]: single-use recovery codes, stored hashed.
+//! - [`passkeys`]: WebAuthn passkeys with user verification required.
+//! - [`throttle`]: growing delays after failures (no lockout).
+//! - SMART Backend Services client assertions (`private_key_jwt`), below.
+//!
+//! Client-assertion guarantees:
 //! - Only RS384 and ES384 assertions are accepted, only against the public
 //!   keys a client registered ([`ClientJwks`]); `none`, HMAC and every other
 //!   algorithm are refused before any key is touched, so a public key can
@@ -16,6 +23,11 @@
 mod assertion;
 mod error;
 mod jwks;
+mod people;
+pub mod passkeys;
+pub mod password;
+pub mod recovery;
+pub mod totp;
 mod verifier;
 
 pub use assertion::{
@@ -24,6 +36,14 @@ pub use assertion::{
 };
 pub use error::AssertionError;
 pub use jwks::ClientJwks;
+pub use passkeys::{AuthenticatedPasskey, PasskeyError, Passkeys, StoredPasskey};
+pub use password::{
+    PasswordError, PasswordParams, PasswordRejection, check_new_password, dummy_verify,
+    hash_password, needs_rehash, verify_password,
+};
+pub use recovery::{RecoveryError, find_recovery_code, generate_recovery_codes};
+pub use totp::{TotpError, TotpSecret, otpauth_url, qr_svg, verify_totp};
+pub use people::PeopleCredentials;
 pub use verifier::SmartVerifier;
 
 /// Installs jsonwebtoken's AWS-LC crypto provider for this process.

@@ -23,6 +23,46 @@ pub struct Config {
     pub keys: KeysConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// Argon2id parameters, calibrated on this machine by `init` (never below OWASP's minimum).
+    #[serde(default)]
+    pub passwords: PasswordConfig,
+    #[serde(default)]
+    pub sessions: SessionConfig,
+    /// Audit checkpoints: where they go and how often (see `audit/checkpoints.rs`).
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordConfig {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Default for PasswordConfig {
+    /// OWASP's minimum for Argon2id (m = 19 MiB, t = 2, p = 1).
+    fn default() -> PasswordConfig {
+        PasswordConfig {
+            memory_kib: 19_456,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
+}
+
+/// Session timeouts. Tighter than the defaults is fine; looser is allowed with a warning in
+/// the log at every start.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Idle timeout in minutes (default 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_minutes: Option<i64>,
+    /// Absolute timeout in hours (default 12).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub absolute_hours: Option<i64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -117,6 +157,9 @@ impl Config {
                 dir: PathBuf::from("keys"),
             },
             log: LogConfig::default(),
+            passwords: PasswordConfig::default(),
+            sessions: SessionConfig::default(),
+            audit: crate::audit::AuditConfig::default(),
         }
     }
 
@@ -191,18 +234,23 @@ impl Config {
         }
     }
 
+    /// The URL people and clients use. On a loopback address it is `localhost`, the one host
+    /// name browsers accept for passkeys without TLS.
     pub fn public_url(&self) -> String {
         match &self.server.public_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
-            None => {
-                let scheme = if self.server.tls.is_some() {
-                    "https"
-                } else {
-                    "http"
-                };
-                format!("{scheme}://{}", self.server.listen)
-            }
+            None => default_public_url(self.server.listen, self.server.tls.is_some()),
         }
+    }
+}
+
+/// `http(s)://localhost:PORT` for a loopback address, else the address itself.
+pub fn default_public_url(listen: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    if listen.ip().is_loopback() {
+        format!("{scheme}://localhost:{}", listen.port())
+    } else {
+        format!("{scheme}://{listen}")
     }
 }
 
@@ -218,3 +266,4 @@ mod tests {
         assert!(toml::from_str::<Config>(&typo).is_err());
     }
 }
+

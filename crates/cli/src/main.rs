@@ -1,7 +1,9 @@
 //! `carevault`: the command line for every operator task.
 
+mod audit;
 mod config;
 mod runtime;
+mod user;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -53,6 +55,12 @@ enum Command {
     /// Manage machine clients (SMART Backend Services).
     #[command(subcommand)]
     Client(ClientCommand),
+    /// Manage people: invitations and setup links.
+    #[command(subcommand)]
+    User(user::UserCommand),
+    /// The tamper-evident audit trail: verify, export, checkpoint.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 #[derive(Subcommand)]
@@ -145,12 +153,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init { database_url } => {
             initialise(&data_dir, database_url).await?;
             println!("initialised {}", data_dir.display());
+            let runtime = Runtime::open(&data_dir).await?;
+            let services = runtime.services()?;
+            let link = runtime.setup_link(&services).await?;
+            println!("one-time setup link for the first platform administrator (valid 15 minutes):");
+            println!("  {link}");
             println!("next: carevault serve --data-dir {}", data_dir.display());
             Ok(())
         }
         Command::Serve { listen } => serve(&data_dir, listen).await,
         Command::Tenant(command) => tenant(&data_dir, command).await,
         Command::Client(command) => client(&data_dir, command).await,
+        Command::User(command) => user::run(&data_dir, command).await,
+        Command::Audit(command) => audit::run(&data_dir, command).await,
     }
 }
 
@@ -168,7 +183,8 @@ fn init_logging(config: &config::Config) {
 }
 
 async fn serve(data_dir: &Path, listen: Option<SocketAddr>) -> anyhow::Result<()> {
-    if !data_dir.join(config::CONFIG_FILE).exists() {
+    let fresh = !data_dir.join(config::CONFIG_FILE).exists();
+    if fresh {
         initialise(data_dir, None).await?;
         eprintln!("created a new data directory at {}", data_dir.display());
     }
@@ -190,10 +206,12 @@ async fn serve(data_dir: &Path, listen: Option<SocketAddr>) -> anyhow::Result<()
     let bound = listener.local_addr()?;
     if listen.is_some() && runtime.config.server.public_url.is_none() {
         // With --listen (possibly port 0) the public URL follows the real bound address.
-        let scheme = if listener.uses_tls() { "https" } else { "http" };
-        runtime.config.server.public_url = Some(format!("{scheme}://{bound}"));
+        runtime.config.server.public_url =
+            Some(config::default_public_url(bound, listener.uses_tls()));
     }
-    let state = runtime.server_state();
+    let services = runtime.services()?;
+    let state = runtime.server_state(&services);
+    let checkpoints = audit::Checkpointer::new(&runtime, data_dir)?.start();
     let base = runtime.config.public_url();
     tracing::info!(
         address = %bound,
@@ -203,12 +221,19 @@ async fn serve(data_dir: &Path, listen: Option<SocketAddr>) -> anyhow::Result<()
     );
     println!("carevault is listening on {base}");
     println!("FHIR base: {base}/fhir   token endpoint: {base}/oauth/token");
+    if fresh {
+        let link = runtime.setup_link(&services).await?;
+        println!("one-time setup link for the first platform administrator (valid 15 minutes):");
+        println!("  {link}");
+    }
     println!(
         "first steps: carevault tenant create --name \"My Organisation\"; then carevault client register (see README)"
     );
-    listener
+    let served = listener
         .serve(carevault_server::router(state), shutdown_signal())
-        .await?;
+        .await;
+    checkpoints.finish().await;
+    served?;
     Ok(())
 }
 

@@ -5,30 +5,45 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use carevault_auth::PeopleCredentials;
+use carevault_auth::password::PasswordParams;
 use carevault_crypto::{Kek, KeyEncryptionKey, SigningKey};
 use carevault_domain::access::{AssertionVerifier, Authority};
 use carevault_domain::admin::Administration;
 use carevault_domain::audit::AuditTrail;
 use carevault_domain::clock::{Clock, SystemClock};
+use carevault_domain::ids::TenantId;
 use carevault_domain::keyring::Keyring;
+use carevault_domain::people::{
+    Identity, IdentitySettings, Invitation, Inviter, LogNotifier, PeopleStore, Role,
+};
 use carevault_domain::records::Records;
 use carevault_domain::store::Store;
 
-use crate::config::{Config, KEK_FILE, SIGNING_KEY_FILE};
+use crate::config::{Config, KEK_FILE, PasswordConfig, SIGNING_KEY_FILE};
 
 pub struct Runtime {
     pub config: Config,
     pub store: Arc<dyn Store>,
+    pub people: Arc<dyn PeopleStore>,
     pub keyring: Arc<Keyring>,
     pub verifier: Arc<dyn AssertionVerifier>,
     pub clock: Arc<dyn Clock>,
     /// Held so that start-up proves the signing key is present and private; audit checkpoints
-    /// and backup manifests will sign with it.
+    /// and backup manifests sign with it.
     pub signing_key: Arc<SigningKey>,
 }
 
+/// The use cases over one runtime, with a running audit committer.
+pub struct Services {
+    pub audit: AuditTrail,
+    pub records: Arc<Records>,
+    pub authority: Arc<Authority>,
+    pub identity: Arc<Identity>,
+}
+
 /// Creates a data directory: configuration, key-encryption key and signing key (0600, in a
-/// 0700 folder apart from the database), and the database.
+/// 0700 folder apart from the database), the database, and calibrated password parameters.
 pub async fn initialise(data_dir: &Path, database_url: Option<String>) -> anyhow::Result<Config> {
     if data_dir.join(crate::config::CONFIG_FILE).exists() {
         bail!(
@@ -38,18 +53,33 @@ pub async fn initialise(data_dir: &Path, database_url: Option<String>) -> anyhow
         );
     }
     create_private_dir(data_dir)?;
-    let config = Config::new_default(database_url);
+    let mut config = Config::new_default(database_url);
+    config.passwords = calibrate_passwords();
     let keys_dir = config.keys_dir(data_dir);
     create_private_dir(&keys_dir)?;
     Kek::create_file(&keys_dir.join(KEK_FILE)).context("creating the key-encryption key")?;
-    SigningKey::create_file(&keys_dir.join(SIGNING_KEY_FILE))
-        .context("creating the signing key")?;
+    SigningKey::create_file(&keys_dir.join(SIGNING_KEY_FILE)).context("creating the signing key")?;
     config.save_new(data_dir)?;
     // Creating the store runs the migrations, so a fresh directory is ready to serve.
     carevault_store::open_store(&config.database_url(data_dir))
         .await
         .context("creating the database")?;
     Ok(config)
+}
+
+/// Argon2id costs about a quarter of a second here, and never less than OWASP's minimum.
+fn calibrate_passwords() -> PasswordConfig {
+    let measure = |params: &PasswordParams| {
+        let started = std::time::Instant::now();
+        let _ = carevault_auth::password::hash_password("calibration password", params);
+        u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    };
+    let params = PasswordParams::calibrate(250, &measure);
+    PasswordConfig {
+        memory_kib: params.memory_kib(),
+        iterations: params.iterations(),
+        parallelism: params.parallelism(),
+    }
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
@@ -67,12 +97,12 @@ impl Runtime {
     pub async fn open(data_dir: &Path) -> anyhow::Result<Runtime> {
         let config = Config::load(data_dir)?;
         let keys_dir = config.keys_dir(data_dir);
-        let kek =
-            Kek::load_file(&keys_dir.join(KEK_FILE)).context("loading the key-encryption key")?;
+        let kek = Kek::load_file(&keys_dir.join(KEK_FILE))
+            .context("loading the key-encryption key")?;
         let signing_key = SigningKey::load_file(&keys_dir.join(SIGNING_KEY_FILE))
             .context("loading the signing key")?;
         let url = config.database_url(data_dir);
-        let store = carevault_store::open_store(&url)
+        let (store, people) = carevault_store::open_stores(&url)
             .await
             .with_context(|| format!("opening the {} store", engine_name(&url)))?;
         let kek: Arc<dyn KeyEncryptionKey> = Arc::new(kek);
@@ -81,6 +111,7 @@ impl Runtime {
         Ok(Runtime {
             config,
             store,
+            people,
             keyring,
             verifier: Arc::new(carevault_auth::SmartVerifier),
             clock: Arc::new(SystemClock),
@@ -89,15 +120,29 @@ impl Runtime {
     }
 
     pub fn administration(&self) -> Administration {
-        Administration::new(
-            self.store.clone(),
-            self.keyring.clone(),
-            self.verifier.clone(),
-        )
+        Administration::new(self.store.clone(), self.keyring.clone(), self.verifier.clone())
     }
 
-    /// The server's state. Starts the audit committer, so call inside the Tokio runtime.
-    pub fn server_state(&self) -> carevault_server::ServerState {
+    fn identity_settings(&self) -> IdentitySettings {
+        let mut settings = IdentitySettings::defaults(&self.config.public_url());
+        let sessions = &self.config.sessions;
+        if let Some(minutes) = sessions.idle_minutes {
+            if minutes > 15 {
+                tracing::warn!(minutes, "sessions.idle_minutes is looser than the default of 15");
+            }
+            settings.idle_ms = minutes.max(1) * 60_000;
+        }
+        if let Some(hours) = sessions.absolute_hours {
+            if hours > 12 {
+                tracing::warn!(hours, "sessions.absolute_hours is looser than the default of 12");
+            }
+            settings.absolute_ms = hours.max(1) * 3_600_000;
+        }
+        settings
+    }
+
+    /// Builds the use cases. Starts the audit committer, so call inside the Tokio runtime.
+    pub fn services(&self) -> anyhow::Result<Services> {
         let audit = AuditTrail::start(self.store.clone());
         let records = Arc::new(Records::new(
             self.store.clone(),
@@ -110,14 +155,70 @@ impl Runtime {
             self.verifier.clone(),
             self.config.server.token_lifetime_seconds,
         ));
-        carevault_server::ServerState {
+        let passwords = &self.config.passwords;
+        let params = PasswordParams::new(passwords.memory_kib, passwords.iterations, passwords.parallelism)
+            .map_err(|error| anyhow::anyhow!("[passwords] in the configuration: {error}"))?;
+        let credentials = PeopleCredentials::new(params, &self.config.public_url())
+            .map_err(|error| {
+                anyhow::anyhow!(
+                    "passkeys need a public URL with a host name ({error}); set [server] \
+                     public_url = \"https://records.example.org\" in carevault.toml"
+                )
+            })?;
+        let identity = Arc::new(Identity::new(
+            self.people.clone(),
+            self.store.clone(),
+            self.keyring.clone(),
+            audit.clone(),
+            Arc::new(credentials),
+            records.clone(),
+            Arc::new(LogNotifier),
+            self.identity_settings(),
+        ));
+        Ok(Services {
+            audit,
             records,
             authority,
+            identity,
+        })
+    }
+
+    /// The server's state.
+    pub fn server_state(&self, services: &Services) -> carevault_server::ServerState {
+        carevault_server::ServerState {
+            records: services.records.clone(),
+            authority: services.authority.clone(),
+            identity: services.identity.clone(),
             store: self.store.clone(),
-            audit,
+            audit: services.audit.clone(),
             clock: self.clock.clone(),
             base_url: self.config.public_url(),
         }
+    }
+
+    /// A one-time link for the first platform administrator (supplier staff), valid for 15
+    /// minutes.
+    pub async fn setup_link(&self, services: &Services) -> anyhow::Result<String> {
+        let identity = &services.identity;
+        let lifetime = identity.settings().setup_link_ms;
+        let invitation = identity
+            .invite(
+                Inviter::Operator,
+                TenantId::platform(),
+                "",
+                "",
+                &[Role::PlatformOperator],
+                None,
+                Some(lifetime),
+                self.now_ms(),
+            )
+            .await
+            .map_err(|error| anyhow::anyhow!("creating the setup link: {error}"))?;
+        Ok(self.invitation_link(&invitation))
+    }
+
+    pub fn invitation_link(&self, invitation: &Invitation) -> String {
+        format!("{}/invitation/{}", self.config.public_url(), invitation.token)
     }
 
     /// The signing key's public half, hex: operators record it off the box so that signed

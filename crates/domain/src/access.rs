@@ -14,7 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::audit::{AUDIT_RECORD_VERSION, AuditRecord, AuditTrail, Outcome};
 use crate::ids::{ClientId, TenantId};
-use crate::principal::{Actor, AuthStrength, Principal, TenantScope};
+use crate::principal::{Access, Actor, AuthStrength, Principal, TenantScope};
 use crate::scopes::ScopeSet;
 use crate::store::{AccessTokenRecord, ClientStatus, Store, StoreError, TenantStatus};
 
@@ -235,7 +235,7 @@ impl Authority {
                 id: found.token.client,
                 name: found.client_name,
             },
-            scopes,
+            Access::Scopes(scopes),
             AuthStrength::ClientKey,
             Some(token_id(&hash)),
             source,

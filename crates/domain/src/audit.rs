@@ -5,8 +5,15 @@
 //! the record. Writes do not use the committer: their records commit in the same transaction as
 //! the write (see [`crate::store::Store::commit`]).
 //!
-//! The hash chain, checkpoints and verification extend this module (`seq` is assigned by the
-//! store in commit order per tenant, which is where the chain will hang).
+//! Tamper evidence hangs off `seq`, which the store assigns in commit order per tenant:
+//! [`chain`] links each record to the one before it (the store computes the links inside the
+//! appending transaction), [`checkpoint`] signs chain heads with a key kept outside the database,
+//! and [`verify`] checks a stored chain against both. [`storage`] is what they need from a store.
+
+pub mod chain;
+pub mod checkpoint;
+pub mod storage;
+pub mod verify;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -427,6 +427,7 @@ impl Records {
                             current.deleted,
                         ),
                     };
+                    self.check_write_reach(principal, &keys, rt, &id, &resource, current.as_ref())?;
                     let (write, view) = self.prepare_write(
                         &keys,
                         scope,
@@ -447,7 +448,7 @@ impl Records {
                     let current = self.store.current(scope, rt.name(), &id).await?;
                     match current {
                         Some(current) if !current.deleted => {
-                            let opened = self.open(&keys, scope, rt, &current)?;
+                            let opened = self.open_within_reach(principal, &keys, rt, &current)?;
                             let about = AuditSubject {
                                 action: "delete",
                                 resource_type: Some(rt),

@@ -108,6 +108,10 @@ impl PersonId {
         Uuid::parse_str(text).ok().map(PersonId)
     }
 
+    pub fn from_uuid(uuid: Uuid) -> PersonId {
+        PersonId(uuid)
+    }
+
     pub fn as_uuid(&self) -> Uuid {
         self.0
     }

@@ -193,7 +193,7 @@ impl Records {
             });
         }
         let keys = self.keyring.keys(scope.tenant()).await?;
-        self.open(&keys, scope, rt, &stored)
+        self.open_within_reach(principal, &keys, rt, &stored)
     }
 
     pub async fn vread(
@@ -235,7 +235,7 @@ impl Records {
             });
         }
         let keys = self.keyring.keys(scope.tenant()).await?;
-        self.open(&keys, scope, rt, &stored)
+        self.open_within_reach(principal, &keys, rt, &stored)
     }
 
     /// Audits a single-resource read (success or failure) and releases the result only once
@@ -289,6 +289,7 @@ impl Records {
             }
             let id = ResourceId::generate();
             let keys = self.keyring.keys(principal.scope().tenant()).await?;
+            self.check_write_reach(principal, &keys, rt, id.as_str(), &body, None)?;
             let (write, view) = self.prepare_write(
                 &keys,
                 principal.scope(),
@@ -442,6 +443,14 @@ impl Records {
             ),
         };
         let keys = self.keyring.keys(scope.tenant()).await?;
+        self.check_write_reach(
+            principal,
+            &keys,
+            rt,
+            resource_id.as_str(),
+            &body,
+            current.as_ref(),
+        )?;
         let (write, view) = self.prepare_write(
             &keys,
             scope,
@@ -484,7 +493,7 @@ impl Records {
                 return Ok(None);
             }
             let keys = self.keyring.keys(scope.tenant()).await?;
-            let opened = self.open(&keys, scope, rt, &current)?;
+            let opened = self.open_within_reach(principal, &keys, rt, &current)?;
             Ok(Some((self.tombstone(rt, &current, now_ms), opened)))
         }
         .await;
@@ -555,6 +564,50 @@ impl Records {
         match self.audit.record(record).await {
             Ok(()) => error,
             Err(_) => RecordError::AuditUnavailable,
+        }
+    }
+
+    /// Opens a version and checks the principal's relationship to its patients: a resource
+    /// outside the principal's reach is answered exactly like one that does not exist.
+    pub(crate) fn open_within_reach(
+        &self,
+        principal: &Principal,
+        keys: &TenantKeys,
+        rt: ResourceType,
+        stored: &StoredVersion,
+    ) -> Result<ResourceView, RecordError> {
+        let view = self.open(keys, principal.scope(), rt, stored)?;
+        if principal.access().reaches(&view.subjects()) {
+            Ok(view)
+        } else {
+            Err(RecordError::NotFound)
+        }
+    }
+
+    /// A write must be about patients within the principal's reach (a carer records only for
+    /// the patients in their care); an update must also start from a version within reach.
+    pub(crate) fn check_write_reach(
+        &self,
+        principal: &Principal,
+        keys: &TenantKeys,
+        rt: ResourceType,
+        id: &str,
+        body: &Value,
+        current: Option<&StoredVersion>,
+    ) -> Result<(), RecordError> {
+        if matches!(principal.access(), crate::principal::Access::Scopes(_)) {
+            return Ok(());
+        }
+        if let Some(current) = current.filter(|current| !current.deleted) {
+            self.open_within_reach(principal, keys, rt, current)?;
+        }
+        let subjects = carevault_fhir::data_subjects(rt, body, id);
+        if principal.access().reaches_all(&subjects) {
+            Ok(())
+        } else {
+            Err(RecordError::Forbidden(
+                "you may record only for patients in your care".to_owned(),
+            ))
         }
     }
 
@@ -678,7 +731,7 @@ pub(crate) fn require(
     rt: ResourceType,
     interaction: Interaction,
 ) -> Result<(), RecordError> {
-    if principal.scopes().allows(rt.name(), interaction) {
+    if principal.allows(rt.name(), interaction) {
         Ok(())
     } else {
         Err(RecordError::Forbidden(format!(
@@ -798,9 +851,9 @@ pub(crate) fn audit_record(
             .resource_id
             .and_then(ResourceId::parse)
             .map(|id| id.as_str().to_owned()),
+        purpose: principal.access().purpose_for(&subjects),
         subjects,
         categories,
-        purpose: None,
         outcome,
         detail,
     }

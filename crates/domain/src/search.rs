@@ -260,12 +260,14 @@ impl Records {
                     let position = (candidate.sort_value, candidate.version.id.clone());
                     let view = self.open(&keys, scope, rt, &candidate.version)?;
                     let body = view.body.as_ref();
+                    // Outside the principal's reach counts as not matching, so a carer's
+                    // search finds only the patients in their care.
                     let accepted = body.is_some_and(|body| {
                         query
                             .params
                             .iter()
                             .all(|param| param.matches(body, &view.id, view.last_updated_ms))
-                    });
+                    }) && principal.access().reaches(&view.subjects());
                     if accepted {
                         if matches.len() == count {
                             let (s, i) = after.clone().unwrap_or(position);
@@ -326,7 +328,7 @@ impl Records {
                         continue;
                     };
                     // Included resources are reads: the token must allow reading that type.
-                    if !principal.scopes().allows(target.name(), Interaction::Read) {
+                    if !principal.allows(target.name(), Interaction::Read) {
                         continue;
                     }
                     if !already.contains(&(target.name(), id)) {
@@ -342,7 +344,10 @@ impl Records {
             let Some(rt) = carevault_fhir::resource_type(&version.resource_type) else {
                 continue;
             };
-            included.push(self.open(keys, principal.scope(), rt, version)?);
+            let view = self.open(keys, principal.scope(), rt, version)?;
+            if principal.access().reaches(&view.subjects()) {
+                included.push(view);
+            }
         }
         Ok(included)
     }
@@ -440,10 +445,19 @@ impl Records {
                 }
             }
         }
+        let restricted = principal.access().is_restricted();
         if let Some(id) = id {
             let known = self.store.current(scope, rt.name(), id).await?;
-            if known.is_none() {
-                return Err(RecordError::NotFound);
+            match known {
+                None => return Err(RecordError::NotFound),
+                // A deleted resource's patients are unknown: out of a restricted reach.
+                Some(current) if restricted && current.deleted => {
+                    return Err(RecordError::NotFound);
+                }
+                Some(current) if restricted => {
+                    self.open_within_reach(principal, &keys, rt, &current)?;
+                }
+                Some(_) => {}
             }
         }
         let versions = self
@@ -462,7 +476,15 @@ impl Records {
         let mut entries = Vec::with_capacity(versions.len().min(count));
         let mut next_cursor = None;
         for version in versions.iter().take(count) {
-            entries.push(self.open(&keys, scope, rt, version)?);
+            let view = self.open(&keys, scope, rt, version)?;
+            let visible = if restricted {
+                view.body.is_some() && principal.access().reaches(&view.subjects())
+            } else {
+                true
+            };
+            if visible {
+                entries.push(view);
+            }
         }
         if versions.len() > count
             && count > 0
@@ -491,4 +513,128 @@ fn parse_instant_ms(text: &str) -> Option<i64> {
     let parsed =
         time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
     i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+impl Records {
+    /// The patients a practitioner is caring for: members of their care teams (CareTeam
+    /// `participant`) and patients on their visit list today. Internal: it returns ids only,
+    /// never data, so it is not itself audited; the reads it enables are.
+    pub async fn patients_in_care(
+        &self,
+        scope: &TenantScope,
+        practitioner: &str,
+        day_start_ms: i64,
+        day_end_ms: i64,
+    ) -> Result<BTreeSet<String>, RecordError> {
+        let reference = practitioner_reference(practitioner);
+        let mut patients = self
+            .patients_from(scope, "CareTeam", "participant", &reference, None)
+            .await?;
+        patients.extend(
+            self.patients_on_visit_list(scope, practitioner, day_start_ms, day_end_ms)
+                .await?,
+        );
+        Ok(patients)
+    }
+
+    /// Patients with an appointment (a visit) with the practitioner within
+    /// `[day_start_ms, day_end_ms)`.
+    pub async fn patients_on_visit_list(
+        &self,
+        scope: &TenantScope,
+        practitioner: &str,
+        day_start_ms: i64,
+        day_end_ms: i64,
+    ) -> Result<BTreeSet<String>, RecordError> {
+        let reference = practitioner_reference(practitioner);
+        let day = carevault_fhir::DateCondition {
+            prefix: carevault_fhir::DatePrefix::Eq,
+            low: day_start_ms,
+            high: day_end_ms,
+        };
+        self.patients_from(scope, "Appointment", "practitioner", &reference, Some(day))
+            .await
+    }
+
+    /// Data subjects of the active resources of a type whose reference parameter points at
+    /// `reference` (and, optionally, whose `date` falls in a range).
+    async fn patients_from(
+        &self,
+        scope: &TenantScope,
+        type_name: &str,
+        param_name: &str,
+        reference: &str,
+        date: Option<carevault_fhir::DateCondition>,
+    ) -> Result<BTreeSet<String>, RecordError> {
+        let mut patients = BTreeSet::new();
+        let Some(rt) = carevault_fhir::resource_type(type_name) else {
+            return Ok(patients);
+        };
+        let keys = self.keyring.keys(scope.tenant()).await?;
+        let pairs = [(param_name.to_owned(), reference.to_owned())];
+        let query = carevault_fhir::parse_search(rt, &pairs)
+            .map_err(|issue| RecordError::Internal(issue.to_string()))?;
+        let mut filters = Vec::new();
+        for param in &query.params {
+            if let Lookup::Terms { param, any_of } = param.lookup() {
+                filters.push(CandidateFilter::AnyToken(
+                    any_of
+                        .iter()
+                        .map(|term| keys.index_key().blind_token(param, term))
+                        .collect(),
+                ));
+            }
+        }
+        if let Some(condition) = date {
+            filters.push(CandidateFilter::AnyDate {
+                param: "date".to_owned(),
+                conditions: vec![condition],
+            });
+        }
+        let mut after = None;
+        loop {
+            let candidates = self
+                .store
+                .search(
+                    scope,
+                    &CandidateQuery {
+                        resource_type: type_name.to_owned(),
+                        filters: filters.clone(),
+                        sort: SortBy::LastUpdated,
+                        descending: false,
+                        after: after.clone(),
+                        limit: 500,
+                    },
+                )
+                .await?;
+            let exhausted = candidates.len() < 500;
+            for candidate in &candidates {
+                after = Some((candidate.sort_value, candidate.version.id.clone()));
+                let view = self.open(&keys, scope, rt, &candidate.version)?;
+                let Some(body) = &view.body else { continue };
+                let active = !matches!(
+                    body.get("status").and_then(serde_json::Value::as_str),
+                    Some("inactive" | "entered-in-error" | "cancelled" | "noshow")
+                );
+                let matched = query
+                    .params
+                    .iter()
+                    .all(|p| p.matches(body, &view.id, view.last_updated_ms));
+                if active && matched {
+                    patients.extend(view.subjects());
+                }
+            }
+            if exhausted {
+                break;
+            }
+        }
+        Ok(patients)
+    }
+}
+
+fn practitioner_reference(practitioner: &str) -> String {
+    format!(
+        "Practitioner/{}",
+        practitioner.trim_start_matches("Practitioner/")
+    )
 }

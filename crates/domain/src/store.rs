@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use carevault_fhir::DateCondition;
 
 use crate::audit::AuditRecord;
+use crate::audit::storage::AuditStore;
 use crate::ids::{ClientId, TenantId};
 use crate::principal::TenantScope;
 
@@ -245,8 +246,10 @@ pub struct HistoryQuery {
     pub limit: usize,
 }
 
+/// Every store also serves the audit chain's reads ([`AuditStore`]: heads, rows for
+/// verification and export), so one `Arc<dyn Store>` reaches both.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: AuditStore + Send + Sync {
     /// Which engine, for health output and logs: "sqlite" or "postgres".
     fn engine(&self) -> &'static str;
 

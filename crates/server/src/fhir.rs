@@ -18,6 +18,19 @@ use crate::capability::capability_statement;
 use crate::outcome::{ApiError, fhir_response, outcome};
 use crate::render::{bundle_response, history_bundle, prefer_return, resource_response, searchset};
 
+/// Every FHIR path template, as [`routes`] registers them (listed for the route walk).
+pub const PATHS: [&str; 9] = [
+    "/fhir/metadata",
+    "/fhir",
+    "/fhir/",
+    "/fhir/{resource_type}",
+    "/fhir/{resource_type}/_search",
+    "/fhir/{resource_type}/_history",
+    "/fhir/{resource_type}/{id}",
+    "/fhir/{resource_type}/{id}/_history",
+    "/fhir/{resource_type}/{id}/_history/{version}",
+];
+
 pub fn routes() -> Router<ServerState> {
     Router::new()
         .route("/fhir/metadata", get(metadata))

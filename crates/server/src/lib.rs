@@ -10,6 +10,7 @@ mod fhir;
 mod oauth;
 mod outcome;
 mod render;
+mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use axum::routing::get;
 use carevault_domain::access::Authority;
 use carevault_domain::audit::AuditTrail;
 use carevault_domain::clock::Clock;
+use carevault_domain::people::Identity;
 use carevault_domain::records::Records;
 use carevault_domain::store::Store;
 use serde_json::json;
@@ -38,6 +40,7 @@ const BODY_LIMIT: usize = 16 * 1024 * 1024;
 pub struct ServerState {
     pub records: Arc<Records>,
     pub authority: Arc<Authority>,
+    pub identity: Arc<Identity>,
     pub store: Arc<dyn Store>,
     pub audit: AuditTrail,
     pub clock: Arc<dyn Clock>,
@@ -61,12 +64,28 @@ impl ServerState {
     }
 }
 
+/// Health paths, outside FHIR, OAuth and the web pages.
+const HEALTH_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Every route the server answers, as path templates (`{…}` marks a path parameter): health,
+/// OAuth, FHIR and the web pages. The end-to-end route walk calls each of them with a session
+/// that has proven only a password and checks that none gives out data.
+pub fn route_paths() -> Vec<&'static str> {
+    HEALTH_PATHS
+        .into_iter()
+        .chain(oauth::PATHS)
+        .chain(fhir::PATHS)
+        .chain(web::paths())
+        .collect()
+}
+
 pub fn router(state: ServerState) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route(HEALTH_PATHS[0], get(healthz))
+        .route(HEALTH_PATHS[1], get(readyz))
         .merge(oauth::routes())
         .merge(fhir::routes())
+        .merge(web::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(log_and_harden))
@@ -120,10 +139,23 @@ async fn log_and_harden(request: Request, next: Next) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // HTML pages load this origin's stylesheet and scripts; everything else loads nothing.
+    let html = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("text/html"));
+    let policy = if html {
+        web::HTML_CSP
+    } else {
+        "default-src 'none'; frame-ancestors 'none'"
+    };
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        HeaderValue::from_static(policy),
     );
+    if html {
+        headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    }
     headers.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),

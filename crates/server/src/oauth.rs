@@ -17,6 +17,13 @@ use crate::auth::source_address;
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 const FORM_LIMIT: usize = 64 * 1024;
 
+/// Every OAuth path template, as [`routes`] registers them (listed for the route walk).
+pub const PATHS: [&str; 3] = [
+    "/oauth/token",
+    "/.well-known/smart-configuration",
+    "/fhir/.well-known/smart-configuration",
+];
+
 pub fn routes() -> Router<ServerState> {
     Router::new()
         .route("/oauth/token", post(token))

@@ -57,14 +57,6 @@ pub(crate) fn group_by_tenant(records: &[AuditRecord]) -> Vec<(TenantId, Vec<&Au
     groups
 }
 
-/// The stored form of a record: its JSON with the assigned sequence number.
-pub(crate) fn audit_json(record: &AuditRecord, seq: i64) -> Result<String, StoreError> {
-    let mut stored = record.clone();
-    stored.seq = seq;
-    serde_json::to_string(&stored)
-        .map_err(|error| StoreError::Backend(format!("audit record not serialisable: {error}")))
-}
-
 pub(crate) fn parse_audit(text: &str) -> Result<AuditRecord, StoreError> {
     serde_json::from_str(text).map_err(|_| corrupt("audit record"))
 }
@@ -85,7 +77,7 @@ macro_rules! implement_store {
 
             use super::*;
             use crate::engine::{
-                audit_json, backend, corrupt, duplicate_or_backend, group_by_tenant,
+                backend, corrupt, duplicate_or_backend, group_by_tenant,
                 is_unique_violation, parse_audit,
             };
             use crate::sql::{self, Sql, Value};
@@ -163,46 +155,14 @@ macro_rules! implement_store {
                 })
             }
 
-            /// Appends one tenant's records inside an open transaction already bound to that
-            /// tenant: reserves contiguous sequence numbers from the tenant's head row, then
-            /// inserts each record with its number.
+            /// Appends one tenant's records, hash-chained, inside an open transaction already
+            /// bound to that tenant (see `audit.rs`).
             async fn append_group(
                 connection: &mut $connection,
                 tenant: TenantId,
                 records: &[&AuditRecord],
             ) -> StoreResult<()> {
-                let count = i64::try_from(records.len())
-                    .map_err(|_| StoreError::Backend("audit batch too large".to_owned()))?;
-                if count == 0 {
-                    return Ok(());
-                }
-                sqlx::query(sql::ENSURE_AUDIT_HEAD)
-                    .bind(tenant.as_uuid())
-                    .execute(&mut *connection)
-                    .await
-                    .map_err(backend)?;
-                let last: i64 = sqlx::query(sql::ADVANCE_AUDIT_HEAD)
-                    .bind(tenant.as_uuid())
-                    .bind(count)
-                    .fetch_one(&mut *connection)
-                    .await
-                    .map_err(backend)
-                    .and_then(|row| get(&row, 0))?;
-                let mut seq = last - count;
-                for record in records {
-                    seq += 1;
-                    sqlx::query(sql::INSERT_AUDIT)
-                        .bind(tenant.as_uuid())
-                        .bind(seq)
-                        .bind(record.time_ms)
-                        .bind(record.action.clone())
-                        .bind(record.outcome.as_str())
-                        .bind(audit_json(record, seq)?)
-                        .execute(&mut *connection)
-                        .await
-                        .map_err(backend)?;
-                }
-                Ok(())
+                super::audit_implementation::append_chained(connection, tenant, records).await
             }
 
             /// Applies one write inside the committing transaction.

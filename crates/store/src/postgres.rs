@@ -14,8 +14,10 @@ use carevault_domain::store::{StoreError, StoreResult};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Executor, Postgres, Row, Transaction};
 
+use crate::audit::implement_audit_store;
 use crate::engine::{backend, implement_store};
 use crate::migrations;
+use crate::people::implement_people_store;
 
 /// The role the server's connections act as. It owns nothing and cannot bypass row-level
 /// security. Production may log in as it directly (migrations then run separately as the
@@ -176,6 +178,10 @@ async fn migrate_on(connection: &mut PgConnection) -> Result<(), StoreError> {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
+    sqlx::raw_sql(crate::people_sql::POSTGRES_GRANTS)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
     tx.commit().await.map_err(backend)
 }
 
@@ -201,3 +207,5 @@ async fn refuse_privileged_role(pool: &PgPool) -> Result<(), StoreError> {
 }
 
 implement_store!(PgStore, Postgres, PgConnection, PgRow, "postgres");
+implement_people_store!(PgStore, Postgres, PgRow);
+implement_audit_store!(PgStore, Postgres, PgConnection, PgRow);

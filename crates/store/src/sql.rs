@@ -164,14 +164,6 @@ pub(crate) const INSERT_DATE: &str = "INSERT INTO search_dates \
      (tenant_id, resource_type, id, param, low, high) VALUES ($1, $2, $3, $4, $5, $6) \
      ON CONFLICT DO NOTHING";
 
-pub(crate) const ENSURE_AUDIT_HEAD: &str = "INSERT INTO audit_heads (tenant_id, seq) \
-     VALUES ($1, 0) ON CONFLICT (tenant_id) DO NOTHING";
-/// Reserves `$2` sequence numbers; returns the last one. The row lock taken here orders
-/// concurrent appenders of one tenant (PostgreSQL), and the single writer does so on SQLite.
-pub(crate) const ADVANCE_AUDIT_HEAD: &str =
-    "UPDATE audit_heads SET seq = seq + $2 WHERE tenant_id = $1 RETURNING seq";
-pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit_log \
-     (tenant_id, seq, time_ms, action, outcome, record) VALUES ($1, $2, $3, $4, $5, $6)";
 pub(crate) const SELECT_AUDIT: &str =
     "SELECT record FROM audit_log WHERE tenant_id = $1 ORDER BY seq";
 

@@ -18,8 +18,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
+use crate::audit::implement_audit_store;
 use crate::engine::{backend, implement_store};
 use crate::migrations;
+use crate::people::implement_people_store;
 
 /// How long a statement waits for a lock held by another process (a backup, the CLI).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -135,3 +137,5 @@ fn prepare_file(path: &Path) -> Result<(), StoreError> {
 }
 
 implement_store!(SqliteStore, Sqlite, SqliteConnection, SqliteRow, "sqlite");
+implement_people_store!(SqliteStore, Sqlite, SqliteRow);
+implement_audit_store!(SqliteStore, Sqlite, SqliteConnection, SqliteRow);

@@ -3,6 +3,7 @@
 
 mod at_rest;
 mod audit;
+mod audit_chain;
 mod common;
 mod fhir_api;
 mod fhirpy;

@@ -108,17 +108,20 @@ async fn serves_tls_on_a_public_address_when_configured() {
         certified.signing_key.serialize_pem(),
     )
     .unwrap_or_else(|e| panic!("{e}"));
+    // Passkeys need a host name, so a public address comes with a public URL. Pick a port.
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .unwrap_or_else(|e| panic!("{e}"));
     server.edit_config(|text| {
+        let text = text.replace(
+            "[server]\n",
+            &format!("[server]\npublic_url = \"https://localhost:{port}\"\n"),
+        );
         format!("{text}\n[server.tls]\ncertificate = \"tls.crt\"\nprivate_key = \"tls.key\"\n")
     });
-    server.spawn_on("0.0.0.0:0");
+    server.spawn_on(&format!("0.0.0.0:{port}"));
     assert!(server.base.starts_with("https://"), "{}", server.base);
-    let port = server
-        .base
-        .rsplit(':')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
     let client = reqwest::Client::builder()
         .add_root_certificate(
             reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap_or_else(|e| panic!("{e}")),

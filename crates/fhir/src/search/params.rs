@@ -216,6 +216,11 @@ pub(crate) const CARE_TEAM: &[SearchParam] = &[
     p("status", Token, &["status"]),
     p("category", Token, &["category"]),
     r("encounter", &["encounter"], &["Encounter"]),
+    r(
+        "participant",
+        &["participant.member"],
+        &["Practitioner", "Patient", "Organization", "CareTeam"],
+    ),
 ];
 
 pub(crate) const APPOINTMENT: &[SearchParam] = &[

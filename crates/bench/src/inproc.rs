@@ -1,0 +1,264 @@
+//! `inproc`: the baselines without HTTP. The same reads and searches the load generator sends,
+//! run in this process against the server's own database and keys:
+//!
+//! - `store read`: `Store::current` only (one indexed fetch of a sealed row): the raw store;
+//! - `domain read` / `domain nhs` / `domain family`: the whole use case (scope check, store,
+//!   open, re-check, durable audit) exactly as the HTTP handler calls it.
+//!
+//! The principal comes from a real bearer token (obtained over HTTP from the running server,
+//! then checked here by `Authority::authenticate_bearer`), so nothing is bypassed. The server
+//! should be idle meanwhile: on SQLite both processes share the one write lock for audit.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use carevault_crypto::{Kek, KeyEncryptionKey};
+use carevault_domain::access::{AssertionVerifier, Authority};
+use carevault_domain::audit::AuditTrail;
+use carevault_domain::clock::{Clock, SystemClock};
+use carevault_domain::keyring::Keyring;
+use carevault_domain::principal::Principal;
+use carevault_domain::records::Records;
+use carevault_domain::store::Store;
+use hdrhistogram::Histogram;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::client::TokenSource;
+use crate::load::{LoadOptions, Sampled, sample_patients};
+use carevault_bench::synth::Rng;
+
+/// The part of `carevault.toml` this needs; other fields are ignored.
+#[derive(Deserialize)]
+struct ConfigFile {
+    database: DatabaseSection,
+    keys: KeysSection,
+}
+
+#[derive(Deserialize)]
+struct DatabaseSection {
+    url: String,
+}
+
+#[derive(Deserialize)]
+struct KeysSection {
+    dir: std::path::PathBuf,
+}
+
+/// Bearer checks never verify assertions; this verifier refuses everything.
+struct NoAssertions;
+
+impl AssertionVerifier for NoAssertions {
+    fn unverified_issuer(&self, _assertion: &str) -> Result<String, String> {
+        Err("not used by the in-process bench".to_owned())
+    }
+    fn verify(
+        &self,
+        _assertion: &str,
+        _client_id: &str,
+        _jwks: &str,
+        _token_url: &str,
+        _now_s: i64,
+    ) -> Result<(String, i64), String> {
+        Err("not used by the in-process bench".to_owned())
+    }
+    fn canonical_jwks(&self, _jwks: &str) -> Result<String, String> {
+        Err("not used by the in-process bench".to_owned())
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Operation {
+    StoreRead,
+    DomainRead,
+    DomainNhs,
+    DomainFamily,
+}
+
+impl Operation {
+    fn name(self) -> &'static str {
+        match self {
+            Operation::StoreRead => "store read",
+            Operation::DomainRead => "domain read",
+            Operation::DomainNhs => "domain nhs",
+            Operation::DomainFamily => "domain family",
+        }
+    }
+}
+
+struct Bench {
+    store: Arc<dyn Store>,
+    records: Arc<Records>,
+    principal: Principal,
+    sample: Arc<Vec<Sampled>>,
+    clock: SystemClock,
+}
+
+async fn once(context: &Bench, operation: Operation, patient: &Sampled) -> anyhow::Result<()> {
+    let patient_type = carevault_fhir::resource_type("Patient").context("no Patient type")?;
+    let now = context.clock.now_ms();
+    match operation {
+        Operation::StoreRead => {
+            context
+                .store
+                .current(context.principal.scope(), "Patient", &patient.id)
+                .await?
+                .context("sampled patient missing")?;
+        }
+        Operation::DomainRead => {
+            context
+                .records
+                .read(&context.principal, patient_type, &patient.id, now)
+                .await?;
+        }
+        Operation::DomainNhs | Operation::DomainFamily => {
+            let pairs = match operation {
+                Operation::DomainNhs => vec![(
+                    "identifier".to_owned(),
+                    format!("https://fhir.nhs.uk/Id/nhs-number|{}", patient.nhs_number),
+                )],
+                _ => vec![
+                    ("family".to_owned(), patient.family.clone()),
+                    ("birthdate".to_owned(), patient.birth_date.clone()),
+                ],
+            };
+            let page = context
+                .records
+                .search(&context.principal, patient_type, &pairs, now)
+                .await?;
+            anyhow::ensure!(!page.matches.is_empty(), "search found nothing");
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(
+    data_dir: &Path,
+    options: LoadOptions,
+    tokens: TokenSource,
+) -> anyhow::Result<Value> {
+    let config_path = data_dir.join("carevault.toml");
+    let config: ConfigFile = toml::from_str(
+        &std::fs::read_to_string(&config_path)
+            .with_context(|| format!("reading {}", config_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", config_path.display()))?;
+    let url = if config.database.url.starts_with("postgres") {
+        config.database.url.clone()
+    } else {
+        let path = config
+            .database
+            .url
+            .strip_prefix("sqlite:")
+            .unwrap_or(&config.database.url);
+        format!("sqlite:{}", data_dir.join(path).display())
+    };
+    let keys_dir = data_dir.join(&config.keys.dir);
+    let kek: Arc<dyn KeyEncryptionKey> = Arc::new(
+        Kek::load_file(&keys_dir.join("kek.key")).context("loading the key-encryption key")?,
+    );
+    let store = carevault_store::open_store(&url)
+        .await
+        .context("opening the store")?;
+    let keyring = Arc::new(Keyring::new(kek, store.clone()));
+    let audit = AuditTrail::start(store.clone());
+    let records = Arc::new(Records::new(store.clone(), keyring, audit.clone()));
+    let authority = Authority::new(store.clone(), audit, Arc::new(NoAssertions), 300);
+    let clock = SystemClock;
+    let token = tokens.bearer().await?;
+    let principal = authority
+        .authenticate_bearer(&token, None, clock.now_ms())
+        .await
+        .context("checking the bearer token in process")?;
+    let sample = Arc::new(sample_patients(&options, &tokens).await?);
+    anyhow::ensure!(!sample.is_empty(), "no patients sampled");
+    let context = Arc::new(Bench {
+        store,
+        records,
+        principal,
+        sample,
+        clock,
+    });
+    let mut results = Vec::new();
+    println!(
+        "\nin process, no HTTP ({} tasks, {:?} each)",
+        options.connections, options.duration
+    );
+    println!(
+        "  {:<14} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        "operation", "requests", "req/s", "p50 ms", "p90 ms", "p99 ms", "p99.9"
+    );
+    for operation in [
+        Operation::StoreRead,
+        Operation::DomainRead,
+        Operation::DomainNhs,
+        Operation::DomainFamily,
+    ] {
+        let (histogram, seconds, errors) =
+            phase(&context, operation, options.connections, options.duration, options.seed)
+                .await?;
+        let rate = histogram.len() as f64 / seconds;
+        let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "  {:<14} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2}{}",
+            operation.name(),
+            histogram.len(),
+            rate,
+            ms(0.5),
+            ms(0.9),
+            ms(0.99),
+            ms(0.999),
+            if errors > 0 {
+                format!("  ({errors} errors)")
+            } else {
+                String::new()
+            }
+        );
+        results.push(json!({
+            "op": operation.name(), "requests": histogram.len(), "errors": errors, "rps": rate,
+            "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "p999_ms": ms(0.999),
+        }));
+    }
+    Ok(json!({"connections": options.connections, "inproc": results}))
+}
+
+async fn phase(
+    context: &Arc<Bench>,
+    operation: Operation,
+    tasks: usize,
+    duration: Duration,
+    seed: u64,
+) -> anyhow::Result<(Histogram<u64>, f64, u64)> {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut handles = Vec::new();
+    for task in 0..tasks {
+        let context = context.clone();
+        handles.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
+            let mut errors = 0u64;
+            let mut rng = Rng::new(seed ^ (task as u64) << 20);
+            while Instant::now() < deadline {
+                let patient = rng.pick(context.sample.as_slice());
+                let sent = Instant::now();
+                match once(&context, operation, patient).await {
+                    Ok(()) => {
+                        histogram.saturating_record(sent.elapsed().as_micros().max(1) as u64);
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            anyhow::Ok((histogram, errors))
+        }));
+    }
+    let mut merged = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
+    let mut errors = 0;
+    for handle in handles {
+        let (histogram, task_errors) = handle.await??;
+        merged.add(&histogram).context("merging histograms")?;
+        errors += task_errors;
+    }
+    Ok((merged, started.elapsed().as_secs_f64(), errors))
+}

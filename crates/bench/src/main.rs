@@ -1,0 +1,319 @@
+//! `carevault-bench`: the measuring instruments of carevault.
+//!
+//! - `populate`: a seeded synthetic population written as FHIR transaction Bundles over HTTP;
+//! - `load`: a closed-loop HTTP load at a fixed number of connections for a fixed time, with
+//!   per-operation throughput and latency beside the same server's `/healthz` ceiling;
+//! - `inproc`: the same reads and searches through the domain and the store in this process,
+//!   without HTTP (the "raw store" baseline).
+//!
+//! Every client obtains its token as a real one does (ES384 assertion, `/oauth/token`).
+
+mod client;
+mod inproc;
+mod load;
+mod populate;
+
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::client::{ClientKey, Credentials, TokenSource};
+
+#[derive(Parser)]
+#[command(name = "carevault-bench", version, about = "Measuring instruments for carevault")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a seeded synthetic population to a running server as transaction Bundles.
+    Populate {
+        /// The server's data directory: used to register the bench client through the
+        /// `carevault` CLI (unless --client-id and --key are given).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Tenant name (found, or created).
+        #[arg(long, default_value = "Bench Urgent Care")]
+        tenant: String,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        base: String,
+        /// Total population size: patients `first..patients` are written.
+        #[arg(long, default_value_t = 10_000)]
+        patients: u64,
+        /// Start at this patient index (to grow an existing population).
+        #[arg(long, default_value_t = 0)]
+        first: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Most entries per transaction Bundle (whole patients are never split).
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Bundles in flight at once.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long)]
+        client_id: Option<String>,
+        /// PEM PKCS#8 ES384 private key of --client-id; with --data-dir and no --client-id, a
+        /// new key is written here (default DATA_DIR/bench-client.pem).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The `carevault` binary (default: next to this one, else on PATH).
+        #[arg(long)]
+        carevault: Option<PathBuf>,
+        /// Write the figures as JSON here.
+        #[arg(long)]
+        json_out: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Drive a running server with a mix of operations for a fixed time.
+    Load {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        base: String,
+        #[command(flatten)]
+        who: Who,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Length of every measured phase (20s, 500ms, 2m).
+        #[arg(long, default_value = "20s")]
+        duration: String,
+        #[arg(long, default_value = "3s")]
+        warmup: String,
+        /// Weighted operations of the mixed phase (empty: no mixed phase).
+        #[arg(long, default_value = "read=60,nhs=15,family=10,create=10,transaction=3,history=2")]
+        mix: String,
+        /// Operations also measured alone, each for --duration, before the mix.
+        #[arg(long, default_value = "")]
+        solo: String,
+        /// The population's seed and size (as given to populate).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 10_000)]
+        patients: u64,
+        /// Patients sampled (ids fetched by NHS number) for reads and searches.
+        #[arg(long, default_value_t = 1000)]
+        sample: usize,
+        #[arg(long)]
+        json_out: Option<PathBuf>,
+    },
+    /// Reads and searches through the domain and store in this process (no HTTP), against the
+    /// data directory of a server that is running (for its token endpoint) but idle.
+    Inproc {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        base: String,
+        #[command(flatten)]
+        who: Who,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 10_000)]
+        patients: u64,
+        #[arg(long, default_value_t = 1000)]
+        sample: usize,
+        #[arg(long)]
+        json_out: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct Who {
+    /// The client id (or take it from --credentials).
+    #[arg(long)]
+    client_id: Option<String>,
+    /// The client's PEM PKCS#8 ES384 private key.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// A credentials file written by `populate` (DATA_DIR/bench-client.json).
+    #[arg(long)]
+    credentials: Option<PathBuf>,
+}
+
+impl Who {
+    fn resolve(&self) -> anyhow::Result<(String, ClientKey)> {
+        if let (Some(id), Some(key)) = (&self.client_id, &self.key) {
+            return Ok((id.clone(), ClientKey::load(key)?));
+        }
+        let path = self
+            .credentials
+            .as_ref()
+            .context("give --client-id and --key, or --credentials")?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let credentials: Credentials = serde_json::from_str(&text)?;
+        Ok((
+            credentials.client_id,
+            ClientKey::load(&credentials.key_file)?,
+        ))
+    }
+}
+
+const SCOPE: &str = "system/*.cruds";
+
+fn write_json(path: Option<&PathBuf>, value: &serde_json::Value) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_string_pretty(value)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Populate {
+            data_dir,
+            tenant,
+            base,
+            patients,
+            first,
+            seed,
+            batch,
+            connections,
+            client_id,
+            key,
+            carevault,
+            json_out,
+            quiet,
+        } => {
+            let (client_id, key) = match (client_id, key, data_dir) {
+                (Some(id), Some(key), _) => (id, ClientKey::load(&key)?),
+                (None, key, Some(data_dir)) => {
+                    let key_file = key.unwrap_or_else(|| data_dir.join("bench-client.pem"));
+                    let binary = client::carevault_binary(carevault.as_deref());
+                    let credentials = client::register(&binary, &data_dir, &tenant, &key_file)?;
+                    let saved = data_dir.join("bench-client.json");
+                    std::fs::write(&saved, serde_json::to_string_pretty(&credentials)?)?;
+                    println!(
+                        "registered client {} in tenant {} ({}); credentials in {}",
+                        credentials.client_id,
+                        credentials.tenant,
+                        tenant,
+                        saved.display()
+                    );
+                    (credentials.client_id, ClientKey::load(&key_file)?)
+                }
+                _ => anyhow::bail!("give --data-dir (to register a client) or --client-id and --key"),
+            };
+            let tokens = TokenSource::new(&base, &client_id, key, SCOPE).await?;
+            let report = populate::populate(
+                populate::PopulateOptions {
+                    base,
+                    seed,
+                    first,
+                    patients,
+                    batch: batch.max(1),
+                    connections: connections.max(1),
+                    quiet,
+                },
+                tokens,
+            )
+            .await?;
+            println!(
+                "wrote {} patients, {} resources in {} bundles in {:.1} s: {:.0} patients/s, {:.0} resources/s",
+                report.patients,
+                report.resources,
+                report.bundles,
+                report.seconds,
+                report.patients as f64 / report.seconds,
+                report.resources as f64 / report.seconds
+            );
+            write_json(json_out.as_ref(), &report.to_json())
+        }
+        Command::Load {
+            base,
+            who,
+            connections,
+            duration,
+            warmup,
+            mix,
+            solo,
+            seed,
+            patients,
+            sample,
+            json_out,
+        } => {
+            let (client_id, key) = who.resolve()?;
+            let tokens = TokenSource::new(&base, &client_id, key, SCOPE).await?;
+            let mix = if mix.trim().is_empty() {
+                Vec::new()
+            } else {
+                load::parse_mix(&mix)?
+            };
+            let options = load::LoadOptions {
+                base,
+                connections: connections.max(1),
+                duration: load::parse_duration(&duration)?,
+                warmup: load::parse_duration(&warmup)?,
+                mix,
+                solo: load::parse_ops(&solo)?,
+                seed,
+                patients,
+                sample: sample.max(1),
+            };
+            let report = load::run(options, tokens).await?;
+            write_json(json_out.as_ref(), &report)
+        }
+        Command::Inproc {
+            data_dir,
+            base,
+            who,
+            connections,
+            duration,
+            seed,
+            patients,
+            sample,
+            json_out,
+        } => {
+            let (client_id, key) = who.resolve()?;
+            let tokens = TokenSource::new(&base, &client_id, key, SCOPE).await?;
+            let options = load::LoadOptions {
+                base,
+                connections: connections.max(1),
+                duration: load::parse_duration(&duration)?,
+                warmup: std::time::Duration::ZERO,
+                mix: Vec::new(),
+                solo: Vec::new(),
+                seed,
+                patients,
+                sample: sample.max(1),
+            };
+            let report = inproc::run(&data_dir, options, tokens).await?;
+            write_json(json_out.as_ref(), &report)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // jsonwebtoken needs exactly one crypto backend installed before it signs.
+    let _already = jsonwebtoken::crypto::CryptoProvider::install_default(
+        &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
+    );
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! `carevault audit …`: verify the tamper-evident trail, export it, sign checkpoints now; and
+//! the background checkpointer `serve` runs (see `checkpoints`).
+
+pub mod checkpoints;
+
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Write as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use carevault_crypto::VerifyingKey;
+use carevault_domain::audit::checkpoint::{Checkpoint, VerifiedCheckpoint};
+use carevault_domain::audit::storage::LinkQuery;
+use carevault_domain::audit::verify::{Break, ChainCheck, Fault, TenantReport};
+use carevault_domain::audit::{AUDIT_RECORD_VERSION, AuditRecord, Outcome};
+use carevault_domain::ids::TenantId;
+use carevault_domain::principal::AuthStrength;
+use clap::{Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+pub use checkpoints::{AuditConfig, Checkpointer};
+
+use crate::runtime::Runtime;
+
+/// Rows read per round trip while verifying or exporting.
+const PAGE: usize = 5_000;
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check every tenant's hash chain against its head and the signed checkpoints; report each
+    /// break (tenant, sequence, what is wrong). Exits non-zero on any break.
+    Verify {
+        /// Only this tenant's chain (a UUID; the platform's chain is the nil UUID).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Read checkpoints from here instead of the configured directory (e.g. a copy taken
+        /// off the machine).
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+        /// Check signatures against this Ed25519 public key (hex, as printed at start-up)
+        /// instead of the public half of keys/signing.key.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream audit records, one JSON object per line, to standard output (or --output).
+    Export {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Records at or after this time (RFC 3339, e.g. 2026-01-31T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Records before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Write here instead of standard output (created; never overwritten).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Sign and write a checkpoint of every chain's head now.
+    Checkpoint,
+}
+
+/// Both names mean newline-delimited JSON: one record per line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ExportFormat {
+    Ndjson,
+    Jsonl,
+}
+
+pub async fn run(data_dir: &Path, command: AuditCommand) -> anyhow::Result<()> {
+    let runtime = Runtime::open(data_dir).await?;
+    match command {
+        AuditCommand::Verify {
+            tenant,
+            checkpoints,
+            public_key,
+            json,
+        } => {
+            let tenant = tenant.as_deref().map(parse_tenant).transpose()?;
+            let dir = match checkpoints {
+                Some(dir) => dir,
+                None => checkpoints::checkpoint_dir(&runtime.config, data_dir)?,
+            };
+            let key = match public_key {
+                Some(text) => hex::decode(text.trim())
+                    .ok()
+                    .and_then(|bytes| VerifyingKey::from_bytes(&bytes).ok())
+                    .context("--public-key must be 64 hex digits (an Ed25519 public key)")?,
+                None => runtime.signing_key.verifying_key(),
+            };
+            verify(&runtime, tenant, &dir, &key, json).await
+        }
+        AuditCommand::Export {
+            tenant,
+            since,
+            until,
+            format: _,
+            output,
+        } => {
+            let tenant = tenant.as_deref().map(parse_tenant).transpose()?;
+            let since = since.as_deref().map(parse_time).transpose()?;
+            let until = until.as_deref().map(parse_time).transpose()?;
+            export(&runtime, tenant, since, until, output.as_deref()).await
+        }
+        AuditCommand::Checkpoint => {
+            let mut checkpointer = Checkpointer::new(&runtime, data_dir)?;
+            let written = checkpointer.run_once(true).await?;
+            for checkpoint in &written {
+                println!(
+                    "signed tenant {} seq {} hash {}",
+                    checkpoint.tenant, checkpoint.seq, checkpoint.hash
+                );
+            }
+            println!(
+                "{} checkpoints written to {}",
+                written.len(),
+                checkpointer.dir().display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn parse_tenant(text: &str) -> anyhow::Result<TenantId> {
+    TenantId::parse(text.trim()).with_context(|| {
+        format!("{text:?} is not a tenant id (a UUID); `carevault tenant list` shows them")
+    })
+}
+
+fn parse_time(text: &str) -> anyhow::Result<i64> {
+    let time = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .with_context(|| {
+            format!("{text:?} is not an RFC 3339 time; write e.g. 2026-01-31T00:00:00Z")
+        })?;
+    i64::try_from(time.unix_timestamp_nanos() / 1_000_000).context("time out of range")
+}
+
+fn progress(total: u64, what: &'static str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    let style = ProgressStyle::with_template(
+        "{msg} [{bar:40}] {pos}/{len} records ({per_sec}, {eta} left)",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(what);
+    bar
+}
+
+/// Reads every checkpoint line under `dir` (any depth, `*.jsonl`), checking each signature.
+/// Lines that fail become breaks.
+fn read_checkpoints(
+    dir: &Path,
+    key: &VerifyingKey,
+    only: Option<TenantId>,
+) -> anyhow::Result<(Vec<VerifiedCheckpoint>, Vec<Break>)> {
+    let mut files = Vec::new();
+    collect_files(dir, &mut files)?;
+    files.sort();
+    let mut valid = Vec::new();
+    let mut invalid = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        for (index, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let origin = format!("{}:{}", file.display(), index + 1);
+            let parsed = Checkpoint::parse(line);
+            let claimed = parsed
+                .as_ref()
+                .ok()
+                .map(|c| (c.claimed_tenant(), Some(c.seq)))
+                .unwrap_or((None, None));
+            if only.is_some() && claimed.0.is_some() && claimed.0 != only {
+                continue;
+            }
+            match parsed.and_then(|checkpoint| checkpoint.verify(key, origin.clone())) {
+                Ok(checkpoint) => valid.push(checkpoint),
+                Err(fault) => invalid.push(Break::new(
+                    claimed.0,
+                    claimed.1,
+                    Fault::CheckpointInvalid {
+                        origin,
+                        reason: fault.to_string(),
+                    },
+                )),
+            }
+        }
+    }
+    Ok((valid, invalid))
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => {
+            return Err(error).with_context(|| format!("reading {}", dir.display()));
+        }
+    };
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("reading {}", dir.display()))?
+            .path();
+        if path.is_dir() {
+            collect_files(&path, out)?;
+        } else if path.extension().is_some_and(|ext| ext == "jsonl") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct VerifyReport {
+    tenants: Vec<TenantReport>,
+    /// Breaks in checkpoint lines that name no readable tenant.
+    unattributed: Vec<Break>,
+    records: u64,
+    checkpoints: u64,
+    breaks: usize,
+}
+
+async fn verify(
+    runtime: &Runtime,
+    only: Option<TenantId>,
+    dir: &Path,
+    key: &VerifyingKey,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (checkpoints, invalid) = read_checkpoints(dir, key, only)?;
+    let heads = runtime.store.audit_heads().await?;
+    // Every chain the database knows, and every chain a checkpoint names (a chain deleted
+    // with its head still has its checkpoints).
+    let mut tenants: BTreeMap<TenantId, Vec<VerifiedCheckpoint>> = BTreeMap::new();
+    for (tenant, _) in &heads {
+        tenants.entry(*tenant).or_default();
+    }
+    for checkpoint in checkpoints {
+        tenants.entry(checkpoint.tenant).or_default().push(checkpoint);
+    }
+    if let Some(only) = only {
+        tenants.retain(|tenant, _| *tenant == only);
+        tenants.entry(only).or_default();
+    }
+    let total: i64 = heads
+        .iter()
+        .filter(|(tenant, _)| tenants.contains_key(tenant))
+        .map(|(_, head)| head.seq)
+        .sum();
+    let bar = progress(u64::try_from(total).unwrap_or(0), "verifying");
+
+    let mut reports = Vec::new();
+    let mut unattributed = Vec::new();
+    let mut invalid_by_tenant: BTreeMap<Option<String>, Vec<Break>> = BTreeMap::new();
+    for found in invalid {
+        invalid_by_tenant.entry(found.tenant.clone()).or_default().push(found);
+    }
+    for (tenant, checkpoints) in tenants {
+        let mut check = ChainCheck::new(tenant, checkpoints);
+        loop {
+            let links = runtime
+                .store
+                .audit_links(
+                    tenant,
+                    &LinkQuery {
+                        after_seq: check.last_seq(),
+                        since_ms: None,
+                        until_ms: None,
+                        limit: PAGE,
+                    },
+                )
+                .await
+                .with_context(|| format!("reading the audit trail of tenant {tenant}"))?;
+            if links.is_empty() {
+                break;
+            }
+            for link in &links {
+                check.push(link);
+            }
+            bar.inc(u64::try_from(links.len()).unwrap_or(0));
+        }
+        let head = runtime.store.audit_head(tenant).await?;
+        let mut report = check.finish(head);
+        if let Some(mut bad) = invalid_by_tenant.remove(&Some(tenant.to_string())) {
+            report.breaks.append(&mut bad);
+        }
+        reports.push(report);
+    }
+    for (_, mut bad) in invalid_by_tenant {
+        unattributed.append(&mut bad);
+    }
+    bar.finish_and_clear();
+
+    let breaks: usize =
+        reports.iter().map(|r| r.breaks.len()).sum::<usize>() + unattributed.len();
+    let report = VerifyReport {
+        records: reports.iter().map(|r| r.records).sum(),
+        checkpoints: reports.iter().map(|r| r.checkpoints).sum(),
+        breaks,
+        tenants: reports,
+        unattributed,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for tenant in &report.tenants {
+            let state = if tenant.breaks.is_empty() {
+                "ok".to_owned()
+            } else {
+                format!("{} BREAKS", tenant.breaks.len())
+            };
+            println!(
+                "tenant {}: {} records (last seq {}), {} checkpoints matched: {state}",
+                tenant.tenant, tenant.records, tenant.last_seq, tenant.checkpoints
+            );
+            for found in &tenant.breaks {
+                println!("  BREAK {found}");
+            }
+        }
+        for found in &report.unattributed {
+            println!("  BREAK {found}");
+        }
+        println!(
+            "verified {} tenants, {} records, {} checkpoints: {}",
+            report.tenants.len(),
+            report.records,
+            report.checkpoints,
+            if breaks == 0 {
+                "the audit trail is intact".to_owned()
+            } else {
+                format!("{breaks} breaks")
+            }
+        );
+    }
+    if breaks > 0 {
+        bail!("the audit trail has {breaks} breaks (listed above)");
+    }
+    Ok(())
+}
+
+async fn export(
+    runtime: &Runtime,
+    only: Option<TenantId>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    output: Option<&Path>,
+) -> anyhow::Result<()> {
+    let heads = runtime.store.audit_heads().await?;
+    let heads: Vec<_> = heads
+        .into_iter()
+        .filter(|(tenant, _)| only.is_none_or(|only| only == *tenant))
+        .collect();
+    // Reading the trail is itself recorded, durably, in each exported chain before any line
+    // is written.
+    let now = runtime.now_ms();
+    let detail = format!(
+        "export since={} until={}",
+        since_ms.map_or("-".to_owned(), |ms| ms.to_string()),
+        until_ms.map_or("-".to_owned(), |ms| ms.to_string())
+    );
+    let records: Vec<AuditRecord> = heads
+        .iter()
+        .map(|(tenant, _)| export_record(*tenant, now, &detail))
+        .collect();
+    runtime
+        .store
+        .append_audit(&records)
+        .await
+        .context("recording the export in the audit trail")?;
+
+    let sink: Box<dyn std::io::Write> = match output {
+        Some(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut writer = BufWriter::with_capacity(1 << 16, sink);
+    let total: i64 = heads.iter().map(|(_, head)| head.seq).sum();
+    let bar = progress(u64::try_from(total).unwrap_or(0), "exporting");
+    let mut lines: u64 = 0;
+    for (tenant, head) in heads {
+        let mut after = 0;
+        let start = bar.position();
+        loop {
+            let links = runtime
+                .store
+                .audit_links(
+                    tenant,
+                    &LinkQuery {
+                        after_seq: after,
+                        since_ms,
+                        until_ms,
+                        limit: PAGE,
+                    },
+                )
+                .await
+                .with_context(|| format!("reading the audit trail of tenant {tenant}"))?;
+            let Some(last) = links.last() else {
+                break;
+            };
+            after = last.seq;
+            for link in &links {
+                writer.write_all(link.text.as_bytes())?;
+                writer.write_all(b"\n")?;
+            }
+            lines += u64::try_from(links.len()).unwrap_or(0);
+            bar.set_position(start + u64::try_from(after.min(head.seq)).unwrap_or(0));
+        }
+        bar.set_position(start + u64::try_from(head.seq).unwrap_or(0));
+    }
+    writer.flush()?;
+    bar.finish_and_clear();
+    eprintln!("exported {lines} audit records");
+    Ok(())
+}
+
+fn export_record(tenant: TenantId, now_ms: i64, detail: &str) -> AuditRecord {
+    AuditRecord {
+        v: AUDIT_RECORD_VERSION,
+        seq: 0,
+        time_ms: now_ms,
+        tenant,
+        principal: "operator/cli".to_owned(),
+        session: None,
+        roles: vec!["platform_operator".to_owned()],
+        auth_strength: AuthStrength::HostOperator.as_str().to_owned(),
+        source: None,
+        action: "audit.export".to_owned(),
+        resource_type: None,
+        resource_id: None,
+        subjects: Vec::new(),
+        categories: Vec::new(),
+        purpose: None,
+        outcome: Outcome::Success,
+        detail: Some(detail.to_owned()),
+    }
+}

@@ -1,0 +1,58 @@
+//! What the audit chain needs from storage beyond appending: heads for checkpoints, and the
+//! stored rows (text and hash columns) for verification and export.
+//!
+//! These are operator operations on the host (checkpointer, `carevault audit verify|export`), so
+//! they take a tenant id rather than a [`crate::principal::TenantScope`]; the security officer's
+//! search, which answers people over HTTP, will take a scope.
+
+use async_trait::async_trait;
+
+use super::chain::ChainHash;
+use crate::ids::TenantId;
+use crate::store::StoreResult;
+
+/// The last link of a tenant's chain as the head row records it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ChainHead {
+    pub seq: i64,
+    /// `None` only for a chain whose records predate hashing and that has had no append since
+    /// (the next append adopts it); a chain with no record has `Some(GENESIS)`.
+    pub hash: Option<ChainHash>,
+}
+
+/// One stored audit row, as found: the verifier trusts none of it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct StoredLink {
+    pub seq: i64,
+    pub time_ms: i64,
+    /// The record's JSON as stored (the text the chain hashes).
+    pub text: String,
+    pub prev_hash: Option<Vec<u8>>,
+    pub hash: Option<Vec<u8>>,
+}
+
+/// A page of one tenant's rows in sequence order: `seq > after_seq`, at most `limit`, and,
+/// when given, `since_ms <= time_ms < until_ms`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct LinkQuery {
+    pub after_seq: i64,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub limit: usize,
+}
+
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// The head of every chain that has one: each tenant's, and the platform's.
+    async fn audit_heads(&self) -> StoreResult<Vec<(TenantId, ChainHead)>>;
+
+    /// The head of one chain; `None` when the tenant has never had a record.
+    async fn audit_head(&self, tenant: TenantId) -> StoreResult<Option<ChainHead>>;
+
+    /// The stored hash after record `seq` (for checkpoints of earlier links than the head).
+    async fn audit_hash_at(&self, tenant: TenantId, seq: i64) -> StoreResult<Option<ChainHash>>;
+
+    /// Stored rows of one chain, in sequence order.
+    async fn audit_links(&self, tenant: TenantId, query: &LinkQuery)
+    -> StoreResult<Vec<StoredLink>>;
+}

@@ -1,0 +1,542 @@
+//! Verification of one tenant's chain against its head row and its signed checkpoints.
+//!
+//! [`ChainCheck`] is fed the stored rows in sequence order, one at a time (so ten million
+//! records never sit in memory), and reports every break with its sequence number:
+//!
+//! - each row's text is hashed with its stored `prev_hash` and must give its stored `hash`
+//!   (otherwise the record was changed);
+//! - each row's `prev_hash` must be the previous row's `hash` (otherwise a record was removed,
+//!   inserted or moved before it), and sequence numbers must run without gaps;
+//! - each record must name its own tenant and sequence number;
+//! - at every checkpointed sequence number the chain must have the signed hash (otherwise the
+//!   chain was rebuilt from an edit onwards), and no checkpoint may lie past the end (otherwise
+//!   the newest records were cut off);
+//! - the head row must agree with the last record.
+//!
+//! After a broken link the check carries on from the stored hash, so one tampered record gives
+//! one report rather than one per later record; a chain rebuilt to hide an edit has intact
+//! links, and the checkpoints catch it.
+
+use serde::Serialize;
+
+use super::AuditRecord;
+use super::chain::{ChainHash, GENESIS, hash_from_bytes, link};
+use super::storage::{ChainHead, StoredLink};
+use super::checkpoint::VerifiedCheckpoint;
+use crate::ids::TenantId;
+
+/// What is wrong at a place in the trail.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Fault {
+    /// The record's text does not hash, with its stored predecessor, to its stored hash.
+    ContentChanged,
+    /// The stored `prev_hash` is not the hash of the record before it.
+    LinkBroken,
+    /// Sequence numbers are missing from the chain.
+    Missing,
+    /// The record's own `seq` is not its position.
+    WrongSeq { recorded: i64 },
+    /// The record names another tenant.
+    WrongTenant { recorded: String },
+    /// The stored text is not an audit record.
+    Unreadable,
+    /// A record after the start of hashing has no hash columns.
+    Unhashed,
+    /// A signed checkpoint disagrees with the chain at its sequence number.
+    CheckpointMismatch { origin: String },
+    /// A signed checkpoint names a sequence number past the last record: records were cut off.
+    CheckpointPastEnd { last_seq: i64, origin: String },
+    /// A signed checkpoint names a sequence number whose record is missing.
+    CheckpointOnMissing { origin: String },
+    /// A checkpoint line is forged, edited, unreadable or signed by another key.
+    CheckpointInvalid { origin: String, reason: String },
+    /// The head row disagrees with the last record.
+    HeadMismatch { head_seq: i64 },
+}
+
+impl Fault {
+    /// A sentence for the operator.
+    pub fn describe(&self) -> String {
+        match self {
+            Fault::ContentChanged => {
+                "the record does not match its hash: it was changed after it was written".to_owned()
+            }
+            Fault::LinkBroken => "the record does not link to the record before it: a record \
+                                  was removed, inserted or moved here"
+                .to_owned(),
+            Fault::Missing => "records are missing from the chain".to_owned(),
+            Fault::WrongSeq { recorded } => format!(
+                "the record says it is number {recorded}: records were renumbered or reordered"
+            ),
+            Fault::WrongTenant { recorded } => {
+                format!("the record names tenant {recorded}: it was moved between tenants")
+            }
+            Fault::Unreadable => "the stored text is not an audit record".to_owned(),
+            Fault::Unhashed => "the record has no chain hash although later ones do".to_owned(),
+            Fault::CheckpointMismatch { origin } => format!(
+                "the chain here differs from the signed checkpoint ({origin}): records up to \
+                 here were changed and the chain rebuilt"
+            ),
+            Fault::CheckpointPastEnd { last_seq, origin } => format!(
+                "a signed checkpoint ({origin}) names this record, but the chain ends at \
+                 {last_seq}: the newest records were cut off"
+            ),
+            Fault::CheckpointOnMissing { origin } => {
+                format!("a signed checkpoint ({origin}) names this record, which is missing")
+            }
+            Fault::CheckpointInvalid { origin, reason } => {
+                format!("checkpoint {origin} cannot be trusted: {reason}")
+            }
+            Fault::HeadMismatch { head_seq } => format!(
+                "the head row (at {head_seq}) disagrees with the last record: the chain was \
+                 cut or extended without it"
+            ),
+        }
+    }
+
+    fn groups_with(&self, other: &Fault) -> bool {
+        matches!(
+            (self, other),
+            (Fault::ContentChanged, Fault::ContentChanged)
+                | (Fault::WrongSeq { .. }, Fault::WrongSeq { .. })
+                | (Fault::WrongTenant { .. }, Fault::WrongTenant { .. })
+                | (Fault::Unreadable, Fault::Unreadable)
+                | (Fault::Unhashed, Fault::Unhashed)
+        )
+    }
+}
+
+/// One break: where (tenant, sequence numbers `seq..=last_seq`) and what.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize)]
+pub struct Break {
+    /// `None` for a checkpoint line too damaged to name its tenant.
+    pub tenant: Option<String>,
+    pub seq: Option<i64>,
+    pub last_seq: Option<i64>,
+    #[serde(flatten)]
+    pub fault: Fault,
+    pub message: String,
+}
+
+impl Break {
+    pub fn new(tenant: Option<TenantId>, seq: Option<i64>, fault: Fault) -> Break {
+        Break {
+            tenant: tenant.map(|tenant| tenant.to_string()),
+            seq,
+            last_seq: seq,
+            message: fault.describe(),
+            fault,
+        }
+    }
+}
+
+impl std::fmt::Display for Break {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.tenant {
+            Some(tenant) => write!(f, "tenant {tenant}")?,
+            None => f.write_str("checkpoints")?,
+        }
+        match (self.seq, self.last_seq) {
+            (Some(first), Some(last)) if last > first => write!(f, " seq {first}-{last}")?,
+            (Some(seq), _) => write!(f, " seq {seq}")?,
+            _ => {}
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// The outcome for one tenant.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize)]
+pub struct TenantReport {
+    pub tenant: String,
+    pub records: u64,
+    pub last_seq: i64,
+    /// Valid checkpoints that matched the chain.
+    pub checkpoints: u64,
+    pub breaks: Vec<Break>,
+}
+
+/// The running check of one tenant's chain.
+pub struct ChainCheck {
+    tenant: TenantId,
+    expected_seq: i64,
+    last_seq: i64,
+    /// The hash of the chain so far (the stored hash of the last row once links are stored).
+    running: ChainHash,
+    hashed_started: bool,
+    /// Verified checkpoints, by ascending sequence number.
+    checkpoints: Vec<VerifiedCheckpoint>,
+    next_checkpoint: usize,
+    matched: u64,
+    records: u64,
+    breaks: Vec<Break>,
+}
+
+impl ChainCheck {
+    pub fn new(tenant: TenantId, mut checkpoints: Vec<VerifiedCheckpoint>) -> ChainCheck {
+        checkpoints.retain(|checkpoint| checkpoint.tenant == tenant);
+        checkpoints.sort_by_key(|checkpoint| checkpoint.seq);
+        ChainCheck {
+            tenant,
+            expected_seq: 1,
+            last_seq: 0,
+            running: GENESIS,
+            hashed_started: false,
+            checkpoints,
+            next_checkpoint: 0,
+            matched: 0,
+            records: 0,
+            breaks: Vec::new(),
+        }
+    }
+
+    /// The last sequence number seen (for progress).
+    pub fn last_seq(&self) -> i64 {
+        self.last_seq
+    }
+
+    fn report(&mut self, seq: i64, fault: Fault) {
+        // Runs of the same fault on consecutive records become one break with a range.
+        // Faults of other kinds interleave, so look a few breaks back, not only at the last.
+        for earlier in self.breaks.iter_mut().rev().take(8) {
+            if earlier.last_seq.is_some_and(|end| end + 1 == seq)
+                && earlier.fault.groups_with(&fault)
+            {
+                earlier.last_seq = Some(seq);
+                return;
+            }
+        }
+        self.breaks.push(Break::new(Some(self.tenant), Some(seq), fault));
+    }
+
+    /// Checks the next stored row (rows must come in ascending `seq`).
+    pub fn push(&mut self, row: &StoredLink) {
+        self.records += 1;
+        if row.seq > self.expected_seq {
+            let mut gap = Break::new(Some(self.tenant), Some(self.expected_seq), Fault::Missing);
+            gap.last_seq = Some(row.seq - 1);
+            self.breaks.push(gap);
+        }
+        self.expected_seq = row.seq + 1;
+        self.last_seq = row.seq;
+
+        match serde_json::from_str::<AuditRecord>(&row.text) {
+            Ok(record) => {
+                if record.seq != row.seq {
+                    self.report(row.seq, Fault::WrongSeq {
+                        recorded: record.seq,
+                    });
+                }
+                if record.tenant != self.tenant {
+                    self.report(row.seq, Fault::WrongTenant {
+                        recorded: record.tenant.to_string(),
+                    });
+                }
+            }
+            Err(_) => self.report(row.seq, Fault::Unreadable),
+        }
+
+        let stored = (
+            row.prev_hash.as_deref().and_then(hash_from_bytes),
+            row.hash.as_deref().and_then(hash_from_bytes),
+        );
+        match stored {
+            (Some(prev_hash), Some(hash)) => {
+                self.hashed_started = true;
+                if prev_hash != self.running {
+                    self.report(row.seq, Fault::LinkBroken);
+                }
+                if link(&prev_hash, row.text.as_bytes()) != hash {
+                    self.report(row.seq, Fault::ContentChanged);
+                }
+                self.running = hash;
+            }
+            _ => {
+                // Records written before hashing began form a prefix that the chain covers by
+                // recomputation; a missing hash anywhere after it was removed.
+                if self.hashed_started || row.prev_hash.is_some() || row.hash.is_some() {
+                    self.report(row.seq, Fault::Unhashed);
+                }
+                self.running = link(&self.running, row.text.as_bytes());
+            }
+        }
+        self.compare_checkpoints(row.seq);
+    }
+
+    fn compare_checkpoints(&mut self, seq: i64) {
+        while let Some(checkpoint) = self.checkpoints.get(self.next_checkpoint) {
+            if checkpoint.seq > seq {
+                break;
+            }
+            let origin = checkpoint.origin.clone();
+            let fault = if checkpoint.seq < seq {
+                Some((checkpoint.seq, Fault::CheckpointOnMissing { origin }))
+            } else if checkpoint.hash != self.running {
+                Some((seq, Fault::CheckpointMismatch { origin }))
+            } else {
+                None
+            };
+            self.next_checkpoint += 1;
+            match fault {
+                Some((at, fault)) => self.breaks.push(Break::new(Some(self.tenant), Some(at), fault)),
+                None => self.matched += 1,
+            }
+        }
+    }
+
+    /// Ends the walk: compares the head row and the checkpoints past the last record.
+    pub fn finish(mut self, head: Option<ChainHead>) -> TenantReport {
+        let last_seq = self.last_seq;
+        for checkpoint in &self.checkpoints[self.next_checkpoint..] {
+            self.breaks.push(Break::new(
+                Some(self.tenant),
+                Some(checkpoint.seq),
+                Fault::CheckpointPastEnd {
+                    last_seq,
+                    origin: checkpoint.origin.clone(),
+                },
+            ));
+        }
+        let head = head.unwrap_or(ChainHead {
+            seq: 0,
+            hash: Some(GENESIS),
+        });
+        if head.seq > last_seq {
+            let mut gap = Break::new(Some(self.tenant), Some(last_seq + 1), Fault::Missing);
+            gap.last_seq = Some(head.seq);
+            self.breaks.push(gap);
+        } else if head.seq < last_seq || head.hash.is_some_and(|hash| hash != self.running) {
+            self.breaks.push(Break::new(
+                Some(self.tenant),
+                Some(last_seq),
+                Fault::HeadMismatch { head_seq: head.seq },
+            ));
+        }
+        TenantReport {
+            tenant: self.tenant.to_string(),
+            records: self.records,
+            last_seq,
+            checkpoints: self.matched,
+            breaks: self.breaks,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::chain::extend;
+    use crate::audit::{AUDIT_RECORD_VERSION, Outcome};
+
+    fn record(tenant: TenantId, detail: &str) -> AuditRecord {
+        AuditRecord {
+            v: AUDIT_RECORD_VERSION,
+            seq: 0,
+            time_ms: 1_700_000_000_000,
+            tenant,
+            principal: "client/x".to_owned(),
+            session: None,
+            roles: vec![],
+            auth_strength: "client-key".to_owned(),
+            source: None,
+            action: "read".to_owned(),
+            resource_type: None,
+            resource_id: None,
+            subjects: vec![],
+            categories: vec![],
+            purpose: None,
+            outcome: Outcome::Success,
+            detail: Some(detail.to_owned()),
+        }
+    }
+
+    fn chain(tenant: TenantId, count: usize) -> Vec<StoredLink> {
+        let records: Vec<AuditRecord> = (0..count)
+            .map(|index| record(tenant, &format!("r{index}")))
+            .collect();
+        extend(0, GENESIS, &records)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|chained| StoredLink {
+                seq: chained.seq,
+                time_ms: 0,
+                text: chained.text,
+                prev_hash: Some(chained.prev_hash.to_vec()),
+                hash: Some(chained.hash.to_vec()),
+            })
+            .collect()
+    }
+
+    fn checkpoint(tenant: TenantId, rows: &[StoredLink], seq: i64) -> VerifiedCheckpoint {
+        let hash = rows
+            .iter()
+            .find(|row| row.seq == seq)
+            .and_then(|row| row.hash.as_deref().and_then(hash_from_bytes))
+            .unwrap_or(GENESIS);
+        VerifiedCheckpoint {
+            tenant,
+            seq,
+            hash,
+            time_ms: 0,
+            origin: format!("cp{seq}"),
+        }
+    }
+
+    fn head(rows: &[StoredLink]) -> Option<ChainHead> {
+        rows.last().map(|row| ChainHead {
+            seq: row.seq,
+            hash: row.hash.as_deref().and_then(hash_from_bytes),
+        })
+    }
+
+    fn check(
+        tenant: TenantId,
+        rows: &[StoredLink],
+        checkpoints: Vec<VerifiedCheckpoint>,
+        head: Option<ChainHead>,
+    ) -> Vec<(Option<i64>, Option<i64>, &'static str)> {
+        let mut check = ChainCheck::new(tenant, checkpoints);
+        for row in rows {
+            check.push(row);
+        }
+        check
+            .finish(head)
+            .breaks
+            .iter()
+            .map(|b| (b.seq, b.last_seq, kind(&b.fault)))
+            .collect()
+    }
+
+    fn kind(fault: &Fault) -> &'static str {
+        match fault {
+            Fault::ContentChanged => "changed",
+            Fault::LinkBroken => "link",
+            Fault::Missing => "missing",
+            Fault::WrongSeq { .. } => "seq",
+            Fault::WrongTenant { .. } => "tenant",
+            Fault::Unreadable => "unreadable",
+            Fault::Unhashed => "unhashed",
+            Fault::CheckpointMismatch { .. } => "cp-mismatch",
+            Fault::CheckpointPastEnd { .. } => "cp-past-end",
+            Fault::CheckpointOnMissing { .. } => "cp-on-missing",
+            Fault::CheckpointInvalid { .. } => "cp-invalid",
+            Fault::HeadMismatch { .. } => "head",
+        }
+    }
+
+    #[test]
+    fn an_untouched_chain_is_clean() {
+        let tenant = TenantId::generate();
+        let rows = chain(tenant, 10);
+        let checkpoints = vec![checkpoint(tenant, &rows, 4), checkpoint(tenant, &rows, 10)];
+        let mut check = ChainCheck::new(tenant, checkpoints);
+        for row in &rows {
+            check.push(row);
+        }
+        let report = check.finish(head(&rows));
+        assert!(report.breaks.is_empty(), "{:?}", report.breaks);
+        assert_eq!((report.records, report.checkpoints), (10, 2));
+        assert!(check_empty(tenant).is_empty());
+    }
+
+    fn check_empty(tenant: TenantId) -> Vec<(Option<i64>, Option<i64>, &'static str)> {
+        check(tenant, &[], vec![], None)
+    }
+
+    #[test]
+    fn each_kind_of_tampering_is_found_where_it_happened() {
+        let tenant = TenantId::generate();
+        let rows = chain(tenant, 10);
+        let cps = || vec![checkpoint(tenant, &rows, 5), checkpoint(tenant, &rows, 10)];
+
+        // A changed field, hashes untouched.
+        let mut changed = rows.clone();
+        changed[3].text = changed[3].text.replace("r3", "rX");
+        assert_eq!(check(tenant, &changed, cps(), head(&rows)), vec![(Some(4), Some(4), "changed")]);
+
+        // A changed field with the chain rebuilt from there: only the checkpoints see it.
+        let mut records: Vec<AuditRecord> = rows
+            .iter()
+            .map(|row| serde_json::from_str(&row.text).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        records[3].detail = Some("rX".to_owned());
+        let rebuilt: Vec<StoredLink> = extend(0, GENESIS, &records)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| StoredLink {
+                seq: c.seq,
+                time_ms: 0,
+                text: c.text,
+                prev_hash: Some(c.prev_hash.to_vec()),
+                hash: Some(c.hash.to_vec()),
+            })
+            .collect();
+        assert_eq!(
+            check(tenant, &rebuilt, cps(), head(&rebuilt)),
+            vec![(Some(5), Some(5), "cp-mismatch"), (Some(10), Some(10), "cp-mismatch")]
+        );
+
+        // A deleted record.
+        let mut deleted = rows.clone();
+        deleted.remove(6);
+        assert_eq!(
+            check(tenant, &deleted, cps(), head(&rows)),
+            vec![(Some(7), Some(7), "missing"), (Some(8), Some(8), "link")]
+        );
+
+        // Two records swapped (their rows renumbered).
+        let mut swapped = rows.clone();
+        swapped.swap(1, 2);
+        swapped[1].seq = 2;
+        swapped[2].seq = 3;
+        assert_eq!(
+            check(tenant, &swapped, cps(), head(&rows)),
+            vec![
+                (Some(2), Some(3), "seq"),
+                (Some(2), Some(2), "link"),
+                (Some(3), Some(3), "link"),
+                (Some(4), Some(4), "link"),
+            ]
+        );
+
+        // A truncated tail with the head moved back: only the checkpoint past the end.
+        let truncated = rows[..7].to_vec();
+        assert_eq!(
+            check(tenant, &truncated, cps(), head(&truncated)),
+            vec![(Some(10), Some(10), "cp-past-end")]
+        );
+        // … and without moving the head, the head says so too.
+        assert_eq!(
+            check(tenant, &truncated, vec![], head(&rows)),
+            vec![(Some(8), Some(10), "missing")]
+        );
+
+        // A record inserted in the middle, linked from its predecessor.
+        let mut inserted = rows.clone();
+        let forged = record(tenant, "forged");
+        let forged = extend(5, hash_from_bytes(rows[4].hash.as_deref().unwrap_or_default())
+            .unwrap_or(GENESIS), [&forged])
+            .unwrap_or_default();
+        for row in inserted.iter_mut().skip(5) {
+            row.seq += 1;
+        }
+        inserted.insert(5, StoredLink {
+            seq: 6,
+            time_ms: 0,
+            text: forged[0].text.clone(),
+            prev_hash: Some(forged[0].prev_hash.to_vec()),
+            hash: Some(forged[0].hash.to_vec()),
+        });
+        let found = check(tenant, &inserted, cps(), head(&rows));
+        assert_eq!(
+            found,
+            vec![
+                (Some(7), Some(11), "seq"),
+                (Some(7), Some(7), "link"),
+                (Some(10), Some(10), "cp-mismatch"),
+                (Some(11), Some(11), "head"),
+            ]
+        );
+    }
+}

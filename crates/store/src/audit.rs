@@ -1,0 +1,345 @@
+//! The audit chain in the store: appending with hashes, inside the caller's transaction, and
+//! the reads the checkpointer, `audit verify` and `audit export` use ([`AuditStore`]).
+//!
+//! An append reserves its sequence numbers by moving the tenant's head row forward (the row
+//! lock orders concurrent appenders on PostgreSQL; SQLite's single writer orders them there),
+//! chains the records onto the head's hash with [`carevault_domain::audit::chain::extend`] (the
+//! same function the verifier uses), inserts them in multi-row statements and moves the head's
+//! hash forward: all in the transaction that carries the write, so a record and its link commit
+//! together or not at all.
+//!
+//! Records stored before hashing began (their `hash` columns are NULL) are adopted by the first
+//! append after the upgrade: it hashes them in order from the genesis hash, so the chain covers
+//! them too (their rows cannot be updated, and need not be: the verifier recomputes them).
+//!
+//! [`AuditStore`]: carevault_domain::audit::storage::AuditStore
+
+use carevault_domain::audit::AuditRecord;
+use carevault_domain::audit::chain::{self, ChainHash, ChainedRecord, GENESIS};
+use carevault_domain::store::StoreError;
+
+/// Moves the head forward by `$2` records, creating it (at `$2`) for a tenant's first record;
+/// returns the new last sequence number and the hash *before* this append (NULL for a new head,
+/// or for a head whose records predate hashing).
+pub(crate) const ADVANCE_HEAD: &str = "INSERT INTO audit_heads (tenant_id, seq) VALUES ($1, $2) \
+     ON CONFLICT (tenant_id) DO UPDATE SET seq = audit_heads.seq + excluded.seq \
+     RETURNING seq, hash";
+pub(crate) const SET_HEAD_HASH: &str = "UPDATE audit_heads SET hash = $2 WHERE tenant_id = $1";
+pub(crate) const SELECT_UNHASHED_TEXTS: &str =
+    "SELECT record FROM audit_log WHERE tenant_id = $1 AND seq <= $2 ORDER BY seq";
+pub(crate) const SELECT_HEAD: &str = "SELECT seq, hash FROM audit_heads WHERE tenant_id = $1";
+pub(crate) const SELECT_TENANT_IDS: &str = "SELECT id FROM tenants ORDER BY id";
+pub(crate) const SELECT_HASH_AT: &str =
+    "SELECT hash FROM audit_log WHERE tenant_id = $1 AND seq = $2";
+pub(crate) const SELECT_LINKS: &str = "SELECT seq, time_ms, record, prev_hash, hash \
+     FROM audit_log WHERE tenant_id = $1 AND seq > $2 AND time_ms >= $3 AND time_ms < $4 \
+     ORDER BY seq LIMIT $5";
+
+/// Rows per INSERT statement: 7 values each plus the tenant, well under both engines' limits on
+/// bound values (SQLite 32,766; PostgreSQL 65,535).
+pub(crate) const ROWS_PER_INSERT: usize = 256;
+
+/// `INSERT INTO audit_log … VALUES (…), (…)` for `rows` rows; `$1` is the tenant, then seven
+/// values per row in the order of [`bind_order`].
+pub(crate) fn insert_statement(rows: usize) -> String {
+    let mut text = String::with_capacity(120 + rows * 40);
+    text.push_str(
+        "INSERT INTO audit_log (tenant_id, seq, time_ms, action, outcome, record, prev_hash, hash) VALUES ",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            text.push_str(", ");
+        }
+        let base = 2 + row * 7;
+        text.push_str("($1");
+        for offset in 0..7 {
+            text.push_str(", $");
+            text.push_str(&(base + offset).to_string());
+        }
+        text.push(')');
+    }
+    text
+}
+
+/// One row to insert, values in the statement's order.
+pub(crate) struct AuditRow {
+    pub seq: i64,
+    pub time_ms: i64,
+    pub action: String,
+    pub outcome: &'static str,
+    pub text: String,
+    pub prev_hash: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+/// The hash to chain from: the head's, or for records predating hashing, their recomputation.
+pub(crate) fn starting_hash(
+    previous_seq: i64,
+    stored: Option<Vec<u8>>,
+    unhashed_texts: impl FnOnce() -> Option<Vec<String>>,
+) -> Result<Option<ChainHash>, StoreError> {
+    if previous_seq == 0 {
+        return Ok(Some(GENESIS));
+    }
+    match stored {
+        Some(bytes) => chain::hash_from_bytes(&bytes)
+            .map(Some)
+            .ok_or_else(|| StoreError::Backend("stored audit head hash is not valid".to_owned())),
+        None => Ok(unhashed_texts().map(|texts| {
+            texts
+                .iter()
+                .fold(GENESIS, |hash, text| chain::link(&hash, text.as_bytes()))
+        })),
+    }
+}
+
+/// Chains the records after `(previous_seq, previous_hash)` into rows to insert.
+pub(crate) fn chain_rows(
+    previous_seq: i64,
+    previous_hash: ChainHash,
+    records: &[&AuditRecord],
+) -> Result<(Vec<AuditRow>, ChainHash), StoreError> {
+    let chained = chain::extend(previous_seq, previous_hash, records.iter().copied())
+        .map_err(|error| StoreError::Backend(format!("audit record not serialisable: {error}")))?;
+    let head = chained.last().map_or(previous_hash, |last| last.hash);
+    let rows = chained
+        .into_iter()
+        .zip(records)
+        .map(|(chained, record)| {
+            let ChainedRecord {
+                seq,
+                text,
+                prev_hash,
+                hash,
+            } = chained;
+            AuditRow {
+                seq,
+                time_ms: record.time_ms,
+                action: record.action.clone(),
+                outcome: record.outcome.as_str(),
+                text,
+                prev_hash: prev_hash.to_vec(),
+                hash: hash.to_vec(),
+            }
+        })
+        .collect();
+    Ok((rows, head))
+}
+
+/// Implements the chained append (`append_chained`, called by the shared `Store` code) and
+/// [`AuditStore`](carevault_domain::audit::storage::AuditStore) for one engine, with the same
+/// four engine methods `implement_store!` relies on.
+macro_rules! implement_audit_store {
+    ($store:ty, $db:ty, $connection:ty, $row:ty) => {
+        pub(crate) mod audit_implementation {
+            use async_trait::async_trait;
+            use carevault_domain::audit::AuditRecord;
+            use carevault_domain::audit::chain::{ChainHash, GENESIS, hash_from_bytes};
+            use carevault_domain::audit::storage::{AuditStore, ChainHead, LinkQuery, StoredLink};
+            use carevault_domain::ids::TenantId;
+            use carevault_domain::store::{StoreError, StoreResult};
+            use sqlx::Row;
+
+            use super::*;
+            use crate::audit::{
+                ADVANCE_HEAD, ROWS_PER_INSERT, SELECT_HASH_AT, SELECT_HEAD, SELECT_LINKS,
+                SELECT_TENANT_IDS, SELECT_UNHASHED_TEXTS, SET_HEAD_HASH, chain_rows,
+                insert_statement, starting_hash,
+            };
+            use crate::engine::backend;
+
+            fn get<T>(row: &$row, index: usize) -> StoreResult<T>
+            where
+                T: for<'r> sqlx::Decode<'r, $db> + sqlx::Type<$db>,
+            {
+                row.try_get(index).map_err(backend)
+            }
+
+            /// Appends one tenant's records, chained, inside an open transaction already bound
+            /// to that tenant.
+            pub(crate) async fn append_chained(
+                connection: &mut $connection,
+                tenant: TenantId,
+                records: &[&AuditRecord],
+            ) -> StoreResult<()> {
+                let count = i64::try_from(records.len())
+                    .map_err(|_| StoreError::Backend("audit batch too large".to_owned()))?;
+                if count == 0 {
+                    return Ok(());
+                }
+                let row = sqlx::query(ADVANCE_HEAD)
+                    .bind(tenant.as_uuid())
+                    .bind(count)
+                    .fetch_one(&mut *connection)
+                    .await
+                    .map_err(backend)?;
+                let last: i64 = get(&row, 0)?;
+                let stored: Option<Vec<u8>> = get(&row, 1)?;
+                let previous_seq = last - count;
+                let unhashed = if previous_seq > 0 && stored.is_none() {
+                    let rows = sqlx::query(SELECT_UNHASHED_TEXTS)
+                        .bind(tenant.as_uuid())
+                        .bind(previous_seq)
+                        .fetch_all(&mut *connection)
+                        .await
+                        .map_err(backend)?;
+                    Some(
+                        rows.iter()
+                            .map(|row| get::<String>(row, 0))
+                            .collect::<StoreResult<Vec<String>>>()?,
+                    )
+                } else {
+                    None
+                };
+                let previous_hash = starting_hash(previous_seq, stored, || unhashed)?
+                    .ok_or_else(|| StoreError::Backend("audit head not adoptable".to_owned()))?;
+                let (rows, head) = chain_rows(previous_seq, previous_hash, records)?;
+                for chunk in rows.chunks(ROWS_PER_INSERT) {
+                    // Sound: the text is built only from fixed fragments and placeholders.
+                    let statement = insert_statement(chunk.len());
+                    let mut query =
+                        sqlx::query(sqlx::AssertSqlSafe(statement)).bind(tenant.as_uuid());
+                    for row in chunk {
+                        query = query
+                            .bind(row.seq)
+                            .bind(row.time_ms)
+                            .bind(row.action.clone())
+                            .bind(row.outcome)
+                            .bind(row.text.clone())
+                            .bind(row.prev_hash.clone())
+                            .bind(row.hash.clone());
+                    }
+                    query.execute(&mut *connection).await.map_err(backend)?;
+                }
+                sqlx::query(SET_HEAD_HASH)
+                    .bind(tenant.as_uuid())
+                    .bind(head.to_vec())
+                    .execute(&mut *connection)
+                    .await
+                    .map_err(backend)?;
+                Ok(())
+            }
+
+            async fn head_on(
+                connection: &mut $connection,
+                tenant: TenantId,
+            ) -> StoreResult<Option<ChainHead>> {
+                let Some(row) = sqlx::query(SELECT_HEAD)
+                    .bind(tenant.as_uuid())
+                    .fetch_optional(&mut *connection)
+                    .await
+                    .map_err(backend)?
+                else {
+                    return Ok(None);
+                };
+                let seq: i64 = get(&row, 0)?;
+                let hash: Option<Vec<u8>> = get(&row, 1)?;
+                let hash = match hash {
+                    Some(bytes) => Some(hash_from_bytes(&bytes).ok_or_else(|| {
+                        StoreError::Backend("stored audit head hash is not valid".to_owned())
+                    })?),
+                    None if seq == 0 => Some(GENESIS),
+                    None => None,
+                };
+                Ok(Some(ChainHead { seq, hash }))
+            }
+
+            #[async_trait]
+            impl AuditStore for $store {
+                async fn audit_heads(&self) -> StoreResult<Vec<(TenantId, ChainHead)>> {
+                    let mut tx = self.begin_read(None).await?;
+                    let mut tenants = vec![TenantId::platform()];
+                    for row in sqlx::query(SELECT_TENANT_IDS)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(backend)?
+                    {
+                        tenants.push(TenantId::from_uuid(get(&row, 0)?));
+                    }
+                    let mut heads = Vec::new();
+                    for tenant in tenants {
+                        <$store>::enter_tenant(&mut *tx, tenant).await?;
+                        if let Some(head) = head_on(&mut *tx, tenant).await? {
+                            heads.push((tenant, head));
+                        }
+                    }
+                    tx.commit().await.map_err(backend)?;
+                    Ok(heads)
+                }
+
+                async fn audit_head(&self, tenant: TenantId) -> StoreResult<Option<ChainHead>> {
+                    let mut tx = self.begin_read(Some(tenant)).await?;
+                    let head = head_on(&mut *tx, tenant).await?;
+                    tx.commit().await.map_err(backend)?;
+                    Ok(head)
+                }
+
+                async fn audit_hash_at(
+                    &self,
+                    tenant: TenantId,
+                    seq: i64,
+                ) -> StoreResult<Option<ChainHash>> {
+                    let mut tx = self.begin_read(Some(tenant)).await?;
+                    let row = sqlx::query(SELECT_HASH_AT)
+                        .bind(tenant.as_uuid())
+                        .bind(seq)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    tx.commit().await.map_err(backend)?;
+                    let Some(row) = row else {
+                        return Ok(None);
+                    };
+                    let hash: Option<Vec<u8>> = get(&row, 0)?;
+                    Ok(hash.as_deref().and_then(hash_from_bytes))
+                }
+
+                async fn audit_links(
+                    &self,
+                    tenant: TenantId,
+                    query: &LinkQuery,
+                ) -> StoreResult<Vec<StoredLink>> {
+                    let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+                    let mut tx = self.begin_read(Some(tenant)).await?;
+                    let rows = sqlx::query(SELECT_LINKS)
+                        .bind(tenant.as_uuid())
+                        .bind(query.after_seq)
+                        .bind(query.since_ms.unwrap_or(i64::MIN))
+                        .bind(query.until_ms.unwrap_or(i64::MAX))
+                        .bind(limit)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    tx.commit().await.map_err(backend)?;
+                    rows.iter()
+                        .map(|row| {
+                            Ok(StoredLink {
+                                seq: get(row, 0)?,
+                                time_ms: get(row, 1)?,
+                                text: get(row, 2)?,
+                                prev_hash: get(row, 3)?,
+                                hash: get(row, 4)?,
+                            })
+                        })
+                        .collect()
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use implement_audit_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_insert_statement_numbers_seven_values_per_row_after_the_tenant() {
+        assert_eq!(
+            insert_statement(2),
+            "INSERT INTO audit_log (tenant_id, seq, time_ms, action, outcome, record, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8), ($1, $9, $10, $11, $12, $13, $14, $15)"
+        );
+    }
+}

@@ -1,0 +1,400 @@
+//! Search: blind-index tokens, FHIR date prefixes, last-updated, ids, sorting and paging.
+
+use std::sync::Arc;
+
+use carevault_domain::store::{CandidateFilter, CandidateQuery, ResourceWrite, SortBy, Store};
+use carevault_fhir::{DateCondition, DatePrefix};
+
+use crate::Raw;
+use crate::fixtures::*;
+
+conformance!(
+    search_by_tokens,
+    search_by_date_follows_fhir_prefixes,
+    search_by_last_updated_and_ids,
+    search_sorts_and_pages,
+);
+
+async fn search_by_tokens(store: Arc<dyn Store>, _raw: &Raw) {
+    let (_, scope) = new_tenant(&store, "tokens").await;
+    let with = |id: &str, tokens: &[u8]| {
+        let mut write = create("Patient", id, T0);
+        write.tokens = tokens.iter().map(|byte| token(*byte)).collect();
+        write
+    };
+    store
+        .commit(
+            &scope,
+            &[
+                with("p1", &[1, 2]),
+                with("p2", &[2, 3]),
+                with("p3", &[3, 3]),
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut observation = create("Observation", "o1", T0);
+    observation.tokens = vec![token(1)];
+    store.commit(&scope, &[observation], &[]).await.unwrap();
+
+    let any = |bytes: &[u8]| CandidateFilter::AnyToken(bytes.iter().map(|b| token(*b)).collect());
+    assert_eq!(
+        search_ids(&store, &scope, &query("Patient", vec![any(&[1])])).await,
+        strings(&["p1"])
+    );
+    assert_eq!(
+        sorted(search_ids(&store, &scope, &query("Patient", vec![any(&[1, 3])])).await),
+        strings(&["p1", "p2", "p3"])
+    );
+    // Every filter must match.
+    assert_eq!(
+        search_ids(
+            &store,
+            &scope,
+            &query("Patient", vec![any(&[2]), any(&[3])])
+        )
+        .await,
+        strings(&["p2"])
+    );
+    assert!(
+        search_ids(&store, &scope, &query("Patient", vec![any(&[9])]))
+            .await
+            .is_empty()
+    );
+    assert!(
+        search_ids(&store, &scope, &query("Patient", vec![any(&[])]))
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        search_ids(&store, &scope, &query("Observation", vec![any(&[1])])).await,
+        strings(&["o1"])
+    );
+
+    // An update replaces the resource's tokens.
+    let mut changed = update("Patient", "p1", 2, T0 + 1);
+    changed.tokens = vec![token(4)];
+    store.commit(&scope, &[changed], &[]).await.unwrap();
+    assert!(
+        search_ids(&store, &scope, &query("Patient", vec![any(&[1])]))
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        search_ids(&store, &scope, &query("Patient", vec![any(&[4])])).await,
+        strings(&["p1"])
+    );
+    let found = store
+        .search(&scope, &query("Patient", vec![any(&[4])]))
+        .await
+        .unwrap();
+    assert_eq!(found[0].version.version, 2);
+    assert_eq!(found[0].sort_value, T0 + 1);
+}
+
+async fn search_by_date_follows_fhir_prefixes(store: Arc<dyn Store>, _raw: &Raw) {
+    let (_, scope) = new_tenant(&store, "dates").await;
+    // Resource ranges around the query ranges below, including ones touching their edges.
+    let ranges: Vec<(i64, i64)> = vec![
+        (0, 10),
+        (10, 20),
+        (15, 18),
+        (5, 25),
+        (20, 30),
+        (25, 26),
+        (30, 40),
+        (0, 100),
+        (19, 21),
+        (10, 11),
+    ];
+    let mut writes = Vec::new();
+    for (index, (low, high)) in ranges.iter().enumerate() {
+        let mut write = create("Encounter", &format!("e{index}"), T0);
+        write.dates = vec![date("date", *low, *high), date("other", 1000, 2000)];
+        writes.push(write);
+    }
+    // Two entries for one param: matches when either does.
+    let mut two = create("Encounter", "two", T0);
+    two.dates = vec![date("date", 0, 5), date("date", 50, 60)];
+    writes.push(two);
+    store.commit(&scope, &writes, &[]).await.unwrap();
+
+    let entries = |id: &str| -> Vec<(i64, i64)> {
+        if id == "two" {
+            return vec![(0, 5), (50, 60)];
+        }
+        let index: usize = id[1..].parse().unwrap();
+        vec![ranges[index]]
+    };
+    let all_ids: Vec<String> = (0..ranges.len())
+        .map(|i| format!("e{i}"))
+        .chain(["two".to_owned()])
+        .collect();
+    let prefixes = [
+        DatePrefix::Eq,
+        DatePrefix::Ne,
+        DatePrefix::Lt,
+        DatePrefix::Le,
+        DatePrefix::Gt,
+        DatePrefix::Ge,
+        DatePrefix::Sa,
+        DatePrefix::Eb,
+    ];
+    for prefix in prefixes {
+        for (low, high) in [(10, 20), (0, 100), (20, 21), (55, 56)] {
+            let condition = DateCondition { prefix, low, high };
+            let expected: Vec<String> = all_ids
+                .iter()
+                .filter(|id| entries(id).iter().any(|(l, h)| condition.matches(*l, *h)))
+                .cloned()
+                .collect();
+            let filter = CandidateFilter::AnyDate {
+                param: "date".to_owned(),
+                conditions: vec![condition],
+            };
+            let found = sorted(search_ids(&store, &scope, &query("Encounter", vec![filter])).await);
+            assert_eq!(found, sorted(expected), "{prefix:?} [{low}, {high})");
+        }
+    }
+    // Several conditions: any may match.
+    let either = CandidateFilter::AnyDate {
+        param: "date".to_owned(),
+        conditions: vec![
+            DateCondition {
+                prefix: DatePrefix::Eq,
+                low: 30,
+                high: 40,
+            },
+            DateCondition {
+                prefix: DatePrefix::Eq,
+                low: 25,
+                high: 26,
+            },
+        ],
+    };
+    assert_eq!(
+        sorted(search_ids(&store, &scope, &query("Encounter", vec![either])).await),
+        strings(&["e5", "e6"])
+    );
+    // The param must match too.
+    let other = CandidateFilter::AnyDate {
+        param: "other".to_owned(),
+        conditions: vec![DateCondition {
+            prefix: DatePrefix::Eq,
+            low: 10,
+            high: 20,
+        }],
+    };
+    assert!(
+        search_ids(&store, &scope, &query("Encounter", vec![other]))
+            .await
+            .is_empty()
+    );
+    let none = CandidateFilter::AnyDate {
+        param: "date".to_owned(),
+        conditions: vec![],
+    };
+    assert!(
+        search_ids(&store, &scope, &query("Encounter", vec![none]))
+            .await
+            .is_empty()
+    );
+}
+
+async fn search_by_last_updated_and_ids(store: Arc<dyn Store>, _raw: &Raw) {
+    let (_, scope) = new_tenant(&store, "updated").await;
+    let times = [100, 200, 300, 400];
+    let writes: Vec<ResourceWrite> = times
+        .iter()
+        .enumerate()
+        .map(|(i, t)| create("Patient", &format!("p{i}"), *t))
+        .collect();
+    store.commit(&scope, &writes, &[]).await.unwrap();
+
+    let prefixes = [
+        DatePrefix::Eq,
+        DatePrefix::Ne,
+        DatePrefix::Lt,
+        DatePrefix::Le,
+        DatePrefix::Gt,
+        DatePrefix::Ge,
+        DatePrefix::Sa,
+        DatePrefix::Eb,
+    ];
+    for prefix in prefixes {
+        for (low, high) in [(200, 201), (150, 350), (300, 1000), (0, 100)] {
+            let condition = DateCondition { prefix, low, high };
+            let expected: Vec<String> = times
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| condition.matches(**t, **t + 1))
+                .map(|(i, _)| format!("p{i}"))
+                .collect();
+            let filter = CandidateFilter::LastUpdated(vec![condition]);
+            assert_eq!(
+                search_ids(&store, &scope, &query("Patient", vec![filter])).await,
+                expected,
+                "{prefix:?} [{low}, {high})"
+            );
+        }
+    }
+
+    let ids = CandidateFilter::Ids(strings(&["p3", "p1", "nope"]));
+    assert_eq!(
+        search_ids(&store, &scope, &query("Patient", vec![ids.clone()])).await,
+        strings(&["p1", "p3"])
+    );
+    let recent = CandidateFilter::LastUpdated(vec![DateCondition {
+        prefix: DatePrefix::Ge,
+        low: 250,
+        high: 251,
+    }]);
+    assert_eq!(
+        search_ids(&store, &scope, &query("Patient", vec![ids, recent])).await,
+        strings(&["p3"])
+    );
+    assert!(
+        search_ids(
+            &store,
+            &scope,
+            &query("Patient", vec![CandidateFilter::Ids(vec![])])
+        )
+        .await
+        .is_empty()
+    );
+}
+
+async fn search_sorts_and_pages(store: Arc<dyn Store>, _raw: &Raw) {
+    let (_, scope) = new_tenant(&store, "sorting").await;
+    // (id, last updated, birthdate lows): equal sort values are ordered by id.
+    let rows: Vec<(&str, i64, Vec<i64>)> = vec![
+        ("a", 300, vec![50]),
+        ("b", 100, vec![70, 10]),
+        ("c", 200, vec![]),
+        ("d", 100, vec![50]),
+        ("e", 400, vec![]),
+        ("f", 200, vec![90]),
+    ];
+    let writes: Vec<ResourceWrite> = rows
+        .iter()
+        .map(|(id, updated, lows)| {
+            let mut write = create("Patient", id, *updated);
+            write.dates = lows
+                .iter()
+                .map(|low| date("birthdate", *low, low + 1))
+                .collect();
+            write.dates.push(date("death", 0, 1));
+            write
+        })
+        .collect();
+    store.commit(&scope, &writes, &[]).await.unwrap();
+
+    let by_updated = query("Patient", vec![]);
+    let found = store.search(&scope, &by_updated).await.unwrap();
+    let pairs: Vec<(i64, &str)> = found
+        .iter()
+        .map(|c| (c.sort_value, c.version.id.as_str()))
+        .collect();
+    assert_eq!(
+        pairs,
+        vec![
+            (100, "b"),
+            (100, "d"),
+            (200, "c"),
+            (200, "f"),
+            (300, "a"),
+            (400, "e")
+        ]
+    );
+
+    let descending = CandidateQuery {
+        descending: true,
+        ..by_updated.clone()
+    };
+    assert_eq!(
+        search_ids(&store, &scope, &descending).await,
+        strings(&["e", "a", "f", "c", "d", "b"])
+    );
+
+    let by_birthdate = CandidateQuery {
+        sort: SortBy::Date("birthdate".to_owned()),
+        ..by_updated.clone()
+    };
+    let found = store.search(&scope, &by_birthdate).await.unwrap();
+    let pairs: Vec<(i64, &str)> = found
+        .iter()
+        .map(|c| (c.sort_value, c.version.id.as_str()))
+        .collect();
+    assert_eq!(
+        pairs,
+        vec![
+            (10, "b"),
+            (50, "a"),
+            (50, "d"),
+            (90, "f"),
+            (i64::MAX, "c"),
+            (i64::MAX, "e")
+        ]
+    );
+
+    // Keyset paging, both directions, both sorts, page sizes 1 to 4: same order as unpaged.
+    for base in [by_updated.clone(), by_birthdate.clone()] {
+        for descending in [false, true] {
+            let whole = CandidateQuery {
+                descending,
+                ..base.clone()
+            };
+            let expected = search_ids(&store, &scope, &whole).await;
+            for limit in 1..=4 {
+                let mut after = None;
+                let mut paged = Vec::new();
+                loop {
+                    let page = store
+                        .search(
+                            &scope,
+                            &CandidateQuery {
+                                after: after.clone(),
+                                limit,
+                                ..whole.clone()
+                            },
+                        )
+                        .await
+                        .unwrap();
+                    if page.is_empty() {
+                        break;
+                    }
+                    assert!(page.len() <= limit);
+                    let last = page.last().unwrap();
+                    after = Some((last.sort_value, last.version.id.clone()));
+                    paged.extend(page.into_iter().map(|c| c.version.id));
+                }
+                assert_eq!(
+                    paged, expected,
+                    "{:?} descending={descending} limit={limit}",
+                    base.sort
+                );
+            }
+        }
+    }
+    let limited = CandidateQuery {
+        limit: 2,
+        ..by_updated.clone()
+    };
+    assert_eq!(
+        search_ids(&store, &scope, &limited).await,
+        strings(&["b", "d"])
+    );
+    assert!(
+        search_ids(
+            &store,
+            &scope,
+            &CandidateQuery {
+                limit: 0,
+                ..by_updated
+            }
+        )
+        .await
+        .is_empty()
+    );
+}

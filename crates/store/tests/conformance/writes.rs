@@ -1,0 +1,366 @@
+//! Writes and reads: preconditions, atomic commits, tombstones and history.
+
+use std::sync::Arc;
+
+use carevault_domain::store::{
+    CandidateFilter, HistoryQuery, Precondition, ResourceWrite, Store, StoreError,
+};
+
+use crate::Raw;
+use crate::fixtures::*;
+
+conformance!(
+    commit_checks_preconditions,
+    conflict_rolls_back_the_whole_commit,
+    tombstones_are_current_but_not_searchable,
+    history_is_newest_first_and_pages,
+);
+
+async fn commit_checks_preconditions(store: Arc<dyn Store>, _raw: &Raw) {
+    let (tenant, scope) = new_tenant(&store, "writes").await;
+    let first = create("Patient", "p1", T0);
+    store
+        .commit(
+            &scope,
+            std::slice::from_ref(&first),
+            &[audit(tenant, "create", "1")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.current(&scope, "Patient", "p1").await.unwrap(),
+        Some(first.version.clone())
+    );
+
+    let again = store
+        .commit(&scope, &[create("Patient", "p1", T0 + 1)], &[])
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict { ref id, .. }) if id == "p1"));
+
+    let second = update("Patient", "p1", 2, T0 + 10);
+    store
+        .commit(&scope, std::slice::from_ref(&second), &[])
+        .await
+        .unwrap();
+    let stale = store
+        .commit(&scope, &[update("Patient", "p1", 2, T0 + 20)], &[])
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict { .. })));
+    let wrong = ResourceWrite {
+        precondition: Precondition::CurrentVersion(5),
+        ..update("Patient", "p1", 3, T0 + 20)
+    };
+    assert!(matches!(
+        store.commit(&scope, &[wrong], &[]).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let missing = update("Patient", "nobody", 2, T0);
+    assert!(matches!(
+        store.commit(&scope, &[missing], &[]).await,
+        Err(StoreError::Conflict { .. })
+    ));
+
+    assert_eq!(
+        store.current(&scope, "Patient", "p1").await.unwrap(),
+        Some(second.version.clone())
+    );
+    assert_eq!(
+        store.version(&scope, "Patient", "p1", 1).await.unwrap(),
+        Some(first.version)
+    );
+    assert_eq!(
+        store.version(&scope, "Patient", "p1", 2).await.unwrap(),
+        Some(second.version)
+    );
+    assert_eq!(
+        store.version(&scope, "Patient", "p1", 3).await.unwrap(),
+        None
+    );
+    assert_eq!(store.current(&scope, "Patient", "p2").await.unwrap(), None);
+    // Same id, other type: a different resource.
+    assert_eq!(
+        store.current(&scope, "Observation", "p1").await.unwrap(),
+        None
+    );
+
+    // Two writes to one resource in one commit see each other.
+    store
+        .commit(
+            &scope,
+            &[
+                create("Patient", "p3", T0),
+                update("Patient", "p3", 2, T0 + 1),
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .current(&scope, "Patient", "p3")
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        2
+    );
+    assert_eq!(store.audit_records(tenant).await.unwrap().len(), 1);
+}
+
+async fn conflict_rolls_back_the_whole_commit(store: Arc<dyn Store>, raw: &Raw) {
+    let (tenant, scope) = new_tenant(&store, "rollback").await;
+    let mut existing = create("Patient", "p1", T0);
+    existing.tokens = vec![token(1)];
+    store
+        .commit(&scope, &[existing], &[audit(tenant, "create", "first")])
+        .await
+        .unwrap();
+    let rows_before = raw.audit_rows().await;
+
+    let mut fresh = create("Patient", "p2", T0 + 5);
+    fresh.tokens = vec![token(1)];
+    fresh.dates = vec![date("birthdate", 0, 10)];
+    let mut conflicting = create("Patient", "p1", T0 + 5);
+    conflicting.tokens = vec![token(2)];
+    let outcome = store
+        .commit(
+            &scope,
+            &[fresh, conflicting],
+            &[audit(tenant, "create", "a"), audit(tenant, "create", "b")],
+        )
+        .await;
+    assert!(matches!(outcome, Err(StoreError::Conflict { ref id, .. }) if id == "p1"));
+
+    assert_eq!(store.current(&scope, "Patient", "p2").await.unwrap(), None);
+    assert_eq!(
+        store.version(&scope, "Patient", "p2", 1).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        search_ids(
+            &store,
+            &scope,
+            &query("Patient", vec![CandidateFilter::AnyToken(vec![token(1)])])
+        )
+        .await,
+        strings(&["p1"])
+    );
+    assert!(
+        search_ids(
+            &store,
+            &scope,
+            &query("Patient", vec![CandidateFilter::AnyToken(vec![token(2)])])
+        )
+        .await
+        .is_empty()
+    );
+    let history = HistoryQuery {
+        resource_type: "Patient".to_owned(),
+        id: None,
+        since_ms: None,
+        before: None,
+        limit: 10,
+    };
+    assert_eq!(store.history(&scope, &history).await.unwrap().len(), 1);
+    assert_eq!(store.audit_records(tenant).await.unwrap().len(), 1);
+    assert_eq!(raw.audit_rows().await, rows_before);
+
+    // The next successful commit continues the sequence without a gap.
+    store
+        .commit(&scope, &[], &[audit(tenant, "read", "next")])
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = store
+        .audit_records(tenant)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(seqs, vec![1, 2]);
+}
+
+async fn tombstones_are_current_but_not_searchable(store: Arc<dyn Store>, _raw: &Raw) {
+    let (_, scope) = new_tenant(&store, "tombstones").await;
+    let mut live = create("Patient", "p1", T0);
+    live.tokens = vec![token(3)];
+    live.dates = vec![date("birthdate", 100, 200)];
+    store
+        .commit(&scope, &[live.clone(), create("Patient", "p2", T0)], &[])
+        .await
+        .unwrap();
+
+    let mut deleted = tombstone("Patient", "p1", 2, T0 + 10);
+    // Search rows sent with a tombstone are ignored: tombstones are never searchable.
+    deleted.tokens = vec![token(3)];
+    store.commit(&scope, &[deleted.clone()], &[]).await.unwrap();
+
+    assert_eq!(
+        store.current(&scope, "Patient", "p1").await.unwrap(),
+        Some(deleted.version.clone())
+    );
+    assert_eq!(
+        store.version(&scope, "Patient", "p1", 1).await.unwrap(),
+        Some(live.version.clone())
+    );
+    assert!(
+        search_ids(
+            &store,
+            &scope,
+            &query("Patient", vec![CandidateFilter::AnyToken(vec![token(3)])])
+        )
+        .await
+        .is_empty()
+    );
+    assert_eq!(
+        search_ids(&store, &scope, &query("Patient", vec![])).await,
+        strings(&["p2"])
+    );
+    let refs = vec![
+        ("Patient".to_owned(), "p1".to_owned()),
+        ("Patient".to_owned(), "p2".to_owned()),
+        ("Patient".to_owned(), "missing".to_owned()),
+    ];
+    let many = store.current_many(&scope, &refs).await.unwrap();
+    assert_eq!(
+        many.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),
+        vec!["p2"]
+    );
+
+    // A resource can come back after deletion.
+    let mut revived = update("Patient", "p1", 3, T0 + 20);
+    revived.tokens = vec![token(3)];
+    store.commit(&scope, &[revived], &[]).await.unwrap();
+    assert_eq!(
+        search_ids(
+            &store,
+            &scope,
+            &query("Patient", vec![CandidateFilter::AnyToken(vec![token(3)])])
+        )
+        .await,
+        strings(&["p1"])
+    );
+    let many = store.current_many(&scope, &refs).await.unwrap();
+    assert_eq!(
+        many.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),
+        vec!["p1", "p2"]
+    );
+    assert!(store.current_many(&scope, &[]).await.unwrap().is_empty());
+}
+
+async fn history_is_newest_first_and_pages(store: Arc<dyn Store>, _raw: &Raw) {
+    let (_, scope) = new_tenant(&store, "history").await;
+    // a: v1@10, v2@30, v3(tombstone)@50; b: v1@30, v2@40; c: v1@30; an Observation in between.
+    store
+        .commit(&scope, &[create("Patient", "a", 10)], &[])
+        .await
+        .unwrap();
+    store
+        .commit(
+            &scope,
+            &[
+                update("Patient", "a", 2, 30),
+                create("Patient", "b", 30),
+                create("Patient", "c", 30),
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    store
+        .commit(&scope, &[create("Observation", "o", 35)], &[])
+        .await
+        .unwrap();
+    store
+        .commit(&scope, &[update("Patient", "b", 2, 40)], &[])
+        .await
+        .unwrap();
+    store
+        .commit(&scope, &[tombstone("Patient", "a", 3, 50)], &[])
+        .await
+        .unwrap();
+
+    let all = HistoryQuery {
+        resource_type: "Patient".to_owned(),
+        id: None,
+        since_ms: None,
+        before: None,
+        limit: 100,
+    };
+    let listed: Vec<(i64, String, i64)> = store
+        .history(&scope, &all)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.last_updated_ms, v.id, v.version))
+        .collect();
+    let expected: Vec<(i64, String, i64)> = vec![
+        (50, "a".to_owned(), 3),
+        (40, "b".to_owned(), 2),
+        (30, "a".to_owned(), 2),
+        (30, "b".to_owned(), 1),
+        (30, "c".to_owned(), 1),
+        (10, "a".to_owned(), 1),
+    ];
+    assert_eq!(listed, expected);
+    let first = store.history(&scope, &all).await.unwrap();
+    assert!(first[0].deleted && first[0].body.is_empty());
+
+    // Keyset paging, two at a time, gives the same sequence.
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .history(
+                &scope,
+                &HistoryQuery {
+                    before: before.clone(),
+                    limit: 2,
+                    ..all.clone()
+                },
+            )
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 2);
+        let last = page.last().unwrap();
+        before = Some((last.last_updated_ms, last.id.clone(), last.version));
+        paged.extend(
+            page.into_iter()
+                .map(|v| (v.last_updated_ms, v.id, v.version)),
+        );
+    }
+    assert_eq!(paged, expected);
+
+    let instance = HistoryQuery {
+        id: Some("a".to_owned()),
+        ..all.clone()
+    };
+    let versions: Vec<i64> = store
+        .history(&scope, &instance)
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(versions, vec![3, 2, 1]);
+    let since = HistoryQuery {
+        since_ms: Some(30),
+        ..all.clone()
+    };
+    assert_eq!(store.history(&scope, &since).await.unwrap().len(), 5);
+    let observations = HistoryQuery {
+        resource_type: "Observation".to_owned(),
+        ..all.clone()
+    };
+    assert_eq!(store.history(&scope, &observations).await.unwrap().len(), 1);
+    assert!(
+        store
+            .history(&scope, &HistoryQuery { limit: 0, ..all })
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
