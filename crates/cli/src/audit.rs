@@ -245,7 +245,10 @@ async fn verify(
         tenants.entry(*tenant).or_default();
     }
     for checkpoint in checkpoints {
-        tenants.entry(checkpoint.tenant).or_default().push(checkpoint);
+        tenants
+            .entry(checkpoint.tenant)
+            .or_default()
+            .push(checkpoint);
     }
     if let Some(only) = only {
         tenants.retain(|tenant, _| *tenant == only);
@@ -262,7 +265,10 @@ async fn verify(
     let mut unattributed = Vec::new();
     let mut invalid_by_tenant: BTreeMap<Option<String>, Vec<Break>> = BTreeMap::new();
     for found in invalid {
-        invalid_by_tenant.entry(found.tenant.clone()).or_default().push(found);
+        invalid_by_tenant
+            .entry(found.tenant.clone())
+            .or_default()
+            .push(found);
     }
     for (tenant, checkpoints) in tenants {
         let mut check = ChainCheck::new(tenant, checkpoints);
@@ -300,8 +306,7 @@ async fn verify(
     }
     bar.finish_and_clear();
 
-    let breaks: usize =
-        reports.iter().map(|r| r.breaks.len()).sum::<usize>() + unattributed.len();
+    let breaks: usize = reports.iter().map(|r| r.breaks.len()).sum::<usize>() + unattributed.len();
     let report = VerifyReport {
         records: reports.iter().map(|r| r.records).sum(),
         checkpoints: reports.iter().map(|r| r.checkpoints).sum(),

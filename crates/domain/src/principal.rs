@@ -126,7 +126,8 @@ impl Access {
                     Interaction::Delete => false,
                 },
                 Role::PlatformOperator => {
-                    grant.is_some() && matches!(interaction, Interaction::Read | Interaction::Search)
+                    grant.is_some()
+                        && matches!(interaction, Interaction::Read | Interaction::Search)
                 }
                 Role::TenantAdmin | Role::SecurityOfficer => false,
             }),
@@ -187,7 +188,9 @@ impl Access {
                 if !reasons.is_empty() {
                     Some(reasons.join("; "))
                 } else {
-                    grant.as_ref().map(|grant| format!("supplier grant {grant}"))
+                    grant
+                        .as_ref()
+                        .map(|grant| format!("supplier grant {grant}"))
                 }
             }
         }
@@ -271,7 +274,11 @@ mod tests {
     fn roles_reach_what_the_design_says() {
         let clinician = person(vec![Role::Clinician], PatientReach::All, None);
         assert!(clinician.allows("Patient", Interaction::Delete));
-        let admin = person(vec![Role::TenantAdmin, Role::SecurityOfficer], PatientReach::All, None);
+        let admin = person(
+            vec![Role::TenantAdmin, Role::SecurityOfficer],
+            PatientReach::All,
+            None,
+        );
         for interaction in Interaction::ALL {
             assert!(!admin.allows("Patient", interaction));
             assert!(!admin.allows("Observation", interaction));
@@ -288,7 +295,10 @@ mod tests {
         assert!(carer.reaches(&["p1".to_owned()]));
         assert!(!carer.reaches(&["p2".to_owned()]));
         assert!(!carer.reaches_all(&["p1".to_owned(), "p2".to_owned()]));
-        assert!(!carer.reaches_all(&[]), "a carer cannot write records about nobody");
+        assert!(
+            !carer.reaches_all(&[]),
+            "a carer cannot write records about nobody"
+        );
         let operator = person(vec![Role::PlatformOperator], PatientReach::All, None);
         assert!(!operator.allows("Patient", Interaction::Read));
         let granted = person(vec![Role::PlatformOperator], PatientReach::All, Some("g1"));

@@ -77,8 +77,8 @@ macro_rules! implement_store {
 
             use super::*;
             use crate::engine::{
-                backend, corrupt, duplicate_or_backend, group_by_tenant,
-                is_unique_violation, parse_audit,
+                backend, corrupt, duplicate_or_backend, group_by_tenant, is_unique_violation,
+                parse_audit,
             };
             use crate::sql::{self, Sql, Value};
 

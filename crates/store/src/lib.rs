@@ -11,6 +11,7 @@ mod date_sql;
 mod engine;
 mod migrations;
 mod people;
+mod people_rows;
 mod people_sql;
 mod postgres;
 mod sql;

@@ -83,7 +83,12 @@ mod tests {
             migration(3, "three", "CREATE TABLE three (x INTEGER)"),
         ]);
         assert!(filled.run(&pool).await.is_ok());
-        assert!(sqlx::query("SELECT x FROM two").fetch_all(&pool).await.is_ok());
+        assert!(
+            sqlx::query("SELECT x FROM two")
+                .fetch_all(&pool)
+                .await
+                .is_ok()
+        );
         // The real lists include the chain.
         assert!(sqlite().iter().any(|m| m.version == 3));
         assert!(postgres().iter().any(|m| m.version == 3));

@@ -111,7 +111,8 @@ pub fn checkpoint_dir(config: &Config, data_dir: &Path) -> anyhow::Result<PathBu
 
 /// An absolute path, with symbolic links resolved as far as the path exists.
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
-    let path = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+    let path =
+        std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
     let mut existing = path.clone();
     let mut rest = Vec::new();
     while !existing.exists() {
@@ -362,8 +363,14 @@ impl Checkpointer {
                 }
             }
             match self.run_once(true).await {
-                Ok(written) => tracing::info!(checkpoints = written.len(), "final audit checkpoints written"),
-                Err(error) => tracing::error!(error = format!("{error:#}"), "final audit checkpoint failed"),
+                Ok(written) => tracing::info!(
+                    checkpoints = written.len(),
+                    "final audit checkpoints written"
+                ),
+                Err(error) => tracing::error!(
+                    error = format!("{error:#}"),
+                    "final audit checkpoint failed"
+                ),
             }
         });
         CheckpointTask { stop, handle }

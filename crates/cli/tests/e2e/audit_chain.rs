@@ -94,14 +94,16 @@ impl Raw {
         );
         let sql = sqlx::AssertSqlSafe(sql);
         match self {
-            Raw::Sqlite(pool) => sqlx::query(sql)
-                .fetch_all(pool)
-                .await
-                .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()),
-            Raw::Postgres(pool) => sqlx::query(sql)
-                .fetch_all(pool)
-                .await
-                .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()),
+            Raw::Sqlite(pool) => sqlx::query(sql).fetch_all(pool).await.map(|rows| {
+                rows.iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2)))
+                    .collect()
+            }),
+            Raw::Postgres(pool) => sqlx::query(sql).fetch_all(pool).await.map(|rows| {
+                rows.iter()
+                    .map(|r| (r.get(0), r.get(1), r.get(2)))
+                    .collect()
+            }),
         }
         .unwrap_or_else(|e| panic!("{e}"))
     }
@@ -123,7 +125,9 @@ fn text(value: &str) -> String {
 }
 
 fn hash32(bytes: &[u8]) -> [u8; 32] {
-    bytes.try_into().unwrap_or_else(|_| panic!("stored hash is not 32 bytes"))
+    bytes
+        .try_into()
+        .unwrap_or_else(|_| panic!("stored hash is not 32 bytes"))
 }
 
 /// A stand-in syslog collector: every line received over TCP.
@@ -207,7 +211,14 @@ async fn tamper_cases(engine: Engine) {
     server.spawn();
 
     let names = [
-        "changed", "rebuilt", "deleted", "inserted", "swapped", "truncated", "forged", "untouched",
+        "changed",
+        "rebuilt",
+        "deleted",
+        "inserted",
+        "swapped",
+        "truncated",
+        "forged",
+        "untouched",
     ];
     let mut tenants = Vec::new();
     for name in names {
@@ -215,7 +226,12 @@ async fn tamper_cases(engine: Engine) {
         let fhir = Fhir::new(&server, &client);
         for n in 0..4 {
             let id = fhir
-                .create(&patient("Chain", "Cara", "9434765919", &format!("195{n}-01-01")))
+                .create(&patient(
+                    "Chain",
+                    "Cara",
+                    "9434765919",
+                    &format!("195{n}-01-01"),
+                ))
                 .await;
             assert_eq!(fhir.get(&format!("Patient/{id}")).await.status, 200);
         }
@@ -233,7 +249,9 @@ async fn tamper_cases(engine: Engine) {
     let dir = server.data_dir().join("checkpoints");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let in_files = tenants.iter().all(|t| !checkpoint_files(&dir, t).is_empty());
+        let in_files = tenants
+            .iter()
+            .all(|t| !checkpoint_files(&dir, t).is_empty());
         let in_syslog = received
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -242,7 +260,10 @@ async fn tamper_cases(engine: Engine) {
         if in_files && in_syslog {
             break;
         }
-        assert!(Instant::now() < deadline, "no checkpoints from the server in time");
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoints from the server in time"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     {
@@ -304,8 +325,10 @@ async fn tamper_cases(engine: Engine) {
 
     // A deleted record.
     let t = raw.tenant(&tenant("deleted"));
-    raw.tamper(&format!("DELETE FROM audit_log WHERE tenant_id = {t} AND seq = 4"))
-        .await;
+    raw.tamper(&format!(
+        "DELETE FROM audit_log WHERE tenant_id = {t} AND seq = 4"
+    ))
+    .await;
 
     // An inserted record: later rows moved up one, a forged record linked from its predecessor.
     let inserted = tenant("inserted");
@@ -367,19 +390,43 @@ async fn tamper_cases(engine: Engine) {
     assert!(!clean, "tampering must fail verification");
     let kinds = |name: &str| breaks(&report, &tenant(name));
 
-    assert_eq!(kinds("changed"), vec![("content-changed".to_owned(), 3)], "{report:#}");
+    assert_eq!(
+        kinds("changed"),
+        vec![("content-changed".to_owned(), 3)],
+        "{report:#}"
+    );
     let rebuilt = kinds("rebuilt");
     assert!(!rebuilt.is_empty(), "{report:#}");
-    assert!(rebuilt.iter().all(|(kind, _)| kind == "checkpoint-mismatch"), "{rebuilt:?}");
+    assert!(
+        rebuilt
+            .iter()
+            .all(|(kind, _)| kind == "checkpoint-mismatch"),
+        "{rebuilt:?}"
+    );
     let deleted = kinds("deleted");
     assert!(deleted.contains(&("missing".to_owned(), 4)), "{deleted:?}");
-    assert!(deleted.contains(&("link-broken".to_owned(), 5)), "{deleted:?}");
+    assert!(
+        deleted.contains(&("link-broken".to_owned(), 5)),
+        "{deleted:?}"
+    );
     let inserted = kinds("inserted");
-    assert!(inserted.contains(&("link-broken".to_owned(), 6)), "{inserted:?}");
-    assert!(inserted.contains(&("wrong-seq".to_owned(), 6)), "{inserted:?}");
+    assert!(
+        inserted.contains(&("link-broken".to_owned(), 6)),
+        "{inserted:?}"
+    );
+    assert!(
+        inserted.contains(&("wrong-seq".to_owned(), 6)),
+        "{inserted:?}"
+    );
     let swapped = kinds("swapped");
-    assert!(swapped.contains(&("wrong-seq".to_owned(), 3)), "{swapped:?}");
-    assert!(swapped.contains(&("link-broken".to_owned(), 3)), "{swapped:?}");
+    assert!(
+        swapped.contains(&("wrong-seq".to_owned(), 3)),
+        "{swapped:?}"
+    );
+    assert!(
+        swapped.contains(&("link-broken".to_owned(), 3)),
+        "{swapped:?}"
+    );
     let truncated = kinds("truncated");
     assert!(!truncated.is_empty(), "{report:#}");
     assert!(
@@ -404,7 +451,10 @@ async fn tamper_cases(engine: Engine) {
         )),
         "{stdout}"
     );
-    assert!(stdout.contains("the newest records were cut off"), "{stdout}");
+    assert!(
+        stdout.contains("the newest records were cut off"),
+        "{stdout}"
+    );
     assert!(String::from_utf8_lossy(&output.stderr).contains("breaks"));
 
     // One chain at a time: the untouched tenant verifies clean.
@@ -434,7 +484,11 @@ async fn export_streams_records_as_json_lines_within_a_time_window() {
         assert!(records.iter().all(|r| r["tenant"] == tenant.as_str()));
         let seqs: Vec<i64> = records.iter().filter_map(|r| r["seq"].as_i64()).collect();
         assert_eq!(seqs, (1..=records.len() as i64).collect::<Vec<_>>());
-        assert!(records.iter().any(|r| r["action"] == "read" && r["resource_id"] == id.as_str()));
+        assert!(
+            records
+                .iter()
+                .any(|r| r["action"] == "read" && r["resource_id"] == id.as_str())
+        );
         // The export itself is recorded in the chain it read.
         assert!(records.iter().any(|r| r["action"] == "audit.export"));
         assert!(!out.contains(&other));
@@ -452,11 +506,21 @@ async fn export_streams_records_as_json_lines_within_a_time_window() {
         let all = std::fs::read_to_string(&file).unwrap_or_default();
         assert!(all.contains(&tenant) && all.contains(&other));
         let future = server.cli(&[
-            "audit", "export", "--format", "jsonl", "--since", "2999-01-01T00:00:00Z",
+            "audit",
+            "export",
+            "--format",
+            "jsonl",
+            "--since",
+            "2999-01-01T00:00:00Z",
         ]);
         assert!(future.trim().is_empty(), "{future}");
         let refused = server.cli_output(&[
-            "audit", "export", "--format", "jsonl", "--since", "yesterday",
+            "audit",
+            "export",
+            "--format",
+            "jsonl",
+            "--since",
+            "yesterday",
         ]);
         assert!(!refused.status.success());
         assert!(String::from_utf8_lossy(&refused.stderr).contains("RFC 3339"));

@@ -536,3 +536,503 @@ impl Fhir<'_> {
         }
     }
 }
+
+// ---- people over the web pages: a cookie-keeping client, TOTP, a software passkey ----
+
+/// A browser stand-in: keeps cookies itself (the `__Host-` cookies are Secure, which a cookie
+/// store would not send to http://localhost), follows no redirects.
+pub struct WebClient {
+    pub base: String,
+    http: reqwest::Client,
+    pub cookies: std::collections::BTreeMap<String, String>,
+}
+
+pub struct Page {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Page {
+    pub fn location(&self) -> String {
+        self.headers
+            .get("location")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// The value of the first hidden input with this name.
+    pub fn hidden(&self, name: &str) -> String {
+        attribute_after(&self.body, &format!("name=\"{name}\" value=\""))
+    }
+}
+
+pub fn attribute_after(text: &str, marker: &str) -> String {
+    text.split_once(marker)
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(value, _)| value.to_owned())
+        .unwrap_or_default()
+}
+
+impl WebClient {
+    pub fn new(base: &str) -> WebClient {
+        WebClient {
+            base: base.to_owned(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_else(|e| panic!("{e}")),
+            cookies: Default::default(),
+        }
+    }
+
+    pub fn session(&self) -> String {
+        self.cookies
+            .get("__Host-carevault_session")
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    pub async fn send(
+        &mut self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+        headers: &[(&str, &str)],
+    ) -> Page {
+        let url = if path.starts_with("http") {
+            path.to_owned()
+        } else {
+            format!("{}{path}", self.base)
+        };
+        let mut request = self.http.request(method, url);
+        if !self.cookies.is_empty() {
+            request = request.header("cookie", self.cookie_header());
+        }
+        if let Some((content_type, bytes)) = body {
+            request = request.header("content-type", content_type).body(bytes);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {path}: {e}"));
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        for value in headers.get_all("set-cookie") {
+            let text = value.to_str().unwrap_or_default();
+            let pair = text.split(';').next().unwrap_or_default();
+            if let Some((name, value)) = pair.split_once('=') {
+                if value.is_empty() || text.contains("Max-Age=0") {
+                    self.cookies.remove(name);
+                } else {
+                    self.cookies.insert(name.to_owned(), value.to_owned());
+                }
+            }
+        }
+        let body = response.text().await.unwrap_or_default();
+        Page {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Page {
+        self.send(reqwest::Method::GET, path, None, &[]).await
+    }
+
+    pub async fn post_form(&mut self, path: &str, fields: &[(&str, &str)]) -> Page {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        self.send(
+            reqwest::Method::POST,
+            path,
+            Some(("application/x-www-form-urlencoded", body.into_bytes())),
+            &[],
+        )
+        .await
+    }
+
+    /// A form post with this page's CSRF token (from `page`'s hidden field).
+    pub async fn submit(&mut self, page: &Page, path: &str, fields: &[(&str, &str)]) -> Page {
+        let csrf = page.hidden("csrf");
+        let mut all = vec![("csrf", csrf.as_str())];
+        all.extend_from_slice(fields);
+        self.post_form(path, &all).await
+    }
+
+    /// Email and password at /signin; returns the redirect's target.
+    pub async fn sign_in_password(&mut self, email: &str, password: &str) -> Page {
+        let page = self.get("/signin").await;
+        self.submit(&page, "/signin", &[("email", email), ("password", password)])
+            .await
+    }
+
+    /// A FHIR request with the session cookie (and CSRF header for writes when given).
+    pub async fn fhir(
+        &mut self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        csrf: Option<&str>,
+    ) -> Page {
+        let body = body.map(|b| ("application/fhir+json", serde_json::to_vec(b).unwrap_or_default()));
+        let headers: Vec<(&str, &str)> = csrf.map(|c| vec![("x-csrf-token", c)]).unwrap_or_default();
+        self.send(method, &format!("/fhir/{}", path.trim_start_matches('/')), body, &headers)
+            .await
+    }
+
+    /// The session's CSRF token, read from the account page's sign-out form.
+    pub async fn csrf(&mut self) -> String {
+        self.get("/account").await.hidden("csrf")
+    }
+}
+
+pub fn base32_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut bits = 0u64;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for c in text.bytes().filter(|c| *c != b'=' && *c != b' ') {
+        let value = ALPHABET
+            .iter()
+            .position(|a| *a == c.to_ascii_uppercase())
+            .unwrap_or_else(|| panic!("not base32: {text}")) as u64;
+        bits = (bits << 5) | value;
+        count += 5;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    out
+}
+
+/// RFC 6238 code (HMAC-SHA1, 6 digits, 30 s) for a time step.
+pub fn totp_code(secret_base32: &str, step: i64) -> String {
+    use aws_lc_rs::hmac;
+    let key = hmac::Key::new(
+        hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+        &base32_decode(secret_base32),
+    );
+    let tag = hmac::sign(&key, &step.to_be_bytes());
+    let digest = tag.as_ref();
+    let offset = (digest[19] & 0x0f) as usize;
+    let number = u32::from_be_bytes([
+        digest[offset] & 0x7f,
+        digest[offset + 1],
+        digest[offset + 2],
+        digest[offset + 3],
+    ]);
+    format!("{:06}", number % 1_000_000)
+}
+
+pub fn current_step() -> i64 {
+    now_s().div_euclid(30)
+}
+
+/// A software passkey (ES256, "none" attestation, user verified): enough of an authenticator
+/// for the server's WebAuthn ceremonies, including discoverable sign-in.
+pub struct SoftKey {
+    pair: aws_lc_rs::signature::EcdsaKeyPair,
+    pub credential_id: Vec<u8>,
+    pub user_handle: String,
+    origin: String,
+}
+
+fn cbor_bytes(bytes: &[u8]) -> Vec<u8> {
+    let mut out = match bytes.len() {
+        n if n < 24 => vec![0x40 + n as u8],
+        n if n < 256 => vec![0x58, n as u8],
+        n => vec![0x59, (n >> 8) as u8, n as u8],
+    };
+    out.extend_from_slice(bytes);
+    out
+}
+
+fn cbor_text(text: &str) -> Vec<u8> {
+    let mut out = vec![0x60 + text.len() as u8];
+    out.extend_from_slice(text.as_bytes());
+    out
+}
+
+impl SoftKey {
+    pub fn new(origin: &str) -> SoftKey {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+        SoftKey {
+            pair: EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING)
+                .unwrap_or_else(|e| panic!("{e}")),
+            credential_id: uuid::Uuid::new_v4().as_bytes().to_vec(),
+            user_handle: String::new(),
+            origin: origin.to_owned(),
+        }
+    }
+
+    fn client_data(&self, kind: &str, challenge: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "type": kind, "challenge": challenge, "origin": self.origin, "crossOrigin": false
+        }))
+        .unwrap_or_default()
+    }
+
+    fn rp_hash(options: &Value) -> Vec<u8> {
+        let rp = options["publicKey"]["rpId"]
+            .as_str()
+            .or(options["publicKey"]["rp"]["id"].as_str())
+            .unwrap_or("localhost");
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, rp.as_bytes())
+            .as_ref()
+            .to_vec()
+    }
+
+    /// The registration response to `navigator.credentials.create(options)`.
+    pub fn register(&mut self, options: &Value) -> Value {
+        use aws_lc_rs::signature::KeyPair as _;
+        let challenge = options["publicKey"]["challenge"].as_str().unwrap_or_default();
+        self.user_handle = options["publicKey"]["user"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let point = self.pair.public_key().as_ref();
+        let (x, y) = point[1..].split_at(32);
+        let mut cose = vec![0xa5, 0x01, 0x02, 0x03, 0x26, 0x20, 0x01, 0x21];
+        cose.extend(cbor_bytes(x));
+        cose.push(0x22);
+        cose.extend(cbor_bytes(y));
+        let mut auth_data = Self::rp_hash(options);
+        auth_data.push(0x45); // user present, user verified, attested credential data
+        auth_data.extend_from_slice(&[0, 0, 0, 0]);
+        auth_data.extend_from_slice(&[0u8; 16]);
+        auth_data.extend_from_slice(&(self.credential_id.len() as u16).to_be_bytes());
+        auth_data.extend_from_slice(&self.credential_id);
+        auth_data.extend(cose);
+        let mut attestation = vec![0xa3];
+        attestation.extend(cbor_text("fmt"));
+        attestation.extend(cbor_text("none"));
+        attestation.extend(cbor_text("attStmt"));
+        attestation.push(0xa0);
+        attestation.extend(cbor_text("authData"));
+        attestation.extend(cbor_bytes(&auth_data));
+        let id = URL_SAFE_NO_PAD.encode(&self.credential_id);
+        json!({
+            "id": id, "rawId": id, "type": "public-key",
+            "response": {
+                "attestationObject": URL_SAFE_NO_PAD.encode(attestation),
+                "clientDataJSON": URL_SAFE_NO_PAD.encode(self.client_data("webauthn.create", challenge)),
+            },
+            "extensions": {}
+        })
+    }
+
+    /// The assertion for `navigator.credentials.get(options)`.
+    pub fn assert(&self, options: &Value) -> Value {
+        let challenge = options["publicKey"]["challenge"].as_str().unwrap_or_default();
+        let client_data = self.client_data("webauthn.get", challenge);
+        let mut auth_data = Self::rp_hash(options);
+        auth_data.push(0x05);
+        auth_data.extend_from_slice(&[0, 0, 0, 0]);
+        let mut signed = auth_data.clone();
+        signed.extend_from_slice(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &client_data).as_ref(),
+        );
+        let signature = self
+            .pair
+            .sign(&aws_lc_rs::rand::SystemRandom::new(), &signed)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let id = URL_SAFE_NO_PAD.encode(&self.credential_id);
+        json!({
+            "id": id, "rawId": id, "type": "public-key",
+            "response": {
+                "authenticatorData": URL_SAFE_NO_PAD.encode(auth_data),
+                "clientDataJSON": URL_SAFE_NO_PAD.encode(client_data),
+                "signature": URL_SAFE_NO_PAD.encode(signature.as_ref()),
+                "userHandle": self.user_handle,
+            },
+            "extensions": {}
+        })
+    }
+}
+
+/// A person with an account, signed in or about to be.
+pub struct Person {
+    pub email: String,
+    pub password: String,
+    pub web: WebClient,
+    pub totp_secret: Option<String>,
+    pub passkey: Option<SoftKey>,
+    pub recovery_codes: Vec<String>,
+}
+
+pub const PASSWORD: &str = "correct horse battery staple lighthouse";
+
+impl Server {
+    /// `carevault user invite …` and accepting the link over HTTP: a person with a password
+    /// and no factor yet.
+    pub async fn person(
+        &self,
+        tenant: Option<&str>,
+        roles: &str,
+        email: &str,
+        practitioner: Option<&str>,
+    ) -> Person {
+        let mut args = vec!["user", "invite", "--role", roles, "--email", email, "--name", "Test Person", "--json"];
+        if let Some(tenant) = tenant {
+            args.extend_from_slice(&["--tenant", tenant]);
+        }
+        if let Some(practitioner) = practitioner {
+            args.extend_from_slice(&["--practitioner", practitioner]);
+        }
+        let out = self.cli(&args);
+        let value: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+        // The CLI does not know the running server's port: keep the link's path only.
+        let link = value["link"].as_str().unwrap_or_default();
+        let path = format!("/invitation/{}", link.rsplit('/').next().unwrap_or_default());
+        let mut web = WebClient::new(&self.base);
+        let page = web.get(&path).await;
+        assert_eq!(page.status, 200, "invitation page: {}", page.body);
+        let done = web
+            .submit(&page, &path, &[("name", "Test Person"), ("password", PASSWORD)])
+            .await;
+        assert_eq!(done.status, 303, "accepting the invitation: {}", done.body);
+        Person {
+            email: email.to_owned(),
+            password: PASSWORD.to_owned(),
+            web,
+            totp_secret: None,
+            passkey: None,
+            recovery_codes: Vec::new(),
+        }
+    }
+}
+
+/// The recovery codes shown on a page.
+pub fn recovery_codes(body: &str) -> Vec<String> {
+    body.split_once("id=\"recovery-codes\"")
+        .map(|(_, rest)| rest.split("</ul>").next().unwrap_or_default())
+        .unwrap_or_default()
+        .split("<li>")
+        .skip(1)
+        .map(|item| item.split("</li>").next().unwrap_or_default().trim().to_owned())
+        .collect()
+}
+
+impl Person {
+    /// Signs in with the password; returns where the server sends them next.
+    pub async fn password_step(&mut self) -> String {
+        let (email, password) = (self.email.clone(), self.password.clone());
+        let page = self.web.sign_in_password(&email, &password).await;
+        assert_eq!(page.status, 303, "sign-in refused: {}", page.body);
+        page.location()
+    }
+
+    /// Signs in with the password and enrols TOTP (confirming with the previous step's code,
+    /// so the current and next steps stay free for sign-in and step-up).
+    pub async fn enrol_totp(&mut self) {
+        assert_eq!(self.password_step().await, "/account/enrol");
+        let page = self.web.get("/account/enrol/totp").await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let secret = attribute_after(&page.body, "data-secret=\"");
+        assert!(!secret.is_empty(), "no secret on {}", page.body);
+        let code = totp_code(&secret, current_step() - 1);
+        let done = self.web.submit(&page, "/account/enrol/totp", &[("code", &code)]).await;
+        assert_eq!(done.status, 200, "confirming TOTP: {}", done.body);
+        self.recovery_codes = recovery_codes(&done.body);
+        assert_eq!(self.recovery_codes.len(), 10, "{}", done.body);
+        self.totp_secret = Some(secret);
+    }
+
+    /// Signs in with the password and registers a software passkey.
+    pub async fn enrol_passkey(&mut self) {
+        assert_eq!(self.password_step().await, "/account/enrol");
+        let page = self.web.get("/account/enrol").await;
+        let csrf = page.hidden("csrf");
+        let options = self
+            .web
+            .send(reqwest::Method::POST, "/account/enrol/passkey/start", None, &[("x-csrf-token", &csrf)])
+            .await;
+        assert_eq!(options.status, 200, "{}", options.body);
+        let options: Value = serde_json::from_str(&options.body).unwrap_or(Value::Null);
+        let mut key = SoftKey::new(&self.web.base);
+        let response = key.register(&options).to_string();
+        let done = self
+            .web
+            .post_form(
+                "/account/enrol/passkey/finish",
+                &[("csrf", &csrf), ("name", "test key"), ("response", &response)],
+            )
+            .await;
+        assert_eq!(done.status, 200, "registering the passkey: {}", done.body);
+        self.recovery_codes = recovery_codes(&done.body);
+        self.passkey = Some(key);
+    }
+
+    /// A fresh passkey sign-in (a new session).
+    pub async fn sign_in_passkey(&mut self) -> Page {
+        let page = self.web.get("/signin").await;
+        let csrf = page.hidden("csrf");
+        let options = self
+            .web
+            .send(reqwest::Method::POST, "/signin/passkey/start", None, &[("x-csrf-token", &csrf)])
+            .await;
+        assert_eq!(options.status, 200, "{}", options.body);
+        let options: Value = serde_json::from_str(&options.body).unwrap_or(Value::Null);
+        let response = self
+            .passkey
+            .as_ref()
+            .unwrap_or_else(|| panic!("no passkey"))
+            .assert(&options)
+            .to_string();
+        self.web
+            .post_form("/signin/passkey/finish", &[("csrf", &csrf), ("response", &response)])
+            .await
+    }
+
+    /// Step-up with the passkey.
+    pub async fn step_up_passkey(&mut self) {
+        let page = self.web.get("/account/step-up?return=/account").await;
+        let csrf = page.hidden("csrf");
+        let options = self
+            .web
+            .send(reqwest::Method::POST, "/account/step-up/passkey/start", None, &[("x-csrf-token", &csrf)])
+            .await;
+        assert_eq!(options.status, 200, "{}", options.body);
+        let options: Value = serde_json::from_str(&options.body).unwrap_or(Value::Null);
+        let response = self
+            .passkey
+            .as_ref()
+            .unwrap_or_else(|| panic!("no passkey"))
+            .assert(&options)
+            .to_string();
+        let done = self
+            .web
+            .post_form(
+                "/account/step-up/passkey/finish",
+                &[("csrf", &csrf), ("return", "/account"), ("response", &response)],
+            )
+            .await;
+        assert_eq!(done.status, 303, "step-up: {}", done.body);
+    }
+
+    /// Step-up with a TOTP code for `step`.
+    pub async fn step_up_totp(&mut self, step: i64) -> Page {
+        let secret = self.totp_secret.clone().unwrap_or_default();
+        let page = self.web.get("/account/step-up?return=/account").await;
+        self.web
+            .submit(&page, "/account/step-up", &[("code", &totp_code(&secret, step)), ("return", "/account")])
+            .await
+    }
+}

@@ -10,6 +10,7 @@ mod fhirpy;
 mod hl7_examples;
 mod isolation;
 mod oauth;
+mod people;
 mod operations;
 mod search;
 mod tamper;

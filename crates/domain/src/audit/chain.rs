@@ -132,9 +132,12 @@ mod tests {
     #[test]
     fn the_stored_text_reads_back_as_the_same_record() {
         let chained = extend(41, GENESIS, [&record("read")]).unwrap_or_default();
-        let parsed: AuditRecord = serde_json::from_str(&chained[0].text)
-            .unwrap_or_else(|error| panic!("{error}"));
+        let parsed: AuditRecord =
+            serde_json::from_str(&chained[0].text).unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(parsed.seq, 42);
-        assert_eq!(canonical_text(&parsed, 42).ok(), Some(chained[0].text.clone()));
+        assert_eq!(
+            canonical_text(&parsed, 42).ok(),
+            Some(chained[0].text.clone())
+        );
     }
 }

@@ -53,6 +53,9 @@ pub trait AuditStore: Send + Sync {
     async fn audit_hash_at(&self, tenant: TenantId, seq: i64) -> StoreResult<Option<ChainHash>>;
 
     /// Stored rows of one chain, in sequence order.
-    async fn audit_links(&self, tenant: TenantId, query: &LinkQuery)
-    -> StoreResult<Vec<StoredLink>>;
+    async fn audit_links(
+        &self,
+        tenant: TenantId,
+        query: &LinkQuery,
+    ) -> StoreResult<Vec<StoredLink>>;
 }

@@ -21,8 +21,8 @@ use serde::Serialize;
 
 use super::AuditRecord;
 use super::chain::{ChainHash, GENESIS, hash_from_bytes, link};
-use super::storage::{ChainHead, StoredLink};
 use super::checkpoint::VerifiedCheckpoint;
+use super::storage::{ChainHead, StoredLink};
 use crate::ids::TenantId;
 
 /// What is wrong at a place in the trail.
@@ -207,7 +207,8 @@ impl ChainCheck {
                 return;
             }
         }
-        self.breaks.push(Break::new(Some(self.tenant), Some(seq), fault));
+        self.breaks
+            .push(Break::new(Some(self.tenant), Some(seq), fault));
     }
 
     /// Checks the next stored row (rows must come in ascending `seq`).
@@ -224,14 +225,20 @@ impl ChainCheck {
         match serde_json::from_str::<AuditRecord>(&row.text) {
             Ok(record) => {
                 if record.seq != row.seq {
-                    self.report(row.seq, Fault::WrongSeq {
-                        recorded: record.seq,
-                    });
+                    self.report(
+                        row.seq,
+                        Fault::WrongSeq {
+                            recorded: record.seq,
+                        },
+                    );
                 }
                 if record.tenant != self.tenant {
-                    self.report(row.seq, Fault::WrongTenant {
-                        recorded: record.tenant.to_string(),
-                    });
+                    self.report(
+                        row.seq,
+                        Fault::WrongTenant {
+                            recorded: record.tenant.to_string(),
+                        },
+                    );
                 }
             }
             Err(_) => self.report(row.seq, Fault::Unreadable),
@@ -279,7 +286,10 @@ impl ChainCheck {
             };
             self.next_checkpoint += 1;
             match fault {
-                Some((at, fault)) => self.breaks.push(Break::new(Some(self.tenant), Some(at), fault)),
+                Some((at, fault)) => {
+                    self.breaks
+                        .push(Break::new(Some(self.tenant), Some(at), fault))
+                }
                 None => self.matched += 1,
             }
         }
@@ -453,7 +463,10 @@ mod tests {
         // A changed field, hashes untouched.
         let mut changed = rows.clone();
         changed[3].text = changed[3].text.replace("r3", "rX");
-        assert_eq!(check(tenant, &changed, cps(), head(&rows)), vec![(Some(4), Some(4), "changed")]);
+        assert_eq!(
+            check(tenant, &changed, cps(), head(&rows)),
+            vec![(Some(4), Some(4), "changed")]
+        );
 
         // A changed field with the chain rebuilt from there: only the checkpoints see it.
         let mut records: Vec<AuditRecord> = rows
@@ -474,7 +487,10 @@ mod tests {
             .collect();
         assert_eq!(
             check(tenant, &rebuilt, cps(), head(&rebuilt)),
-            vec![(Some(5), Some(5), "cp-mismatch"), (Some(10), Some(10), "cp-mismatch")]
+            vec![
+                (Some(5), Some(5), "cp-mismatch"),
+                (Some(10), Some(10), "cp-mismatch")
+            ]
         );
 
         // A deleted record.
@@ -515,19 +531,25 @@ mod tests {
         // A record inserted in the middle, linked from its predecessor.
         let mut inserted = rows.clone();
         let forged = record(tenant, "forged");
-        let forged = extend(5, hash_from_bytes(rows[4].hash.as_deref().unwrap_or_default())
-            .unwrap_or(GENESIS), [&forged])
-            .unwrap_or_default();
+        let forged = extend(
+            5,
+            hash_from_bytes(rows[4].hash.as_deref().unwrap_or_default()).unwrap_or(GENESIS),
+            [&forged],
+        )
+        .unwrap_or_default();
         for row in inserted.iter_mut().skip(5) {
             row.seq += 1;
         }
-        inserted.insert(5, StoredLink {
-            seq: 6,
-            time_ms: 0,
-            text: forged[0].text.clone(),
-            prev_hash: Some(forged[0].prev_hash.to_vec()),
-            hash: Some(forged[0].hash.to_vec()),
-        });
+        inserted.insert(
+            5,
+            StoredLink {
+                seq: 6,
+                time_ms: 0,
+                text: forged[0].text.clone(),
+                prev_hash: Some(forged[0].prev_hash.to_vec()),
+                hash: Some(forged[0].hash.to_vec()),
+            },
+        );
         let found = check(tenant, &inserted, cps(), head(&rows));
         assert_eq!(
             found,

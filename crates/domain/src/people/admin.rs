@@ -74,7 +74,8 @@ impl Identity {
         let invited_by = match &inviter {
             Inviter::Operator => "operator/cli".to_owned(),
             Inviter::Person(view) => {
-                let admin = view.person.roles.contains(&Role::TenantAdmin) && view.person.tenant == tenant;
+                let admin =
+                    view.person.roles.contains(&Role::TenantAdmin) && view.person.tenant == tenant;
                 if !admin || platform_roles {
                     return Err(SignInError::Invalid(
                         "only this tenant's administrators invite people to it".into(),
@@ -88,10 +89,14 @@ impl Identity {
         }
         let email = normalise_email(email);
         if !email.is_empty() && !valid_email(&email) {
-            return Err(SignInError::Invalid("enter an email address such as name@example.org".into()));
+            return Err(SignInError::Invalid(
+                "enter an email address such as name@example.org".into(),
+            ));
         }
         if !email.is_empty() && self.people.person_by_email(&email).await?.is_some() {
-            return Err(SignInError::Invalid("someone with that email address already has an account".into()));
+            return Err(SignInError::Invalid(
+                "someone with that email address already has an account".into(),
+            ));
         }
         let secret: [u8; 32] = carevault_crypto::random_bytes();
         let token = format!("cvi_{}", URL_SAFE_NO_PAD.encode(secret));
@@ -106,7 +111,8 @@ impl Identity {
                 email,
                 display_name: display_name.trim().chars().take(100).collect(),
                 roles: roles.clone(),
-                practitioner: practitioner.map(|p| format!("Practitioner/{}", p.trim_start_matches("Practitioner/"))),
+                practitioner: practitioner
+                    .map(|p| format!("Practitioner/{}", p.trim_start_matches("Practitioner/"))),
                 invited_by: invited_by.clone(),
                 created_ms: now_ms,
                 expires_ms,
@@ -143,12 +149,21 @@ impl Identity {
     }
 
     /// A valid (unused, unexpired) invitation, for the acceptance page.
-    pub async fn invitation(&self, token: &str, now_ms: i64) -> Result<InvitationRecord, SignInError> {
+    pub async fn invitation(
+        &self,
+        token: &str,
+        now_ms: i64,
+    ) -> Result<InvitationRecord, SignInError> {
         self.people
             .invitation(&token_hash(token))
             .await?
             .filter(|invitation| invitation.used_ms.is_none() && invitation.expires_ms > now_ms)
-            .ok_or_else(|| SignInError::Invalid("this invitation link has expired or was already used; ask for a new one".into()))
+            .ok_or_else(|| {
+                SignInError::Invalid(
+                    "this invitation link has expired or was already used; ask for a new one"
+                        .into(),
+                )
+            })
     }
 
     /// Accepts an invitation: sets the password and creates the account (once).
@@ -168,7 +183,9 @@ impl Identity {
             invitation.email.clone()
         };
         if !valid_email(&email) {
-            return Err(SignInError::Invalid("enter an email address such as name@example.org".into()));
+            return Err(SignInError::Invalid(
+                "enter an email address such as name@example.org".into(),
+            ));
         }
         let display_name = if display_name.trim().is_empty() {
             invitation.display_name.clone()
@@ -203,15 +220,27 @@ impl Identity {
         {
             Ok(true) => {}
             Ok(false) => {
-                return Err(SignInError::Invalid("this invitation link was already used".into()));
+                return Err(SignInError::Invalid(
+                    "this invitation link was already used".into(),
+                ));
             }
             Err(StoreError::Duplicate(_)) => {
-                return Err(SignInError::Invalid("someone with that email address already has an account".into()));
+                return Err(SignInError::Invalid(
+                    "someone with that email address already has an account".into(),
+                ));
             }
             Err(other) => return Err(other.into()),
         }
-        self.audit_person(&person, None, "person.create", Outcome::Success, Some(&super::model::roles_text(&person.roles)), source, now_ms)
-            .await?;
+        self.audit_person(
+            &person,
+            None,
+            "person.create",
+            Outcome::Success,
+            Some(&super::model::roles_text(&person.roles)),
+            source,
+            now_ms,
+        )
+        .await?;
         Ok(person)
     }
 
@@ -219,7 +248,9 @@ impl Identity {
         if view.person.tenant == tenant && view.person.roles.contains(&Role::TenantAdmin) {
             Ok(())
         } else {
-            Err(SignInError::Invalid("only this tenant's administrators can do that".into()))
+            Err(SignInError::Invalid(
+                "only this tenant's administrators can do that".into(),
+            ))
         }
     }
 
@@ -256,7 +287,8 @@ impl Identity {
             PersonStatus::Active => "person.enable",
             PersonStatus::Disabled => "person.disable",
         };
-        self.audit_admin(view, &target, action, source, now_ms).await
+        self.audit_admin(view, &target, action, source, now_ms)
+            .await
     }
 
     /// Changes someone's roles (step-up). Their sessions end: a privilege change never carries
@@ -272,7 +304,9 @@ impl Identity {
         self.require_admin_of(view, view.person.tenant)?;
         self.require_fresh(view, now_ms)?;
         if roles.is_empty() || roles.iter().any(|role| role.is_platform()) {
-            return Err(SignInError::Invalid("choose one or more tenant roles".into()));
+            return Err(SignInError::Invalid(
+                "choose one or more tenant roles".into(),
+            ));
         }
         let mut target = self.person_in(view.person.tenant, person).await?;
         let mut roles = roles.to_vec();
@@ -281,13 +315,20 @@ impl Identity {
         target.roles = roles;
         self.people.update_person(&target).await?;
         self.people.delete_sessions_of(target.id).await?;
-        self.audit_admin(view, &target, "person.roles", source, now_ms).await
+        self.audit_admin(view, &target, "person.roles", source, now_ms)
+            .await
     }
 
     /// Factor resets of the administrator's tenant awaiting a second administrator.
-    pub async fn pending_factor_resets(&self, view: &SessionView) -> Result<Vec<FactorResetRecord>, SignInError> {
+    pub async fn pending_factor_resets(
+        &self,
+        view: &SessionView,
+    ) -> Result<Vec<FactorResetRecord>, SignInError> {
         self.require_admin_of(view, view.person.tenant)?;
-        Ok(self.people.pending_factor_resets(view.person.tenant).await?)
+        Ok(self
+            .people
+            .pending_factor_resets(view.person.tenant)
+            .await?)
     }
 
     /// First administrator asks to reset someone's factors (step-up).
@@ -311,7 +352,8 @@ impl Identity {
             approved_ms: None,
         };
         self.people.create_factor_reset(&reset).await?;
-        self.audit_admin(view, &target, "factors.reset-request", source, now_ms).await?;
+        self.audit_admin(view, &target, "factors.reset-request", source, now_ms)
+            .await?;
         Ok(reset)
     }
 
@@ -338,10 +380,18 @@ impl Identity {
             ));
         }
         if reset.person == view.person.id {
-            return Err(SignInError::Invalid("another administrator must approve a reset of your own factors".into()));
+            return Err(SignInError::Invalid(
+                "another administrator must approve a reset of your own factors".into(),
+            ));
         }
-        if !self.people.approve_factor_reset(reset_id, view.person.id, now_ms).await? {
-            return Err(SignInError::Invalid("this reset was already approved".into()));
+        if !self
+            .people
+            .approve_factor_reset(reset_id, view.person.id, now_ms)
+            .await?
+        {
+            return Err(SignInError::Invalid(
+                "this reset was already approved".into(),
+            ));
         }
         let target = self.person_in(view.person.tenant, reset.person).await?;
         self.people.delete_factors(target.id).await?;
@@ -351,11 +401,15 @@ impl Identity {
             time_ms: now_ms,
             kind: "factor-reset".to_owned(),
             person: Some(target.id),
-            detail: format!("requested by person/{}, approved by person/{}", reset.requested_by, view.person.id),
+            detail: format!(
+                "requested by person/{}, approved by person/{}",
+                reset.requested_by, view.person.id
+            ),
         };
         self.people.record_security_event(&event).await?;
         self.notifier.notify(&target, &event);
-        self.audit_admin(view, &target, "factors.reset", source, now_ms).await
+        self.audit_admin(view, &target, "factors.reset", source, now_ms)
+            .await
     }
 
     async fn audit_admin(

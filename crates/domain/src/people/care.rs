@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::identity::{Identity, SessionView, SignInError, person_record, session_id};
 use super::model::{
-    BreakGlassRecord, GrantRecord, GrantStatus, HomeEntryRecord, Role, SecondFactor,
-    SecurityEvent, SessionLevel,
+    BreakGlassRecord, GrantRecord, GrantStatus, HomeEntryRecord, Role, SecondFactor, SecurityEvent,
+    SessionLevel,
 };
 use crate::audit::Outcome;
 use crate::ids::TenantId;
@@ -109,18 +109,20 @@ impl Identity {
         let reach = if person.roles.contains(&Role::Clinician) {
             PatientReach::All
         } else {
-            let mut patients: BTreeSet<String> =
-                break_glass.iter().map(|record| record.patient.clone()).collect();
-            if person.roles.contains(&Role::Carer) {
-                if let Some(practitioner) = &person.practitioner {
-                    let day_start = now_ms - now_ms.rem_euclid(DAY_MS);
-                    let in_care = self
-                        .records
-                        .patients_in_care(&scope, practitioner, day_start, day_start + DAY_MS)
-                        .await
-                        .map_err(|error| SignInError::Internal(error.to_string()))?;
-                    patients.extend(in_care);
-                }
+            let mut patients: BTreeSet<String> = break_glass
+                .iter()
+                .map(|record| record.patient.clone())
+                .collect();
+            if person.roles.contains(&Role::Carer)
+                && let Some(practitioner) = &person.practitioner
+            {
+                let day_start = now_ms - now_ms.rem_euclid(DAY_MS);
+                let in_care = self
+                    .records
+                    .patients_in_care(&scope, practitioner, day_start, day_start + DAY_MS)
+                    .await
+                    .map_err(|error| SignInError::Internal(error.to_string()))?;
+                patients.extend(in_care);
             }
             PatientReach::Only(patients)
         };
@@ -161,7 +163,8 @@ impl Identity {
         let reason = reason.trim();
         if reason.chars().count() < 10 {
             return Err(SignInError::Invalid(
-                "give the reason for break-glass access in a sentence (at least 10 characters)".into(),
+                "give the reason for break-glass access in a sentence (at least 10 characters)"
+                    .into(),
             ));
         }
         let patient = patient.trim().trim_start_matches("Patient/");
@@ -219,7 +222,9 @@ impl Identity {
         now_ms: i64,
     ) -> Result<GrantRecord, SignInError> {
         if !view.person.roles.contains(&Role::PlatformOperator) {
-            return Err(SignInError::Invalid("only supplier staff request access grants".into()));
+            return Err(SignInError::Invalid(
+                "only supplier staff request access grants".into(),
+            ));
         }
         if self.store.tenant(tenant).await?.is_none() {
             return Err(SignInError::Invalid("no such tenant".into()));
@@ -229,7 +234,9 @@ impl Identity {
             return Err(SignInError::Invalid("give the reason in a sentence".into()));
         }
         if !(60_000..=8 * 3_600_000).contains(&duration_ms) {
-            return Err(SignInError::Invalid("a grant lasts from 1 minute to 8 hours".into()));
+            return Err(SignInError::Invalid(
+                "a grant lasts from 1 minute to 8 hours".into(),
+            ));
         }
         let grant = GrantRecord {
             id: uuid::Uuid::new_v4().to_string(),
@@ -253,7 +260,8 @@ impl Identity {
                 detail: format!("grant {}", grant.id),
             })
             .await?;
-        self.audit_grant(view, &grant, "grant.request", source, now_ms).await?;
+        self.audit_grant(view, &grant, "grant.request", source, now_ms)
+            .await?;
         Ok(grant)
     }
 
@@ -273,19 +281,32 @@ impl Identity {
             .filter(|grant| grant.tenant == view.person.tenant)
             .ok_or_else(|| SignInError::Invalid("no such grant request".into()))?;
         if !view.person.roles.contains(&Role::TenantAdmin) {
-            return Err(SignInError::Invalid("only the tenant's administrators decide grants".into()));
+            return Err(SignInError::Invalid(
+                "only the tenant's administrators decide grants".into(),
+            ));
         }
         self.require_fresh(view, now_ms)?;
         if grant.status != GrantStatus::Requested {
-            return Err(SignInError::Invalid("this request was already decided".into()));
+            return Err(SignInError::Invalid(
+                "this request was already decided".into(),
+            ));
         }
-        grant.status = if approve { GrantStatus::Approved } else { GrantStatus::Refused };
+        grant.status = if approve {
+            GrantStatus::Approved
+        } else {
+            GrantStatus::Refused
+        };
         grant.decided_by = Some(view.person.id);
         grant.decided_ms = Some(now_ms);
         grant.expires_ms = approve.then_some(now_ms + grant.duration_ms);
         self.people.update_grant(&grant).await?;
-        let action = if approve { "grant.approve" } else { "grant.refuse" };
-        self.audit_grant(view, &grant, action, source, now_ms).await?;
+        let action = if approve {
+            "grant.approve"
+        } else {
+            "grant.refuse"
+        };
+        self.audit_grant(view, &grant, action, source, now_ms)
+            .await?;
         Ok(grant)
     }
 
@@ -307,11 +328,14 @@ impl Identity {
                     && grant.status == GrantStatus::Approved
                     && grant.expires_ms.is_some_and(|end| end > now_ms)
             })
-            .ok_or_else(|| SignInError::Invalid("no approved, unexpired grant with that id".into()))?;
+            .ok_or_else(|| {
+                SignInError::Invalid("no approved, unexpired grant with that id".into())
+            })?;
         let mut session = view.session.clone();
         session.grant = Some(grant.id.clone());
         self.people.update_session(&session).await?;
-        self.audit_grant(view, &grant, "grant.use", source, now_ms).await
+        self.audit_grant(view, &grant, "grant.use", source, now_ms)
+            .await
     }
 
     pub async fn grants_for(&self, view: &SessionView) -> Result<Vec<GrantRecord>, SignInError> {
@@ -361,7 +385,9 @@ impl Identity {
         now_ms: i64,
     ) -> Result<(), SignInError> {
         let Actor::Person { roles, .. } = principal.actor() else {
-            return Err(SignInError::Invalid("only people record home-entry details".into()));
+            return Err(SignInError::Invalid(
+                "only people record home-entry details".into(),
+            ));
         };
         if !roles.contains(&Role::Clinician) || principal.scope().tenant().is_platform() {
             return Err(SignInError::Invalid(
@@ -369,7 +395,9 @@ impl Identity {
             ));
         }
         if details.key_safe_code.trim().is_empty() && details.instructions.trim().is_empty() {
-            return Err(SignInError::Invalid("enter a key-safe code or instructions".into()));
+            return Err(SignInError::Invalid(
+                "enter a key-safe code or instructions".into(),
+            ));
         }
         let patient = patient.trim_start_matches("Patient/");
         let scope = principal.scope();
@@ -379,11 +407,14 @@ impl Identity {
             .await?
             .map_or(1, |record| record.version + 1);
         let keys = self.tenant_keys_for(scope.tenant()).await?;
-        let plaintext =
-            serde_json::to_vec(details).map_err(|error| SignInError::Internal(error.to_string()))?;
+        let plaintext = serde_json::to_vec(details)
+            .map_err(|error| SignInError::Internal(error.to_string()))?;
         let sealed = keys
             .sealing_key()
-            .seal(&home_entry_aad(scope.tenant(), patient, version), &plaintext)
+            .seal(
+                &home_entry_aad(scope.tenant(), patient, version),
+                &plaintext,
+            )
             .map_err(|error| SignInError::Internal(error.to_string()))?;
         self.people
             .put_home_entry(
@@ -397,7 +428,8 @@ impl Identity {
                 },
             )
             .await?;
-        self.audit_home_entry(principal, patient, "home-entry.write", now_ms).await
+        self.audit_home_entry(principal, patient, "home-entry.write", now_ms)
+            .await
     }
 
     /// Reveals one home's entry details to a carer who visits the patient today (or under
@@ -412,10 +444,15 @@ impl Identity {
         let patient = patient.trim_start_matches("Patient/").to_owned();
         let scope = principal.scope();
         let Access::Roles { break_glass, .. } = principal.access() else {
-            return Err(SignInError::Invalid("only people reveal home-entry details".into()));
+            return Err(SignInError::Invalid(
+                "only people reveal home-entry details".into(),
+            ));
         };
         let under_break_glass = break_glass.iter().any(|(p, _)| p == &patient);
-        let visiting_today = match (&view.person.practitioner, view.person.roles.contains(&Role::Carer)) {
+        let visiting_today = match (
+            &view.person.practitioner,
+            view.person.roles.contains(&Role::Carer),
+        ) {
             (Some(practitioner), true) => {
                 let day_start = now_ms - now_ms.rem_euclid(DAY_MS);
                 self.records
@@ -428,13 +465,18 @@ impl Identity {
         };
         if !(visiting_today || under_break_glass) {
             // Indistinguishable from a patient with no details recorded.
-            self.audit_home_entry_refusal(view, principal, &patient, now_ms).await?;
-            return Err(SignInError::Invalid("no home-entry details for you here".into()));
+            self.audit_home_entry_refusal(view, principal, &patient, now_ms)
+                .await?;
+            return Err(SignInError::Invalid(
+                "no home-entry details for you here".into(),
+            ));
         }
         self.require_fresh(view, now_ms)?;
         let record = self.people.home_entry(scope, &patient).await?;
         let Some(record) = record else {
-            return Err(SignInError::Invalid("no home-entry details for you here".into()));
+            return Err(SignInError::Invalid(
+                "no home-entry details for you here".into(),
+            ));
         };
         let keys = self.tenant_keys_for(scope.tenant()).await?;
         let details = carevault_crypto::sealed_key_version(&record.sealed)
@@ -452,7 +494,8 @@ impl Identity {
                 tracing::error!(tenant = %scope.tenant(), patient = %patient, "integrity failure: home-entry details did not open");
                 SignInError::Internal("stored home-entry details failed their integrity check".into())
             })?;
-        self.audit_home_entry(principal, &patient, "home-entry.reveal", now_ms).await?;
+        self.audit_home_entry(principal, &patient, "home-entry.reveal", now_ms)
+            .await?;
         Ok(details)
     }
 

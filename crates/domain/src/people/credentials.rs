@@ -33,11 +33,20 @@ pub trait Credentials: Send + Sync {
     /// A fresh TOTP seed (20 random bytes).
     fn new_totp_secret(&self) -> Vec<u8>;
     /// Base32 text for manual entry, the otpauth URL, and an inline SVG QR code of it.
-    fn totp_enrolment(&self, secret: &[u8], account: &str) -> Result<(String, String, String), String>;
+    fn totp_enrolment(
+        &self,
+        secret: &[u8],
+        account: &str,
+    ) -> Result<(String, String, String), String>;
     /// The time step the code belongs to (±1 step), or `None`. Steps at or before
     /// `last_step` are refused.
-    fn verify_totp(&self, secret: &[u8], code: &str, now_s: i64, last_step: Option<i64>)
-    -> Option<i64>;
+    fn verify_totp(
+        &self,
+        secret: &[u8],
+        code: &str,
+        now_s: i64,
+        last_step: Option<i64>,
+    ) -> Option<i64>;
 
     /// Ten recovery codes to show once, and their hashes to store.
     fn new_recovery_codes(&self) -> (Vec<String>, Vec<String>);
@@ -51,7 +60,11 @@ pub trait Credentials: Send + Sync {
         display_name: &str,
         existing: &[String],
     ) -> Result<Ceremony, String>;
-    fn finish_passkey_registration(&self, response: &str, state: &str) -> Result<NewPasskey, String>;
+    fn finish_passkey_registration(
+        &self,
+        response: &str,
+        state: &str,
+    ) -> Result<NewPasskey, String>;
     /// A discoverable-credential ceremony: the browser offers whichever passkey the person
     /// holds, so no account name is asked for (and none can be probed).
     fn start_passkey_authentication(&self) -> Result<Ceremony, String>;

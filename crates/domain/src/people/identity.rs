@@ -152,6 +152,7 @@ fn totp_aad(tenant: TenantId, person: PersonId) -> Vec<u8> {
 }
 
 impl Identity {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         people: Arc<dyn PeopleStore>,
         store: Arc<dyn Store>,
@@ -174,7 +175,10 @@ impl Identity {
         }
     }
 
-    async fn tenant_keys(&self, tenant: TenantId) -> Result<Arc<crate::keyring::TenantKeys>, SignInError> {
+    async fn tenant_keys(
+        &self,
+        tenant: TenantId,
+    ) -> Result<Arc<crate::keyring::TenantKeys>, SignInError> {
         self.keyring
             .keys(tenant)
             .await
@@ -191,7 +195,11 @@ impl Identity {
 
     // ---- throttling ----
 
-    async fn throttle_wait(&self, keys: &[(String, super::throttle::ThrottlePolicy)], now_ms: i64) -> Result<(), SignInError> {
+    async fn throttle_wait(
+        &self,
+        keys: &[(String, super::throttle::ThrottlePolicy)],
+        now_ms: i64,
+    ) -> Result<(), SignInError> {
         let mut wait = 0;
         for (key, throttle) in keys {
             let failures = self
@@ -210,7 +218,11 @@ impl Identity {
         }
     }
 
-    fn throttle_keys(&self, email: &str, source: Option<IpAddr>) -> Vec<(String, super::throttle::ThrottlePolicy)> {
+    fn throttle_keys(
+        &self,
+        email: &str,
+        source: Option<IpAddr>,
+    ) -> Vec<(String, super::throttle::ThrottlePolicy)> {
         let mut keys = vec![(format!("account:{email}"), self.settings.account_throttle)];
         if let Some(source) = source {
             keys.push((format!("address:{source}"), self.settings.address_throttle));
@@ -218,7 +230,11 @@ impl Identity {
         keys
     }
 
-    async fn record_failures(&self, keys: &[(String, super::throttle::ThrottlePolicy)], now_ms: i64) -> Result<(), SignInError> {
+    async fn record_failures(
+        &self,
+        keys: &[(String, super::throttle::ThrottlePolicy)],
+        now_ms: i64,
+    ) -> Result<(), SignInError> {
         for (key, _) in keys {
             self.people.record_failure(key, now_ms).await?;
         }
@@ -258,8 +274,16 @@ impl Identity {
             (person, _) => {
                 self.record_failures(&keys, now_ms).await?;
                 if let Some(person) = &person {
-                    self.audit_person(person, None, "signin.password", Outcome::Denied, None, source, now_ms)
-                        .await?;
+                    self.audit_person(
+                        person,
+                        None,
+                        "signin.password",
+                        Outcome::Denied,
+                        None,
+                        source,
+                        now_ms,
+                    )
+                    .await?;
                 }
                 return Err(SignInError::Refused);
             }
@@ -290,7 +314,10 @@ impl Identity {
     }
 
     /// `Password` when a usable second factor is enrolled, otherwise `Enrolment`.
-    async fn level_after_password(&self, person: &PersonRecord) -> Result<SessionLevel, SignInError> {
+    async fn level_after_password(
+        &self,
+        person: &PersonRecord,
+    ) -> Result<SessionLevel, SignInError> {
         let has_passkey = !self.people.passkeys(person.id).await?.is_empty();
         let needs_passkey = person.roles.iter().any(|role| role.requires_passkey());
         let usable = if needs_passkey {
@@ -342,7 +369,9 @@ impl Identity {
         now_ms: i64,
     ) -> Result<SessionToken, SignInError> {
         self.people.delete_session(&view.session.token_hash).await?;
-        let token = self.new_session(&view.person, level, factor, now_ms).await?;
+        let token = self
+            .new_session(&view.person, level, factor, now_ms)
+            .await?;
         Ok(token)
     }
 
@@ -364,24 +393,40 @@ impl Identity {
         let keys = self.throttle_keys(&view.person.email, source);
         self.throttle_wait(&keys, now_ms).await?;
         if self.check_totp(&view.person, code, now_ms).await? {
-            let token = self.rotate(&view, SessionLevel::Mfa, Some(SecondFactor::Totp), now_ms).await?;
-            self.audit_person(&view.person, Some(&token), "signin.second-factor", Outcome::Success, Some("totp"), source, now_ms)
+            let token = self
+                .rotate(&view, SessionLevel::Mfa, Some(SecondFactor::Totp), now_ms)
                 .await?;
+            self.audit_person(
+                &view.person,
+                Some(&token),
+                "signin.second-factor",
+                Outcome::Success,
+                Some("totp"),
+                source,
+                now_ms,
+            )
+            .await?;
             return Ok(token);
         }
-        self.second_factor_failed(&view, &keys, "totp", source, now_ms).await?;
+        self.second_factor_failed(&view, &keys, "totp", source, now_ms)
+            .await?;
         Err(SignInError::Refused)
     }
 
     /// Verifies a code against the enrolled seed and spends its time step (each step once).
-    async fn check_totp(&self, person: &PersonRecord, code: &str, now_ms: i64) -> Result<bool, SignInError> {
+    async fn check_totp(
+        &self,
+        person: &PersonRecord,
+        code: &str,
+        now_ms: i64,
+    ) -> Result<bool, SignInError> {
         let Some(totp) = self.people.totp(person.id).await? else {
             return Ok(false);
         };
         let secret = self.open_totp_secret(person, &totp).await?;
-        let Some(step) = self
-            .credentials
-            .verify_totp(&secret, code, now_ms.div_euclid(1000), totp.last_step)
+        let Some(step) =
+            self.credentials
+                .verify_totp(&secret, code, now_ms.div_euclid(1000), totp.last_step)
         else {
             return Ok(false);
         };
@@ -389,7 +434,11 @@ impl Identity {
         Ok(self.people.use_totp_step(person.id, step).await?)
     }
 
-    async fn open_totp_secret(&self, person: &PersonRecord, totp: &TotpRecord) -> Result<Vec<u8>, SignInError> {
+    async fn open_totp_secret(
+        &self,
+        person: &PersonRecord,
+        totp: &TotpRecord,
+    ) -> Result<Vec<u8>, SignInError> {
         let keys = self.tenant_keys(person.tenant).await?;
         let version = carevault_crypto::sealed_key_version(&totp.sealed_secret)
             .map_err(|e| SignInError::Internal(e.to_string()))?;
@@ -419,8 +468,16 @@ impl Identity {
                 detail: format!("correct password, failed {factor}"),
             })
             .await?;
-        self.audit_person(&view.person, None, "signin.second-factor", Outcome::Denied, Some(factor), source, now_ms)
-            .await
+        self.audit_person(
+            &view.person,
+            None,
+            "signin.second-factor",
+            Outcome::Denied,
+            Some(factor),
+            source,
+            now_ms,
+        )
+        .await
     }
 
     /// Step two with a single-use recovery code.
@@ -443,26 +500,57 @@ impl Identity {
         let codes = self.people.recovery_codes(view.person.id).await?;
         let unused: Vec<String> = codes
             .iter()
-            .map(|c| if c.used_ms.is_some() { String::new() } else { c.code_hash.clone() })
-            .collect();
-        if let Some(position) = self.credentials.match_recovery_code(code, &unused) {
-            if let Some(record) = codes.get(position) {
-                if self.people.use_recovery_code(view.person.id, record.index, now_ms).await? {
-                    let token = self
-                        .rotate(&view, SessionLevel::Mfa, Some(SecondFactor::RecoveryCode), now_ms)
-                        .await?;
-                    self.audit_person(&view.person, Some(&token), "signin.second-factor", Outcome::Success, Some("recovery-code"), source, now_ms)
-                        .await?;
-                    return Ok(token);
+            .map(|c| {
+                if c.used_ms.is_some() {
+                    String::new()
+                } else {
+                    c.code_hash.clone()
                 }
+            })
+            .collect();
+        let spent = match self
+            .credentials
+            .match_recovery_code(code, &unused)
+            .and_then(|position| codes.get(position))
+        {
+            Some(record) => {
+                self.people
+                    .use_recovery_code(view.person.id, record.index, now_ms)
+                    .await?
             }
+            None => false,
+        };
+        if spent {
+            let token = self
+                .rotate(
+                    &view,
+                    SessionLevel::Mfa,
+                    Some(SecondFactor::RecoveryCode),
+                    now_ms,
+                )
+                .await?;
+            self.audit_person(
+                &view.person,
+                Some(&token),
+                "signin.second-factor",
+                Outcome::Success,
+                Some("recovery-code"),
+                source,
+                now_ms,
+            )
+            .await?;
+            return Ok(token);
         }
-        self.second_factor_failed(&view, &keys, "recovery-code", source, now_ms).await?;
+        self.second_factor_failed(&view, &keys, "recovery-code", source, now_ms)
+            .await?;
         Err(SignInError::Refused)
     }
 
     /// A passkey sign-in begins: options for the browser and a ceremony id (kept in a cookie).
-    pub async fn start_passkey_sign_in(&self, now_ms: i64) -> Result<(serde_json::Value, String), SignInError> {
+    pub async fn start_passkey_sign_in(
+        &self,
+        now_ms: i64,
+    ) -> Result<(serde_json::Value, String), SignInError> {
         let ceremony = self
             .credentials
             .start_passkey_authentication()
@@ -516,16 +604,37 @@ impl Identity {
                         .await?;
                 }
                 let token = self
-                    .new_session(&person, SessionLevel::Mfa, Some(SecondFactor::Passkey), now_ms)
+                    .new_session(
+                        &person,
+                        SessionLevel::Mfa,
+                        Some(SecondFactor::Passkey),
+                        now_ms,
+                    )
                     .await?;
-                self.audit_person(&person, Some(&token), "signin.passkey", Outcome::Success, None, source, now_ms)
-                    .await?;
+                self.audit_person(
+                    &person,
+                    Some(&token),
+                    "signin.passkey",
+                    Outcome::Success,
+                    None,
+                    source,
+                    now_ms,
+                )
+                .await?;
                 Ok(token)
             }
             _ => {
                 self.record_failures(&keys, now_ms).await?;
-                self.audit_person(&person, None, "signin.passkey", Outcome::Denied, None, source, now_ms)
-                    .await?;
+                self.audit_person(
+                    &person,
+                    None,
+                    "signin.passkey",
+                    Outcome::Denied,
+                    None,
+                    source,
+                    now_ms,
+                )
+                .await?;
                 Err(SignInError::Refused)
             }
         }
@@ -535,7 +644,11 @@ impl Identity {
 
     /// Finds a live session: not revoked, within the idle and absolute timeouts, its person
     /// active and its tenant not quarantined. Touches `last_seen` at most once a minute.
-    pub async fn session(&self, token: &SessionToken, now_ms: i64) -> Result<SessionView, SignInError> {
+    pub async fn session(
+        &self,
+        token: &SessionToken,
+        now_ms: i64,
+    ) -> Result<SessionView, SignInError> {
         let hash = token.hash();
         let Some(mut session) = self.people.session(&hash).await? else {
             return Err(SignInError::SessionEnded);
@@ -563,20 +676,46 @@ impl Identity {
         Ok(SessionView { session, person })
     }
 
-    pub async fn sign_out(&self, token: &SessionToken, source: Option<IpAddr>, now_ms: i64) -> Result<(), SignInError> {
+    pub async fn sign_out(
+        &self,
+        token: &SessionToken,
+        source: Option<IpAddr>,
+        now_ms: i64,
+    ) -> Result<(), SignInError> {
         if let Ok(view) = self.session(token, now_ms).await {
             self.people.delete_session(&view.session.token_hash).await?;
-            self.audit_person(&view.person, Some(token), "signout", Outcome::Success, None, source, now_ms)
-                .await?;
+            self.audit_person(
+                &view.person,
+                Some(token),
+                "signout",
+                Outcome::Success,
+                None,
+                source,
+                now_ms,
+            )
+            .await?;
         }
         Ok(())
     }
 
     /// Ends every session of the person (the current one too).
-    pub async fn sign_out_everywhere(&self, view: &SessionView, source: Option<IpAddr>, now_ms: i64) -> Result<u64, SignInError> {
+    pub async fn sign_out_everywhere(
+        &self,
+        view: &SessionView,
+        source: Option<IpAddr>,
+        now_ms: i64,
+    ) -> Result<u64, SignInError> {
         let ended = self.people.delete_sessions_of(view.person.id).await?;
-        self.audit_person(&view.person, None, "signout.everywhere", Outcome::Success, Some(&ended.to_string()), source, now_ms)
-            .await?;
+        self.audit_person(
+            &view.person,
+            None,
+            "signout.everywhere",
+            Outcome::Success,
+            Some(&ended.to_string()),
+            source,
+            now_ms,
+        )
+        .await?;
         Ok(ended)
     }
 
@@ -598,7 +737,13 @@ impl Identity {
     }
 
     /// Step-up with TOTP (for people whose roles allow it). Marks the session fresh.
-    pub async fn step_up_totp(&self, view: &SessionView, code: &str, source: Option<IpAddr>, now_ms: i64) -> Result<(), SignInError> {
+    pub async fn step_up_totp(
+        &self,
+        view: &SessionView,
+        code: &str,
+        source: Option<IpAddr>,
+        now_ms: i64,
+    ) -> Result<(), SignInError> {
         if view.session.level != SessionLevel::Mfa {
             return Err(SignInError::SessionEnded);
         }
@@ -611,16 +756,28 @@ impl Identity {
             let mut session = view.session.clone();
             session.verified_ms = Some(now_ms);
             self.people.update_session(&session).await?;
-            self.audit_person(&view.person, None, "step-up", Outcome::Success, Some("totp"), source, now_ms)
-                .await
+            self.audit_person(
+                &view.person,
+                None,
+                "step-up",
+                Outcome::Success,
+                Some("totp"),
+                source,
+                now_ms,
+            )
+            .await
         } else {
-            self.second_factor_failed(view, &keys, "totp step-up", source, now_ms).await?;
+            self.second_factor_failed(view, &keys, "totp step-up", source, now_ms)
+                .await?;
             Err(SignInError::Refused)
         }
     }
 
     /// Step-up with a passkey: the ceremony state rides on the session.
-    pub async fn start_passkey_step_up(&self, view: &SessionView) -> Result<serde_json::Value, SignInError> {
+    pub async fn start_passkey_step_up(
+        &self,
+        view: &SessionView,
+    ) -> Result<serde_json::Value, SignInError> {
         let ceremony = self
             .credentials
             .start_passkey_authentication()
@@ -631,7 +788,13 @@ impl Identity {
         Ok(ceremony.options)
     }
 
-    pub async fn finish_passkey_step_up(&self, view: &SessionView, response: &str, source: Option<IpAddr>, now_ms: i64) -> Result<(), SignInError> {
+    pub async fn finish_passkey_step_up(
+        &self,
+        view: &SessionView,
+        response: &str,
+        source: Option<IpAddr>,
+        now_ms: i64,
+    ) -> Result<(), SignInError> {
         let state = view
             .session
             .pending
@@ -643,17 +806,29 @@ impl Identity {
         let jsons: Vec<String> = stored.iter().map(|p| p.passkey_json.clone()).collect();
         let mut session = view.session.clone();
         session.pending = None;
-        match self.credentials.finish_passkey_authentication(response, &state, &jsons) {
+        match self
+            .credentials
+            .finish_passkey_authentication(response, &state, &jsons)
+        {
             Ok(assertion) if assertion.user_verified => {
                 session.verified_ms = Some(now_ms);
                 self.people.update_session(&session).await?;
-                self.audit_person(&view.person, None, "step-up", Outcome::Success, Some("passkey"), source, now_ms)
-                    .await
+                self.audit_person(
+                    &view.person,
+                    None,
+                    "step-up",
+                    Outcome::Success,
+                    Some("passkey"),
+                    source,
+                    now_ms,
+                )
+                .await
             }
             _ => {
                 self.people.update_session(&session).await?;
                 let keys = self.throttle_keys(&view.person.email, source);
-                self.second_factor_failed(view, &keys, "passkey step-up", source, now_ms).await?;
+                self.second_factor_failed(view, &keys, "passkey step-up", source, now_ms)
+                    .await?;
                 Err(SignInError::Refused)
             }
         }
@@ -662,7 +837,10 @@ impl Identity {
     // ---- enrolment ----
 
     /// Begins TOTP enrolment: a new seed, kept sealed on the session until confirmed.
-    pub async fn start_totp_enrolment(&self, view: &SessionView) -> Result<TotpEnrolment, SignInError> {
+    pub async fn start_totp_enrolment(
+        &self,
+        view: &SessionView,
+    ) -> Result<TotpEnrolment, SignInError> {
         if view.session.level == SessionLevel::Password {
             return Err(SignInError::SessionEnded);
         }
@@ -720,7 +898,8 @@ impl Identity {
             .verify_totp(&secret, code, now_ms.div_euclid(1000), None)
         else {
             return Err(SignInError::Invalid(
-                "that code did not match: check the time on your phone and enter the newest code".into(),
+                "that code did not match: check the time on your phone and enter the newest code"
+                    .into(),
             ));
         };
         self.people
@@ -735,32 +914,71 @@ impl Identity {
         } else {
             view.session.level
         };
-        let token = self.rotate(view, level, view.session.factor.or(Some(SecondFactor::Totp)), now_ms).await?;
-        self.audit_person(&view.person, Some(&token), "factor.enrol", Outcome::Success, Some("totp"), source, now_ms)
+        let token = self
+            .rotate(
+                view,
+                level,
+                view.session.factor.or(Some(SecondFactor::Totp)),
+                now_ms,
+            )
             .await?;
+        self.audit_person(
+            &view.person,
+            Some(&token),
+            "factor.enrol",
+            Outcome::Success,
+            Some("totp"),
+            source,
+            now_ms,
+        )
+        .await?;
         Ok((token, codes))
     }
 
-    async fn first_recovery_codes(&self, person: &PersonRecord, now_ms: i64) -> Result<Option<Vec<String>>, SignInError> {
+    async fn first_recovery_codes(
+        &self,
+        person: &PersonRecord,
+        now_ms: i64,
+    ) -> Result<Option<Vec<String>>, SignInError> {
         if !self.people.recovery_codes(person.id).await?.is_empty() {
             return Ok(None);
         }
         let (codes, hashes) = self.credentials.new_recovery_codes();
-        self.people.set_recovery_codes(person.id, &hashes, now_ms).await?;
+        self.people
+            .set_recovery_codes(person.id, &hashes, now_ms)
+            .await?;
         Ok(Some(codes))
     }
 
     /// New recovery codes, replacing the old ones (needs a fresh second factor).
-    pub async fn regenerate_recovery_codes(&self, view: &SessionView, source: Option<IpAddr>, now_ms: i64) -> Result<Vec<String>, SignInError> {
+    pub async fn regenerate_recovery_codes(
+        &self,
+        view: &SessionView,
+        source: Option<IpAddr>,
+        now_ms: i64,
+    ) -> Result<Vec<String>, SignInError> {
         self.require_fresh(view, now_ms)?;
         let (codes, hashes) = self.credentials.new_recovery_codes();
-        self.people.set_recovery_codes(view.person.id, &hashes, now_ms).await?;
-        self.audit_person(&view.person, None, "factor.recovery-codes", Outcome::Success, None, source, now_ms)
+        self.people
+            .set_recovery_codes(view.person.id, &hashes, now_ms)
             .await?;
+        self.audit_person(
+            &view.person,
+            None,
+            "factor.recovery-codes",
+            Outcome::Success,
+            None,
+            source,
+            now_ms,
+        )
+        .await?;
         Ok(codes)
     }
 
-    pub async fn start_passkey_enrolment(&self, view: &SessionView) -> Result<serde_json::Value, SignInError> {
+    pub async fn start_passkey_enrolment(
+        &self,
+        view: &SessionView,
+    ) -> Result<serde_json::Value, SignInError> {
         if view.session.level == SessionLevel::Password {
             return Err(SignInError::SessionEnded);
         }
@@ -805,7 +1023,9 @@ impl Identity {
         let passkey = self
             .credentials
             .finish_passkey_registration(response, state)
-            .map_err(|reason| SignInError::Invalid(format!("the passkey was not registered: {reason}")))?;
+            .map_err(|reason| {
+                SignInError::Invalid(format!("the passkey was not registered: {reason}"))
+            })?;
         let name = name.trim();
         let name = if name.is_empty() { "Passkey" } else { name };
         self.people
@@ -830,14 +1050,28 @@ impl Identity {
             view.session.factor
         };
         let token = self.rotate(view, level, factor, now_ms).await?;
-        self.audit_person(&view.person, Some(&token), "factor.enrol", Outcome::Success, Some("passkey"), source, now_ms)
-            .await?;
+        self.audit_person(
+            &view.person,
+            Some(&token),
+            "factor.enrol",
+            Outcome::Success,
+            Some("passkey"),
+            source,
+            now_ms,
+        )
+        .await?;
         Ok((token, codes))
     }
 
     /// Removes one of the person's own passkeys (needs a fresh second factor, and never the
     /// last factor of a role that needs a passkey).
-    pub async fn remove_passkey(&self, view: &SessionView, credential_id: &str, source: Option<IpAddr>, now_ms: i64) -> Result<(), SignInError> {
+    pub async fn remove_passkey(
+        &self,
+        view: &SessionView,
+        credential_id: &str,
+        source: Option<IpAddr>,
+        now_ms: i64,
+    ) -> Result<(), SignInError> {
         self.require_fresh(view, now_ms)?;
         let passkeys = self.people.passkeys(view.person.id).await?;
         if view.needs_passkey() && passkeys.len() <= 1 {
@@ -845,17 +1079,33 @@ impl Identity {
                 "your role needs a passkey: register another one before removing this one".into(),
             ));
         }
-        if !self.people.remove_passkey(view.person.id, credential_id).await? {
+        if !self
+            .people
+            .remove_passkey(view.person.id, credential_id)
+            .await?
+        {
             return Err(SignInError::Invalid("no such passkey".into()));
         }
-        self.audit_person(&view.person, None, "factor.remove", Outcome::Success, Some("passkey"), source, now_ms)
-            .await
+        self.audit_person(
+            &view.person,
+            None,
+            "factor.remove",
+            Outcome::Success,
+            Some("passkey"),
+            source,
+            now_ms,
+        )
+        .await
     }
 
     // ---- the person's own account ----
 
     /// What the "my account" page shows: enrolled factors and live sessions, no secrets.
-    pub async fn account_overview(&self, view: &SessionView, now_ms: i64) -> Result<AccountOverview, SignInError> {
+    pub async fn account_overview(
+        &self,
+        view: &SessionView,
+        now_ms: i64,
+    ) -> Result<AccountOverview, SignInError> {
         let person = view.person.id;
         let totp = self.people.totp(person).await?.is_some();
         let passkeys = self
@@ -916,7 +1166,15 @@ impl Identity {
         source: Option<IpAddr>,
         now_ms: i64,
     ) -> Result<(), SignInError> {
-        let record = person_record(person, token.map(|t| session_id(&t.hash())), action, outcome, detail, source, now_ms);
+        let record = person_record(
+            person,
+            token.map(|t| session_id(&t.hash())),
+            action,
+            outcome,
+            detail,
+            source,
+            now_ms,
+        );
         self.audit
             .record(record)
             .await
@@ -940,7 +1198,11 @@ pub(crate) fn person_record(
         tenant: person.tenant,
         principal: format!("person/{}", person.id),
         session,
-        roles: person.roles.iter().map(|r: &Role| r.as_str().to_owned()).collect(),
+        roles: person
+            .roles
+            .iter()
+            .map(|r: &Role| r.as_str().to_owned())
+            .collect(),
         auth_strength: "none".to_owned(),
         source: source.map(|ip| ip.to_string()),
         action: action.to_owned(),
@@ -953,4 +1215,3 @@ pub(crate) fn person_record(
         detail: detail.map(str::to_owned),
     }
 }
-

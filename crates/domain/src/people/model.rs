@@ -53,7 +53,11 @@ impl Role {
 }
 
 pub fn roles_text(roles: &[Role]) -> String {
-    roles.iter().map(|role| role.as_str()).collect::<Vec<_>>().join(",")
+    roles
+        .iter()
+        .map(|role| role.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub fn parse_roles(text: &str) -> Option<Vec<Role>> {

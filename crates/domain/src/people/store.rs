@@ -67,8 +67,12 @@ pub trait PeopleStore: Send + Sync {
     ) -> StoreResult<()>;
     async fn recovery_codes(&self, person: PersonId) -> StoreResult<Vec<RecoveryCodeRecord>>;
     /// Marks one code used; false when it already was.
-    async fn use_recovery_code(&self, person: PersonId, index: i64, now_ms: i64)
-    -> StoreResult<bool>;
+    async fn use_recovery_code(
+        &self,
+        person: PersonId,
+        index: i64,
+        now_ms: i64,
+    ) -> StoreResult<bool>;
     /// Removes every factor (TOTP, passkeys, recovery codes) of the person.
     async fn delete_factors(&self, person: PersonId) -> StoreResult<()>;
 
@@ -85,8 +89,12 @@ pub trait PeopleStore: Send + Sync {
 
     /// Keeps WebAuthn ceremony state (or other short-lived server-side state) under the hash
     /// of a random id until `expires_ms`.
-    async fn put_ceremony(&self, id_hash: &[u8; 32], state: &str, expires_ms: i64)
-    -> StoreResult<()>;
+    async fn put_ceremony(
+        &self,
+        id_hash: &[u8; 32],
+        state: &str,
+        expires_ms: i64,
+    ) -> StoreResult<()>;
     /// Removes and returns the state if it exists and has not expired (one use only).
     async fn take_ceremony(&self, id_hash: &[u8; 32], now_ms: i64) -> StoreResult<Option<String>>;
 
@@ -127,14 +135,20 @@ pub trait PeopleStore: Send + Sync {
     ) -> StoreResult<bool>;
 
     async fn record_security_event(&self, event: &SecurityEvent) -> StoreResult<()>;
-    async fn security_events(&self, tenant: TenantId, since_ms: i64)
-    -> StoreResult<Vec<SecurityEvent>>;
+    async fn security_events(
+        &self,
+        tenant: TenantId,
+        since_ms: i64,
+    ) -> StoreResult<Vec<SecurityEvent>>;
 
     // ---- home-entry details (tenant data, sealed) ----
 
     /// Stores a new version of a patient's home-entry details.
-    async fn put_home_entry(&self, scope: &TenantScope, record: &HomeEntryRecord)
-    -> StoreResult<()>;
+    async fn put_home_entry(
+        &self,
+        scope: &TenantScope,
+        record: &HomeEntryRecord,
+    ) -> StoreResult<()>;
     /// The newest version for the patient.
     async fn home_entry(
         &self,

@@ -151,10 +151,15 @@ pub struct RecoveryCodesPage {
 }
 
 fn recovery_codes_shown(view: &SessionView, codes: Vec<String>, first: bool) -> Response {
+    let mut furniture = layout("Your recovery codes", Some(view), &Errors::none());
+    if first {
+        // The session was just rotated: the old CSRF token is void, so no sign-out form.
+        furniture.csrf.clear();
+        furniture.nav.clear();
+    }
     let page = RecoveryCodesPage {
-        page: layout("Your recovery codes", Some(view), &Errors::none()),
+        page: furniture,
         errors: Errors::none(),
-        // The session was rotated: the form on this page is a link, not a post.
         csrf: String::new(),
         left: codes.len(),
         codes,

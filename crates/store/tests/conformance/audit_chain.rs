@@ -50,7 +50,11 @@ async fn every_append_extends_the_tenant_chain(store: Arc<dyn Store>, _raw: &Raw
     assert_eq!(store.audit_head(a).await.unwrap(), None);
 
     store
-        .append_audit(&[audit(a, "read", "a1"), audit(b, "read", "b1"), audit(a, "read", "a2")])
+        .append_audit(&[
+            audit(a, "read", "a1"),
+            audit(b, "read", "b1"),
+            audit(a, "read", "a2"),
+        ])
         .await
         .unwrap();
     store
@@ -62,7 +66,9 @@ async fn every_append_extends_the_tenant_chain(store: Arc<dyn Store>, _raw: &Raw
         .await
         .unwrap();
     // A batch larger than one INSERT statement carries.
-    let many: Vec<_> = (0..700).map(|n| audit(a, "search", &format!("m{n}"))).collect();
+    let many: Vec<_> = (0..700)
+        .map(|n| audit(a, "search", &format!("m{n}")))
+        .collect();
     store.append_audit(&many).await.unwrap();
 
     let report = verify(&store, a, 97).await;
@@ -75,7 +81,10 @@ async fn every_append_extends_the_tenant_chain(store: Arc<dyn Store>, _raw: &Raw
     // The head, the stored hash at the head and the chain recomputed from the texts agree.
     let head = store.audit_head(a).await.unwrap().unwrap();
     assert_eq!(head.seq, 703);
-    assert_eq!(Some(head.hash.unwrap()), store.audit_hash_at(a, 703).await.unwrap());
+    assert_eq!(
+        Some(head.hash.unwrap()),
+        store.audit_hash_at(a, 703).await.unwrap()
+    );
     let links = store
         .audit_links(
             a,
@@ -88,9 +97,9 @@ async fn every_append_extends_the_tenant_chain(store: Arc<dyn Store>, _raw: &Raw
         )
         .await
         .unwrap();
-    let recomputed = links
-        .iter()
-        .fold(GENESIS, |hash, link| chain::link(&hash, link.text.as_bytes()));
+    let recomputed = links.iter().fold(GENESIS, |hash, link| {
+        chain::link(&hash, link.text.as_bytes())
+    });
     assert_eq!(head.hash, Some(recomputed));
     assert_eq!(links[0].prev_hash.as_deref(), Some(&GENESIS[..]));
     assert!(links[3].text.contains("\"seq\":4") && links[3].text.contains("a3"));
@@ -98,7 +107,11 @@ async fn every_append_extends_the_tenant_chain(store: Arc<dyn Store>, _raw: &Raw
     // Every chain with a head is listed, the platform's included once it has one.
     let heads = store.audit_heads().await.unwrap();
     assert!(heads.contains(&(a, head)));
-    assert!(heads.iter().any(|(tenant, head)| *tenant == b && head.seq == 1));
+    assert!(
+        heads
+            .iter()
+            .any(|(tenant, head)| *tenant == b && head.seq == 1)
+    );
 
     // Time bounds select by record time; paging continues after a sequence number.
     let mut late = audit(b, "read", "late");
@@ -147,7 +160,10 @@ async fn records_from_before_hashing_are_adopted(store: Arc<dyn Store>, raw: &Ra
     let unhashed = verify(&store, a, 10).await;
     assert!(unhashed.breaks.is_empty(), "{:?}", unhashed.breaks);
 
-    store.append_audit(&[audit(a, "read", "new3")]).await.unwrap();
+    store
+        .append_audit(&[audit(a, "read", "new3")])
+        .await
+        .unwrap();
     let report = verify(&store, a, 10).await;
     assert!(report.breaks.is_empty(), "{:?}", report.breaks);
     let adopted = texts

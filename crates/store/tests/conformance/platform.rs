@@ -280,17 +280,36 @@ async fn access_tokens_reflect_quarantine_and_disable(store: Arc<dyn Store>, _ra
     assert_eq!(found.client_status, ClientStatus::Active);
     assert_eq!(found.client_name, "machine");
 
+    // Quarantine revokes the tenant's tokens: a later release must not revive them.
     store
         .set_tenant_status(tenant, TenantStatus::Quarantined)
         .await
         .unwrap();
-    let found = store.find_access_token(&[7; 32]).await.unwrap().unwrap();
-    assert_eq!(found.tenant_status, TenantStatus::Quarantined);
+    assert_eq!(store.find_access_token(&[7; 32]).await.unwrap(), None);
+    store
+        .set_tenant_status(tenant, TenantStatus::Active)
+        .await
+        .unwrap();
+    assert_eq!(store.find_access_token(&[7; 32]).await.unwrap(), None);
 
+    // Disabling a client revokes its tokens too, and only its own.
+    let other = client(tenant, "other machine");
+    store.create_client(&other).await.unwrap();
+    for (hash, owner) in [([9; 32], &machine), ([10; 32], &other)] {
+        store
+            .store_access_token(&AccessTokenRecord {
+                token_hash: hash,
+                client: owner.id.clone(),
+                ..token.clone()
+            })
+            .await
+            .unwrap();
+    }
     store
         .set_client_status(&machine.id, ClientStatus::Disabled)
         .await
         .unwrap();
-    let found = store.find_access_token(&[7; 32]).await.unwrap().unwrap();
-    assert_eq!(found.client_status, ClientStatus::Disabled);
+    assert_eq!(store.find_access_token(&[9; 32]).await.unwrap(), None);
+    let kept = store.find_access_token(&[10; 32]).await.unwrap().unwrap();
+    assert_eq!(kept.client_status, ClientStatus::Active);
 }
