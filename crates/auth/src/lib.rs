@@ -23,9 +23,9 @@
 mod assertion;
 mod error;
 mod jwks;
-mod people;
 pub mod passkeys;
 pub mod password;
+mod people;
 pub mod recovery;
 pub mod totp;
 mod verifier;
@@ -41,9 +41,9 @@ pub use password::{
     PasswordError, PasswordParams, PasswordRejection, check_new_password, dummy_verify,
     hash_password, needs_rehash, verify_password,
 };
+pub use people::PeopleCredentials;
 pub use recovery::{RecoveryError, find_recovery_code, generate_recovery_codes};
 pub use totp::{TotpError, TotpSecret, otpauth_url, qr_svg, verify_totp};
-pub use people::PeopleCredentials;
 pub use verifier::SmartVerifier;
 
 /// Installs jsonwebtoken's AWS-LC crypto provider for this process.

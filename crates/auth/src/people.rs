@@ -4,8 +4,10 @@
 use carevault_domain::people::{Ceremony, Credentials, NewPasskey, PasskeyAssertion};
 use uuid::Uuid;
 
-use crate::password::{PasswordParams, check_new_password, dummy_verify, hash_password, verify_password};
 use crate::passkeys::{Passkeys, StoredPasskey};
+use crate::password::{
+    PasswordParams, check_new_password, dummy_verify, hash_password, verify_password,
+};
 use crate::recovery::{find_recovery_code, generate_recovery_codes};
 use crate::totp::{TotpSecret, otpauth_url, qr_svg, verify_totp};
 
@@ -62,14 +64,25 @@ impl Credentials for PeopleCredentials {
             .unwrap_or_default()
     }
 
-    fn totp_enrolment(&self, secret: &[u8], account: &str) -> Result<(String, String, String), String> {
+    fn totp_enrolment(
+        &self,
+        secret: &[u8],
+        account: &str,
+    ) -> Result<(String, String, String), String> {
         let secret = TotpSecret::from_bytes(secret).map_err(|e| e.to_string())?;
-        let url = otpauth_url(&secret, ISSUER, &account.replace(':', " ")).map_err(|e| e.to_string())?;
+        let url =
+            otpauth_url(&secret, ISSUER, &account.replace(':', " ")).map_err(|e| e.to_string())?;
         let svg = qr_svg(&url).map_err(|e| e.to_string())?;
         Ok((secret.reveal_base32().to_string(), url.to_string(), svg))
     }
 
-    fn verify_totp(&self, secret: &[u8], code: &str, now_s: i64, last_step: Option<i64>) -> Option<i64> {
+    fn verify_totp(
+        &self,
+        secret: &[u8],
+        code: &str,
+        now_s: i64,
+        last_step: Option<i64>,
+    ) -> Option<i64> {
         let secret = TotpSecret::from_bytes(secret).ok()?;
         verify_totp(&secret, code, now_s, last_step)
     }
@@ -99,7 +112,11 @@ impl Credentials for PeopleCredentials {
         Ok(Ceremony { options, state })
     }
 
-    fn finish_passkey_registration(&self, response: &str, state: &str) -> Result<NewPasskey, String> {
+    fn finish_passkey_registration(
+        &self,
+        response: &str,
+        state: &str,
+    ) -> Result<NewPasskey, String> {
         let passkey = self
             .passkeys
             .finish_registration(response, state)

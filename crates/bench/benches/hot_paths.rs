@@ -53,7 +53,8 @@ fn relative(mut value: Value) -> Value {
 fn sealing(c: &mut Criterion) {
     let key = DataKey::new(1, SecretKey::generate());
     let (patient, observation) = samples();
-    let aad = b"carevault/resource/v1\x006f0c1a2b-0000-4000-8000-00000000000a\x00Patient\x00id\x001";
+    let aad =
+        b"carevault/resource/v1\x006f0c1a2b-0000-4000-8000-00000000000a\x00Patient\x00id\x001";
     let mut group = c.benchmark_group("seal");
     for (name, resource) in [("Patient", &patient), ("Observation", &observation)] {
         let plaintext = serde_json::to_vec(resource).unwrap();
@@ -162,7 +163,11 @@ fn audit_append(c: &mut Criterion) {
     let mut group = c.benchmark_group("audit append, batch of 100");
     group.throughput(Throughput::Elements(100));
     group.bench_function("SQLite store (durable commit)", |b| {
-        b.iter(|| runtime.block_on(store.append_audit(black_box(&batch))).unwrap())
+        b.iter(|| {
+            runtime
+                .block_on(store.append_audit(black_box(&batch)))
+                .unwrap()
+        })
     });
     group.bench_function("in-memory Vec push (baseline)", |b| {
         b.iter_batched_ref(

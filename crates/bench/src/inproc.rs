@@ -196,9 +196,14 @@ pub async fn run(
         Operation::DomainNhs,
         Operation::DomainFamily,
     ] {
-        let (histogram, seconds, errors) =
-            phase(&context, operation, options.connections, options.duration, options.seed)
-                .await?;
+        let (histogram, seconds, errors) = phase(
+            &context,
+            operation,
+            options.connections,
+            options.duration,
+            options.seed,
+        )
+        .await?;
         let rate = histogram.len() as f64 / seconds;
         let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
         println!(

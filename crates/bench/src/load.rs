@@ -240,7 +240,8 @@ impl Worker {
         let request = match op {
             Op::Healthz => self.http.get(format!("{base}/healthz")),
             Op::Read | Op::Nhs | Op::Family | Op::History => {
-                let patient = pick(&mut self.rng, self.sample.as_slice()).context("no sampled patients")?;
+                let patient =
+                    pick(&mut self.rng, self.sample.as_slice()).context("no sampled patients")?;
                 let url = match op {
                     Op::Read => format!("{base}/fhir/Patient/{}", patient.id),
                     Op::History => format!("{base}/fhir/Patient/{}/_history", patient.id),
@@ -254,9 +255,7 @@ impl Worker {
                         patient.birth_date
                     ),
                 };
-                self.http
-                    .get(url)
-                    .bearer_auth(self.tokens.bearer().await?)
+                self.http.get(url).bearer_auth(self.tokens.bearer().await?)
             }
             Op::Create => {
                 let record = synth::patient(self.seed, self.next_new);
@@ -446,7 +445,15 @@ pub fn print_phase(phase: &Phase, ceiling: f64) {
     println!("\n{} ({:.1} s)", phase.name, phase.seconds);
     println!(
         "  {:<12} {:>9} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "operation", "requests", "errors", "req/s", "×healthz", "p50 ms", "p90 ms", "p99 ms", "p99.9"
+        "operation",
+        "requests",
+        "errors",
+        "req/s",
+        "×healthz",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9"
     );
     for result in phase.ops.values() {
         let rate = result.histogram.len() as f64 / phase.seconds;

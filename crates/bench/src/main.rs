@@ -13,7 +13,6 @@ mod inproc;
 mod load;
 mod populate;
 
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -23,7 +22,11 @@ use clap::{Parser, Subcommand};
 use crate::client::{ClientKey, Credentials, TokenSource};
 
 #[derive(Parser)]
-#[command(name = "carevault-bench", version, about = "Measuring instruments for carevault")]
+#[command(
+    name = "carevault-bench",
+    version,
+    about = "Measuring instruments for carevault"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -86,7 +89,10 @@ enum Command {
         #[arg(long, default_value = "3s")]
         warmup: String,
         /// Weighted operations of the mixed phase (empty: no mixed phase).
-        #[arg(long, default_value = "read=60,nhs=15,family=10,create=10,transaction=3,history=2")]
+        #[arg(
+            long,
+            default_value = "read=60,nhs=15,family=10,create=10,transaction=3,history=2"
+        )]
         mix: String,
         /// Operations also measured alone, each for --duration, before the mix.
         #[arg(long, default_value = "")]
@@ -148,8 +154,8 @@ impl Who {
             .credentials
             .as_ref()
             .context("give --client-id and --key, or --credentials")?;
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let credentials: Credentials = serde_json::from_str(&text)?;
         Ok((
             credentials.client_id,
@@ -202,7 +208,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                     (credentials.client_id, ClientKey::load(&key_file)?)
                 }
-                _ => anyhow::bail!("give --data-dir (to register a client) or --client-id and --key"),
+                _ => {
+                    anyhow::bail!("give --data-dir (to register a client) or --client-id and --key")
+                }
             };
             let tokens = TokenSource::new(&base, &client_id, key, SCOPE).await?;
             let report = populate::populate(

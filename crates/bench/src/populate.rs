@@ -128,15 +128,12 @@ pub async fn populate(
                 let next = receiver.lock().await.recv().await;
                 let Some(bundle) = next else { break };
                 post_bundle(&http, &url, &tokens, &bundle).await?;
-                let done = resources.fetch_add(bundle.resources, Ordering::Relaxed)
-                    + bundle.resources;
+                let done =
+                    resources.fetch_add(bundle.resources, Ordering::Relaxed) + bundle.resources;
                 bundles.fetch_add(1, Ordering::Relaxed);
                 progress.inc(bundle.patients);
                 let seconds = started.elapsed().as_secs_f64().max(0.001);
-                progress.set_message(format!(
-                    "{done} resources, {:.0}/s",
-                    done as f64 / seconds
-                ));
+                progress.set_message(format!("{done} resources, {:.0}/s", done as f64 / seconds));
             }
             anyhow::Ok(())
         }));

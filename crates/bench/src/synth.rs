@@ -42,7 +42,9 @@ impl Rng {
 
     /// The generator of one patient: independent of every other patient's.
     pub fn for_patient(seed: u64, index: u64) -> Rng {
-        Rng(mix(mix(seed).wrapping_add(mix(index ^ 0x9e37_79b9_7f4a_7c15))))
+        Rng(mix(
+            mix(seed).wrapping_add(mix(index ^ 0x9e37_79b9_7f4a_7c15))
+        ))
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -125,14 +127,79 @@ pub struct PatientRecord {
 }
 
 const COMMON_FAMILIES: &[&str] = &[
-    "Smith", "Jones", "Taylor", "Brown", "Williams", "Wilson", "Johnson", "Davies", "Patel",
-    "Robinson", "Wright", "Thompson", "Evans", "Walker", "White", "Roberts", "Green", "Hall",
-    "Wood", "Jackson", "Clarke", "Khan", "Lewis", "Harris", "Martin", "Cooper", "King", "Lee",
-    "Baker", "Harrison", "Morgan", "Allen", "James", "Scott", "Phillips", "Watson", "Davis",
-    "Parker", "Price", "Bennett", "Young", "Griffiths", "Mitchell", "Kelly", "Cook", "Carter",
-    "Richardson", "Bailey", "Collins", "Bell", "Shaw", "Murphy", "Miller", "Cox", "Richards",
-    "Ali", "Hussain", "Ahmed", "Singh", "Kaur", "Begum", "Nowak", "Kowalski", "O'Brien",
-    "Murray", "Hughes", "Edwards", "Turner", "Hill", "Moore", "Ward", "Morris", "Campbell",
+    "Smith",
+    "Jones",
+    "Taylor",
+    "Brown",
+    "Williams",
+    "Wilson",
+    "Johnson",
+    "Davies",
+    "Patel",
+    "Robinson",
+    "Wright",
+    "Thompson",
+    "Evans",
+    "Walker",
+    "White",
+    "Roberts",
+    "Green",
+    "Hall",
+    "Wood",
+    "Jackson",
+    "Clarke",
+    "Khan",
+    "Lewis",
+    "Harris",
+    "Martin",
+    "Cooper",
+    "King",
+    "Lee",
+    "Baker",
+    "Harrison",
+    "Morgan",
+    "Allen",
+    "James",
+    "Scott",
+    "Phillips",
+    "Watson",
+    "Davis",
+    "Parker",
+    "Price",
+    "Bennett",
+    "Young",
+    "Griffiths",
+    "Mitchell",
+    "Kelly",
+    "Cook",
+    "Carter",
+    "Richardson",
+    "Bailey",
+    "Collins",
+    "Bell",
+    "Shaw",
+    "Murphy",
+    "Miller",
+    "Cox",
+    "Richards",
+    "Ali",
+    "Hussain",
+    "Ahmed",
+    "Singh",
+    "Kaur",
+    "Begum",
+    "Nowak",
+    "Kowalski",
+    "O'Brien",
+    "Murray",
+    "Hughes",
+    "Edwards",
+    "Turner",
+    "Hill",
+    "Moore",
+    "Ward",
+    "Morris",
+    "Campbell",
 ];
 const SYLLABLES: &[&str] = &[
     "ash", "bar", "bel", "brook", "cal", "dun", "el", "far", "gar", "hal", "hard", "kin", "lan",
@@ -146,14 +213,16 @@ const FEMALE_GIVEN: &[&str] = &[
 ];
 const MALE_GIVEN: &[&str] = &[
     "Oliver", "George", "Noah", "Arthur", "Muhammad", "Leo", "Harry", "Jack", "Oscar", "Charlie",
-    "John", "David", "Michael", "Peter", "Robert", "James", "William", "Mohammed", "Piotr",
-    "Sean", "Kenneth", "Stanley", "Ravi", "Tomasz", "Callum",
+    "John", "David", "Michael", "Peter", "Robert", "James", "William", "Mohammed", "Piotr", "Sean",
+    "Kenneth", "Stanley", "Ravi", "Tomasz", "Callum",
 ];
 const STREETS: &[&str] = &[
     "High", "Station", "Church", "Victoria", "Park", "Mill", "Manor", "Queens", "Kings", "Albert",
     "Chapel", "Green", "School", "North", "Bridge", "Oak", "Elm", "Willow",
 ];
-const STREET_KINDS: &[&str] = &["Street", "Road", "Lane", "Avenue", "Close", "Way", "Crescent"];
+const STREET_KINDS: &[&str] = &[
+    "Street", "Road", "Lane", "Avenue", "Close", "Way", "Crescent",
+];
 const TOWNS: &[(&str, &str)] = &[
     ("Leeds", "LS"),
     ("Bradford", "BD"),
@@ -205,16 +274,56 @@ const REACTIONS: &[(&str, &str)] = &[
     ("418290006", "Itching"),
 ];
 const MEDICINES: &[(&str, &str, &str)] = &[
-    ("319283006", "Amlodipine 5mg tablets", "One tablet once a day"),
-    ("325278007", "Metformin 500mg tablets", "One tablet twice a day with food"),
-    ("320000009", "Ramipril 5mg capsules", "One capsule once a day"),
-    ("320029008", "Atorvastatin 20mg tablets", "One tablet at night"),
-    ("317972000", "Omeprazole 20mg capsules", "One capsule once a day"),
-    ("322236009", "Paracetamol 500mg tablets", "Two tablets up to four times a day"),
-    ("319740004", "Bisoprolol 2.5mg tablets", "One tablet once a day"),
-    ("330149004", "Salbutamol 100micrograms inhaler", "Two puffs when required"),
-    ("376657009", "Apixaban 5mg tablets", "One tablet twice a day"),
-    ("374646004", "Amoxicillin 500mg capsules", "One capsule three times a day for 5 days"),
+    (
+        "319283006",
+        "Amlodipine 5mg tablets",
+        "One tablet once a day",
+    ),
+    (
+        "325278007",
+        "Metformin 500mg tablets",
+        "One tablet twice a day with food",
+    ),
+    (
+        "320000009",
+        "Ramipril 5mg capsules",
+        "One capsule once a day",
+    ),
+    (
+        "320029008",
+        "Atorvastatin 20mg tablets",
+        "One tablet at night",
+    ),
+    (
+        "317972000",
+        "Omeprazole 20mg capsules",
+        "One capsule once a day",
+    ),
+    (
+        "322236009",
+        "Paracetamol 500mg tablets",
+        "Two tablets up to four times a day",
+    ),
+    (
+        "319740004",
+        "Bisoprolol 2.5mg tablets",
+        "One tablet once a day",
+    ),
+    (
+        "330149004",
+        "Salbutamol 100micrograms inhaler",
+        "Two puffs when required",
+    ),
+    (
+        "376657009",
+        "Apixaban 5mg tablets",
+        "One tablet twice a day",
+    ),
+    (
+        "374646004",
+        "Amoxicillin 500mg capsules",
+        "One capsule three times a day for 5 days",
+    ),
 ];
 /// (class code, class display, type code, type display)
 const URGENT_ENCOUNTERS: &[(&str, &str, &str, &str)] = &[
@@ -230,7 +339,12 @@ const VISIT_SERVICES: &[(&str, &str)] = &[
     ("Night check", "Evening settling and safety check"),
 ];
 const CARERS: &[&str] = &[
-    "Jane Holt", "Priya Shah", "Marek Zielinski", "Tom Fenwick", "Grace Adeyemi", "Lucy Barnes",
+    "Jane Holt",
+    "Priya Shah",
+    "Marek Zielinski",
+    "Tom Fenwick",
+    "Grace Adeyemi",
+    "Lucy Barnes",
 ];
 
 /// A FHIR decimal with one decimal place, kept exactly as written (`72.0`, not `72`).
@@ -273,7 +387,7 @@ fn family_name(rng: &mut Rng) -> String {
     } else {
         let mut name = String::new();
         for _ in 0..rng.range(2, 3) {
-            name.push_str(rng.pick(SYLLABLES));
+            name.push_str(*rng.pick(SYLLABLES));
         }
         let mut chars = name.chars();
         match chars.next() {
@@ -423,7 +537,14 @@ pub fn patient(seed: u64, index: u64) -> PatientRecord {
         });
         let encounter_url = builder.add(&mut rng, encounter);
         let at = date_time(day, start + 5);
-        vital_signs(&mut builder, &mut rng, &patient_url, &encounter_url, &at, age_years);
+        vital_signs(
+            &mut builder,
+            &mut rng,
+            &patient_url,
+            &encounter_url,
+            &at,
+            age_years,
+        );
         if urgent {
             let acute: Vec<&(&str, &str, bool)> = CONDITIONS.iter().filter(|c| !c.2).collect();
             let (code, display, _) = **rng.pick(&acute);
@@ -518,9 +639,7 @@ fn vital_signs(
         "vital-signs",
         "Vital Signs"
     )]);
-    let quantity = |value: Value, unit: &str, code: &str| {
-        json!({"value": value, "unit": unit, "system": UCUM, "code": code})
-    };
+    let quantity = |value: Value, unit: &str, code: &str| json!({"value": value, "unit": unit, "system": UCUM, "code": code});
     let child = age_years < 12;
     let single = [
         (

@@ -266,4 +266,3 @@ mod tests {
         assert!(toml::from_str::<Config>(&typo).is_err());
     }
 }
-

@@ -156,7 +156,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = Runtime::open(&data_dir).await?;
             let services = runtime.services()?;
             let link = runtime.setup_link(&services).await?;
-            println!("one-time setup link for the first platform administrator (valid 15 minutes):");
+            println!(
+                "one-time setup link for the first platform administrator (valid 15 minutes):"
+            );
             println!("  {link}");
             println!("next: carevault serve --data-dir {}", data_dir.display());
             Ok(())

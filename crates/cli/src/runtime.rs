@@ -58,7 +58,8 @@ pub async fn initialise(data_dir: &Path, database_url: Option<String>) -> anyhow
     let keys_dir = config.keys_dir(data_dir);
     create_private_dir(&keys_dir)?;
     Kek::create_file(&keys_dir.join(KEK_FILE)).context("creating the key-encryption key")?;
-    SigningKey::create_file(&keys_dir.join(SIGNING_KEY_FILE)).context("creating the signing key")?;
+    SigningKey::create_file(&keys_dir.join(SIGNING_KEY_FILE))
+        .context("creating the signing key")?;
     config.save_new(data_dir)?;
     // Creating the store runs the migrations, so a fresh directory is ready to serve.
     carevault_store::open_store(&config.database_url(data_dir))
@@ -97,8 +98,8 @@ impl Runtime {
     pub async fn open(data_dir: &Path) -> anyhow::Result<Runtime> {
         let config = Config::load(data_dir)?;
         let keys_dir = config.keys_dir(data_dir);
-        let kek = Kek::load_file(&keys_dir.join(KEK_FILE))
-            .context("loading the key-encryption key")?;
+        let kek =
+            Kek::load_file(&keys_dir.join(KEK_FILE)).context("loading the key-encryption key")?;
         let signing_key = SigningKey::load_file(&keys_dir.join(SIGNING_KEY_FILE))
             .context("loading the signing key")?;
         let url = config.database_url(data_dir);
@@ -120,7 +121,11 @@ impl Runtime {
     }
 
     pub fn administration(&self) -> Administration {
-        Administration::new(self.store.clone(), self.keyring.clone(), self.verifier.clone())
+        Administration::new(
+            self.store.clone(),
+            self.keyring.clone(),
+            self.verifier.clone(),
+        )
     }
 
     fn identity_settings(&self) -> IdentitySettings {
@@ -128,13 +133,19 @@ impl Runtime {
         let sessions = &self.config.sessions;
         if let Some(minutes) = sessions.idle_minutes {
             if minutes > 15 {
-                tracing::warn!(minutes, "sessions.idle_minutes is looser than the default of 15");
+                tracing::warn!(
+                    minutes,
+                    "sessions.idle_minutes is looser than the default of 15"
+                );
             }
             settings.idle_ms = minutes.max(1) * 60_000;
         }
         if let Some(hours) = sessions.absolute_hours {
             if hours > 12 {
-                tracing::warn!(hours, "sessions.absolute_hours is looser than the default of 12");
+                tracing::warn!(
+                    hours,
+                    "sessions.absolute_hours is looser than the default of 12"
+                );
             }
             settings.absolute_ms = hours.max(1) * 3_600_000;
         }
@@ -156,10 +167,14 @@ impl Runtime {
             self.config.server.token_lifetime_seconds,
         ));
         let passwords = &self.config.passwords;
-        let params = PasswordParams::new(passwords.memory_kib, passwords.iterations, passwords.parallelism)
-            .map_err(|error| anyhow::anyhow!("[passwords] in the configuration: {error}"))?;
-        let credentials = PeopleCredentials::new(params, &self.config.public_url())
-            .map_err(|error| {
+        let params = PasswordParams::new(
+            passwords.memory_kib,
+            passwords.iterations,
+            passwords.parallelism,
+        )
+        .map_err(|error| anyhow::anyhow!("[passwords] in the configuration: {error}"))?;
+        let credentials =
+            PeopleCredentials::new(params, &self.config.public_url()).map_err(|error| {
                 anyhow::anyhow!(
                     "passkeys need a public URL with a host name ({error}); set [server] \
                      public_url = \"https://records.example.org\" in carevault.toml"
@@ -218,7 +233,11 @@ impl Runtime {
     }
 
     pub fn invitation_link(&self, invitation: &Invitation) -> String {
-        format!("{}/invitation/{}", self.config.public_url(), invitation.token)
+        format!(
+            "{}/invitation/{}",
+            self.config.public_url(),
+            invitation.token
+        )
     }
 
     /// The signing key's public half, hex: operators record it off the box so that signed

@@ -732,13 +732,24 @@ pub(crate) fn require(
     interaction: Interaction,
 ) -> Result<(), RecordError> {
     if principal.allows(rt.name(), interaction) {
-        Ok(())
-    } else {
-        Err(RecordError::Forbidden(format!(
+        return Ok(());
+    }
+    match principal.access() {
+        // A machine client learns which scope it lacks (SMART: 403).
+        crate::principal::Access::Scopes(_) => Err(RecordError::Forbidden(format!(
             "the token's scopes do not allow {} on {}",
             interaction_name(interaction),
             rt.name()
-        )))
+        ))),
+        // A person's denial on an existing-resource interaction looks like a resource that
+        // does not exist; only a create, which names no resource, says it is not allowed.
+        crate::principal::Access::Roles { .. } => match interaction {
+            Interaction::Create => Err(RecordError::Forbidden(format!(
+                "your role does not record {} resources",
+                rt.name()
+            ))),
+            _ => Err(RecordError::NotFound),
+        },
     }
 }
 

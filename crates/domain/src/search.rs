@@ -181,6 +181,16 @@ impl Records {
         rt: ResourceType,
         pairs: &[(String, String)],
     ) -> Result<SearchPage, RecordError> {
+        if !principal.allows(rt.name(), Interaction::Search)
+            && matches!(principal.access(), crate::principal::Access::Roles { .. })
+        {
+            // A person outside the type finds nothing, as if there were nothing to find.
+            return Ok(SearchPage {
+                matches: Vec::new(),
+                included: Vec::new(),
+                next_cursor: None,
+            });
+        }
         require(principal, rt, Interaction::Search)?;
         let query: SearchQuery = carevault_fhir::parse_search(rt, pairs)
             .map_err(|issue| RecordError::Invalid(vec![issue]))?;

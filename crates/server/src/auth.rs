@@ -65,7 +65,9 @@ impl FromRequestParts<ServerState> for Authenticated {
             ))),
             Err(error) => {
                 tracing::error!(%error, "building a session's principal failed");
-                Err(unauthenticated(&AccessError::Unauthenticated("session unusable")))
+                Err(unauthenticated(&AccessError::Unauthenticated(
+                    "session unusable",
+                )))
             }
         }
     }

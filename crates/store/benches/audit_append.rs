@@ -11,6 +11,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
+use carevault_domain::audit::chain;
 use carevault_domain::audit::{AUDIT_RECORD_VERSION, AuditRecord, Outcome};
 use carevault_domain::ids::TenantId;
 use carevault_domain::store::{Store, TenantRecord, TenantStatus};
@@ -49,7 +50,11 @@ fn appends(c: &mut Criterion) {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = runtime.block_on(async {
-        Arc::new(SqliteStore::open(&dir.path().join("bench.sqlite")).await.unwrap())
+        Arc::new(
+            SqliteStore::open(&dir.path().join("bench.sqlite"))
+                .await
+                .unwrap(),
+        )
     });
     let tenant = TenantId::generate();
     runtime
@@ -67,7 +72,7 @@ fn appends(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("audit_append");
     group.throughput(Throughput::Elements(BATCH as u64));
-    group.measurement_time(Duration::from_secs(10));
+    group.measurement_time(Duration::from_secs(5));
     group.sample_size(20);
     group.bench_function("baseline: Vec push (in memory)", |b| {
         let mut trail: Vec<AuditRecord> = Vec::new();
@@ -77,8 +82,30 @@ fn appends(c: &mut Criterion) {
             }
         });
     });
+    group.bench_function("chain only: canonical JSON + SHA-256, no database", |b| {
+        b.iter(|| chain::extend(0, chain::GENESIS, black_box(&batch)).unwrap());
+    });
     group.bench_function("sqlite: chained append, 512 per commit", |b| {
-        b.iter(|| runtime.block_on(store.append_audit(black_box(&batch))).unwrap());
+        b.iter(|| {
+            runtime
+                .block_on(store.append_audit(black_box(&batch)))
+                .unwrap()
+        });
+    });
+    group.finish();
+
+    // Fixed cost of one commit (fsync included), for reading the batched figure.
+    let single = vec![record(tenant, 0)];
+    let mut group = c.benchmark_group("audit_append_single");
+    group.throughput(Throughput::Elements(1));
+    group.measurement_time(Duration::from_secs(5));
+    group.sample_size(20);
+    group.bench_function("sqlite: chained append, 1 per commit", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(store.append_audit(black_box(&single)))
+                .unwrap()
+        });
     });
     group.finish();
 }

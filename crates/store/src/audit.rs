@@ -35,13 +35,24 @@ pub(crate) const SELECT_LINKS: &str = "SELECT seq, time_ms, record, prev_hash, h
      FROM audit_log WHERE tenant_id = $1 AND seq > $2 AND time_ms >= $3 AND time_ms < $4 \
      ORDER BY seq LIMIT $5";
 
-/// Rows per INSERT statement: 7 values each plus the tenant, well under both engines' limits on
-/// bound values (SQLite 32,766; PostgreSQL 65,535).
+/// Rows per INSERT statement: at most 8 values each, well under both engines' limits on bound
+/// values (SQLite 32,766; PostgreSQL 65,535).
 pub(crate) const ROWS_PER_INSERT: usize = 256;
 
-/// `INSERT INTO audit_log … VALUES (…), (…)` for `rows` rows; `$1` is the tenant, then seven
-/// values per row in the order of [`bind_order`].
-pub(crate) fn insert_statement(rows: usize) -> String {
+/// How an engine numbers placeholders in the multi-row INSERT.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Placeholders {
+    /// `$1` is the tenant, shared by every row (PostgreSQL).
+    Numbered,
+    /// Anonymous `?`, eight per row, tenant included. SQLite resolves a numbered placeholder's
+    /// position by a linear scan per parameter, which makes binding a long statement quadratic;
+    /// anonymous ones bind in order at no cost.
+    Anonymous,
+}
+
+/// `INSERT INTO audit_log … VALUES (…), (…)` for `rows` rows; per row the tenant, then the
+/// seven values of an [`AuditRow`] in field order.
+pub(crate) fn insert_statement(rows: usize, style: Placeholders) -> String {
     let mut text = String::with_capacity(120 + rows * 40);
     text.push_str(
         "INSERT INTO audit_log (tenant_id, seq, time_ms, action, outcome, record, prev_hash, hash) VALUES ",
@@ -50,13 +61,18 @@ pub(crate) fn insert_statement(rows: usize) -> String {
         if row > 0 {
             text.push_str(", ");
         }
-        let base = 2 + row * 7;
-        text.push_str("($1");
-        for offset in 0..7 {
-            text.push_str(", $");
-            text.push_str(&(base + offset).to_string());
+        match style {
+            Placeholders::Numbered => {
+                let base = 2 + row * 7;
+                text.push_str("($1");
+                for offset in 0..7 {
+                    text.push_str(", $");
+                    text.push_str(&(base + offset).to_string());
+                }
+                text.push(')');
+            }
+            Placeholders::Anonymous => text.push_str("(?, ?, ?, ?, ?, ?, ?, ?)"),
         }
-        text.push(')');
     }
     text
 }
@@ -130,7 +146,7 @@ pub(crate) fn chain_rows(
 /// [`AuditStore`](carevault_domain::audit::storage::AuditStore) for one engine, with the same
 /// four engine methods `implement_store!` relies on.
 macro_rules! implement_audit_store {
-    ($store:ty, $db:ty, $connection:ty, $row:ty) => {
+    ($store:ty, $db:ty, $connection:ty, $row:ty, $placeholders:expr) => {
         pub(crate) mod audit_implementation {
             use async_trait::async_trait;
             use carevault_domain::audit::AuditRecord;
@@ -142,8 +158,8 @@ macro_rules! implement_audit_store {
 
             use super::*;
             use crate::audit::{
-                ADVANCE_HEAD, ROWS_PER_INSERT, SELECT_HASH_AT, SELECT_HEAD, SELECT_LINKS,
-                SELECT_TENANT_IDS, SELECT_UNHASHED_TEXTS, SET_HEAD_HASH, chain_rows,
+                ADVANCE_HEAD, Placeholders, ROWS_PER_INSERT, SELECT_HASH_AT, SELECT_HEAD,
+                SELECT_LINKS, SELECT_TENANT_IDS, SELECT_UNHASHED_TEXTS, SET_HEAD_HASH, chain_rows,
                 insert_statement, starting_hash,
             };
             use crate::engine::backend;
@@ -196,10 +212,16 @@ macro_rules! implement_audit_store {
                 let (rows, head) = chain_rows(previous_seq, previous_hash, records)?;
                 for chunk in rows.chunks(ROWS_PER_INSERT) {
                     // Sound: the text is built only from fixed fragments and placeholders.
-                    let statement = insert_statement(chunk.len());
-                    let mut query =
-                        sqlx::query(sqlx::AssertSqlSafe(statement)).bind(tenant.as_uuid());
+                    let style: Placeholders = $placeholders;
+                    let statement = insert_statement(chunk.len(), style);
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(statement));
+                    if style == Placeholders::Numbered {
+                        query = query.bind(tenant.as_uuid());
+                    }
                     for row in chunk {
+                        if style == Placeholders::Anonymous {
+                            query = query.bind(tenant.as_uuid());
+                        }
                         query = query
                             .bind(row.seq)
                             .bind(row.time_ms)
@@ -337,9 +359,13 @@ mod tests {
     #[test]
     fn the_insert_statement_numbers_seven_values_per_row_after_the_tenant() {
         assert_eq!(
-            insert_statement(2),
+            insert_statement(2, Placeholders::Numbered),
             "INSERT INTO audit_log (tenant_id, seq, time_ms, action, outcome, record, prev_hash, hash) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8), ($1, $9, $10, $11, $12, $13, $14, $15)"
+        );
+        assert!(
+            insert_statement(2, Placeholders::Anonymous)
+                .ends_with("VALUES (?, ?, ?, ?, ?, ?, ?, ?), (?, ?, ?, ?, ?, ?, ?, ?)")
         );
     }
 }

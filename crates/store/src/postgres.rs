@@ -208,4 +208,10 @@ async fn refuse_privileged_role(pool: &PgPool) -> Result<(), StoreError> {
 
 implement_store!(PgStore, Postgres, PgConnection, PgRow, "postgres");
 implement_people_store!(PgStore, Postgres, PgRow);
-implement_audit_store!(PgStore, Postgres, PgConnection, PgRow);
+implement_audit_store!(
+    PgStore,
+    Postgres,
+    PgConnection,
+    PgRow,
+    crate::audit::Placeholders::Numbered
+);

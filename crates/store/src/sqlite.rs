@@ -138,4 +138,10 @@ fn prepare_file(path: &Path) -> Result<(), StoreError> {
 
 implement_store!(SqliteStore, Sqlite, SqliteConnection, SqliteRow, "sqlite");
 implement_people_store!(SqliteStore, Sqlite, SqliteRow);
-implement_audit_store!(SqliteStore, Sqlite, SqliteConnection, SqliteRow);
+implement_audit_store!(
+    SqliteStore,
+    Sqlite,
+    SqliteConnection,
+    SqliteRow,
+    crate::audit::Placeholders::Anonymous
+);

@@ -120,7 +120,9 @@ async fn write_and_search(server: &Server, fhir: &Fhir<'_>) {
         let reply = fhir.get(&query).await;
         assert_eq!(reply.status, 200, "{query}: {}", reply.body);
         assert!(
-            reply.body["entry"].as_array().is_some_and(|entries| !entries.is_empty()),
+            reply.body["entry"]
+                .as_array()
+                .is_some_and(|entries| !entries.is_empty()),
             "{query} found nothing"
         );
     }

@@ -677,8 +677,12 @@ impl WebClient {
     /// Email and password at /signin; returns the redirect's target.
     pub async fn sign_in_password(&mut self, email: &str, password: &str) -> Page {
         let page = self.get("/signin").await;
-        self.submit(&page, "/signin", &[("email", email), ("password", password)])
-            .await
+        self.submit(
+            &page,
+            "/signin",
+            &[("email", email), ("password", password)],
+        )
+        .await
     }
 
     /// A FHIR request with the session cookie (and CSRF header for writes when given).
@@ -689,10 +693,21 @@ impl WebClient {
         body: Option<&Value>,
         csrf: Option<&str>,
     ) -> Page {
-        let body = body.map(|b| ("application/fhir+json", serde_json::to_vec(b).unwrap_or_default()));
-        let headers: Vec<(&str, &str)> = csrf.map(|c| vec![("x-csrf-token", c)]).unwrap_or_default();
-        self.send(method, &format!("/fhir/{}", path.trim_start_matches('/')), body, &headers)
-            .await
+        let body = body.map(|b| {
+            (
+                "application/fhir+json",
+                serde_json::to_vec(b).unwrap_or_default(),
+            )
+        });
+        let headers: Vec<(&str, &str)> =
+            csrf.map(|c| vec![("x-csrf-token", c)]).unwrap_or_default();
+        self.send(
+            method,
+            &format!("/fhir/{}", path.trim_start_matches('/')),
+            body,
+            &headers,
+        )
+        .await
     }
 
     /// The session's CSRF token, read from the account page's sign-out form.
@@ -802,7 +817,9 @@ impl SoftKey {
     /// The registration response to `navigator.credentials.create(options)`.
     pub fn register(&mut self, options: &Value) -> Value {
         use aws_lc_rs::signature::KeyPair as _;
-        let challenge = options["publicKey"]["challenge"].as_str().unwrap_or_default();
+        let challenge = options["publicKey"]["challenge"]
+            .as_str()
+            .unwrap_or_default();
         self.user_handle = options["publicKey"]["user"]["id"]
             .as_str()
             .unwrap_or_default()
@@ -840,7 +857,9 @@ impl SoftKey {
 
     /// The assertion for `navigator.credentials.get(options)`.
     pub fn assert(&self, options: &Value) -> Value {
-        let challenge = options["publicKey"]["challenge"].as_str().unwrap_or_default();
+        let challenge = options["publicKey"]["challenge"]
+            .as_str()
+            .unwrap_or_default();
         let client_data = self.client_data("webauthn.get", challenge);
         let mut auth_data = Self::rp_hash(options);
         auth_data.push(0x05);
@@ -889,7 +908,17 @@ impl Server {
         email: &str,
         practitioner: Option<&str>,
     ) -> Person {
-        let mut args = vec!["user", "invite", "--role", roles, "--email", email, "--name", "Test Person", "--json"];
+        let mut args = vec![
+            "user",
+            "invite",
+            "--role",
+            roles,
+            "--email",
+            email,
+            "--name",
+            "Test Person",
+            "--json",
+        ];
         if let Some(tenant) = tenant {
             args.extend_from_slice(&["--tenant", tenant]);
         }
@@ -897,15 +926,23 @@ impl Server {
             args.extend_from_slice(&["--practitioner", practitioner]);
         }
         let out = self.cli(&args);
-        let value: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+        let value: Value =
+            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
         // The CLI does not know the running server's port: keep the link's path only.
         let link = value["link"].as_str().unwrap_or_default();
-        let path = format!("/invitation/{}", link.rsplit('/').next().unwrap_or_default());
+        let path = format!(
+            "/invitation/{}",
+            link.rsplit('/').next().unwrap_or_default()
+        );
         let mut web = WebClient::new(&self.base);
         let page = web.get(&path).await;
         assert_eq!(page.status, 200, "invitation page: {}", page.body);
         let done = web
-            .submit(&page, &path, &[("name", "Test Person"), ("password", PASSWORD)])
+            .submit(
+                &page,
+                &path,
+                &[("name", "Test Person"), ("password", PASSWORD)],
+            )
             .await;
         assert_eq!(done.status, 303, "accepting the invitation: {}", done.body);
         Person {
@@ -926,7 +963,13 @@ pub fn recovery_codes(body: &str) -> Vec<String> {
         .unwrap_or_default()
         .split("<li>")
         .skip(1)
-        .map(|item| item.split("</li>").next().unwrap_or_default().trim().to_owned())
+        .map(|item| {
+            item.split("</li>")
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
         .collect()
 }
 
@@ -948,7 +991,10 @@ impl Person {
         let secret = attribute_after(&page.body, "data-secret=\"");
         assert!(!secret.is_empty(), "no secret on {}", page.body);
         let code = totp_code(&secret, current_step() - 1);
-        let done = self.web.submit(&page, "/account/enrol/totp", &[("code", &code)]).await;
+        let done = self
+            .web
+            .submit(&page, "/account/enrol/totp", &[("code", &code)])
+            .await;
         assert_eq!(done.status, 200, "confirming TOTP: {}", done.body);
         self.recovery_codes = recovery_codes(&done.body);
         assert_eq!(self.recovery_codes.len(), 10, "{}", done.body);
@@ -962,7 +1008,12 @@ impl Person {
         let csrf = page.hidden("csrf");
         let options = self
             .web
-            .send(reqwest::Method::POST, "/account/enrol/passkey/start", None, &[("x-csrf-token", &csrf)])
+            .send(
+                reqwest::Method::POST,
+                "/account/enrol/passkey/start",
+                None,
+                &[("x-csrf-token", &csrf)],
+            )
             .await;
         assert_eq!(options.status, 200, "{}", options.body);
         let options: Value = serde_json::from_str(&options.body).unwrap_or(Value::Null);
@@ -972,7 +1023,11 @@ impl Person {
             .web
             .post_form(
                 "/account/enrol/passkey/finish",
-                &[("csrf", &csrf), ("name", "test key"), ("response", &response)],
+                &[
+                    ("csrf", &csrf),
+                    ("name", "test key"),
+                    ("response", &response),
+                ],
             )
             .await;
         assert_eq!(done.status, 200, "registering the passkey: {}", done.body);
@@ -986,7 +1041,12 @@ impl Person {
         let csrf = page.hidden("csrf");
         let options = self
             .web
-            .send(reqwest::Method::POST, "/signin/passkey/start", None, &[("x-csrf-token", &csrf)])
+            .send(
+                reqwest::Method::POST,
+                "/signin/passkey/start",
+                None,
+                &[("x-csrf-token", &csrf)],
+            )
             .await;
         assert_eq!(options.status, 200, "{}", options.body);
         let options: Value = serde_json::from_str(&options.body).unwrap_or(Value::Null);
@@ -997,7 +1057,10 @@ impl Person {
             .assert(&options)
             .to_string();
         self.web
-            .post_form("/signin/passkey/finish", &[("csrf", &csrf), ("response", &response)])
+            .post_form(
+                "/signin/passkey/finish",
+                &[("csrf", &csrf), ("response", &response)],
+            )
             .await
     }
 
@@ -1007,7 +1070,12 @@ impl Person {
         let csrf = page.hidden("csrf");
         let options = self
             .web
-            .send(reqwest::Method::POST, "/account/step-up/passkey/start", None, &[("x-csrf-token", &csrf)])
+            .send(
+                reqwest::Method::POST,
+                "/account/step-up/passkey/start",
+                None,
+                &[("x-csrf-token", &csrf)],
+            )
             .await;
         assert_eq!(options.status, 200, "{}", options.body);
         let options: Value = serde_json::from_str(&options.body).unwrap_or(Value::Null);
@@ -1021,7 +1089,11 @@ impl Person {
             .web
             .post_form(
                 "/account/step-up/passkey/finish",
-                &[("csrf", &csrf), ("return", "/account"), ("response", &response)],
+                &[
+                    ("csrf", &csrf),
+                    ("return", "/account"),
+                    ("response", &response),
+                ],
             )
             .await;
         assert_eq!(done.status, 303, "step-up: {}", done.body);
@@ -1032,7 +1104,11 @@ impl Person {
         let secret = self.totp_secret.clone().unwrap_or_default();
         let page = self.web.get("/account/step-up?return=/account").await;
         self.web
-            .submit(&page, "/account/step-up", &[("code", &totp_code(&secret, step)), ("return", "/account")])
+            .submit(
+                &page,
+                "/account/step-up",
+                &[("code", &totp_code(&secret, step)), ("return", "/account")],
+            )
             .await
     }
 }

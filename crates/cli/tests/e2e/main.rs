@@ -4,14 +4,15 @@
 mod at_rest;
 mod audit;
 mod audit_chain;
+mod browser;
 mod common;
 mod fhir_api;
 mod fhirpy;
 mod hl7_examples;
 mod isolation;
 mod oauth;
-mod people;
 mod operations;
+mod people;
 mod search;
 mod tamper;
 mod transactions;

@@ -653,9 +653,7 @@ impl Identity {
         let Some(mut session) = self.people.session(&hash).await? else {
             return Err(SignInError::SessionEnded);
         };
-        let expired = session.revoked
-            || now_ms - session.last_seen_ms > self.settings.idle_ms
-            || now_ms - session.created_ms > self.settings.absolute_ms;
+        let expired = session_expired(&session, &self.settings, now_ms);
         if expired {
             self.people.delete_session(&hash).await?;
             return Err(SignInError::SessionEnded);
@@ -721,11 +719,7 @@ impl Identity {
 
     /// True when a second factor was proven within the step-up window.
     pub fn is_fresh(&self, view: &SessionView, now_ms: i64) -> bool {
-        view.session.level == SessionLevel::Mfa
-            && view
-                .session
-                .verified_ms
-                .is_some_and(|at| now_ms - at <= self.settings.step_up_ms)
+        session_is_fresh(&view.session, &self.settings, now_ms)
     }
 
     pub fn require_fresh(&self, view: &SessionView, now_ms: i64) -> Result<(), SignInError> {
@@ -1182,6 +1176,22 @@ impl Identity {
     }
 }
 
+/// Whether a session has ended: revoked, idle for longer than the idle timeout, or older than
+/// the absolute timeout.
+pub fn session_expired(session: &SessionRecord, settings: &IdentitySettings, now_ms: i64) -> bool {
+    session.revoked
+        || now_ms - session.last_seen_ms > settings.idle_ms
+        || now_ms - session.created_ms > settings.absolute_ms
+}
+
+/// Whether a session proved a second factor within the step-up window.
+pub fn session_is_fresh(session: &SessionRecord, settings: &IdentitySettings, now_ms: i64) -> bool {
+    session.level == SessionLevel::Mfa
+        && session
+            .verified_ms
+            .is_some_and(|at| now_ms - at <= settings.step_up_ms)
+}
+
 pub(crate) fn person_record(
     person: &PersonRecord,
     session: Option<String>,
@@ -1213,5 +1223,79 @@ pub(crate) fn person_record(
         purpose: None,
         outcome,
         detail: detail.map(str::to_owned),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(created_ms: i64, last_seen_ms: i64) -> SessionRecord {
+        SessionRecord {
+            token_hash: [1; 32],
+            person: PersonId::generate(),
+            tenant: TenantId::generate(),
+            level: SessionLevel::Mfa,
+            factor: Some(SecondFactor::Totp),
+            created_ms,
+            last_seen_ms,
+            verified_ms: Some(created_ms),
+            csrf: "x".to_owned(),
+            grant: None,
+            pending: None,
+            revoked: false,
+        }
+    }
+
+    #[test]
+    fn sessions_end_after_idle_and_absolute_timeouts() {
+        let settings = IdentitySettings::defaults("http://localhost:1");
+        let minute = 60_000;
+        let start = 1_000_000_000;
+        // Active every 10 minutes: alive until the 12-hour absolute limit.
+        assert!(!session_expired(
+            &session(start, start + 11 * 60 * minute),
+            &settings,
+            start + 11 * 60 * minute + 10 * minute
+        ));
+        assert!(session_expired(
+            &session(start, start + 12 * 60 * minute),
+            &settings,
+            start + 12 * 60 * minute + minute
+        ));
+        // Idle for 15 minutes is fine, a moment longer is not.
+        assert!(!session_expired(
+            &session(start, start),
+            &settings,
+            start + 15 * minute
+        ));
+        assert!(session_expired(
+            &session(start, start),
+            &settings,
+            start + 15 * minute + 1
+        ));
+        let mut revoked = session(start, start);
+        revoked.revoked = true;
+        assert!(session_expired(&revoked, &settings, start));
+    }
+
+    #[test]
+    fn step_up_needs_a_recent_second_factor() {
+        let settings = IdentitySettings::defaults("http://localhost:1");
+        let start = 1_000_000_000;
+        let fresh = |verified: Option<i64>, level: SessionLevel, now: i64| {
+            let mut record = session(start, start);
+            record.verified_ms = verified;
+            record.level = level;
+            session_is_fresh(&record, &settings, now)
+        };
+        assert!(fresh(Some(start), SessionLevel::Mfa, start + 5 * 60_000));
+        assert!(!fresh(
+            Some(start),
+            SessionLevel::Mfa,
+            start + 5 * 60_000 + 1
+        ));
+        assert!(!fresh(Some(start), SessionLevel::Password, start));
+        assert!(!fresh(None, SessionLevel::Mfa, start));
     }
 }

@@ -114,12 +114,27 @@ pub async fn request_grant(
         errors.add("minutes", "Enter a number of minutes from 1 to 480");
     }
     let (Some(tenant), Some(minutes), true) = (tenant, minutes, errors.is_empty()) else {
-        return operator_page(&state, &visitor, view, StatusCode::BAD_REQUEST, errors, form, None)
-            .await;
+        return operator_page(
+            &state,
+            &visitor,
+            view,
+            StatusCode::BAD_REQUEST,
+            errors,
+            form,
+            None,
+        )
+        .await;
     };
     match state
         .identity
-        .request_grant(view, tenant, &form.reason, minutes * 60_000, visitor.source, visitor.now)
+        .request_grant(
+            view,
+            tenant,
+            &form.reason,
+            minutes * 60_000,
+            visitor.source,
+            visitor.now,
+        )
         .await
     {
         Ok(_) => {
@@ -136,7 +151,16 @@ pub async fn request_grant(
         }
         Err(SignInError::Invalid(reason)) => {
             let errors = Errors::one("tenant", capitalise(&reason));
-            operator_page(&state, &visitor, view, StatusCode::BAD_REQUEST, errors, form, None).await
+            operator_page(
+                &state,
+                &visitor,
+                view,
+                StatusCode::BAD_REQUEST,
+                errors,
+                form,
+                None,
+            )
+            .await
         }
         Err(error) => view::failure(Some(view), &error),
     }
@@ -204,7 +228,11 @@ fn break_glass_form(
     reason: String,
 ) -> Response {
     let page = BreakGlassPage {
-        page: layout("Break-glass access to a patient's record", Some(view), &errors),
+        page: layout(
+            "Break-glass access to a patient's record",
+            Some(view),
+            &errors,
+        ),
         errors,
         csrf: view.session.csrf.clone(),
         patient,
@@ -215,7 +243,13 @@ fn break_glass_form(
 
 pub async fn break_glass_page(visitor: Visitor) -> Response {
     match visitor.with_role(&[Role::Clinician, Role::Carer]) {
-        Ok(view) => break_glass_form(view, StatusCode::OK, Errors::none(), String::new(), String::new()),
+        Ok(view) => break_glass_form(
+            view,
+            StatusCode::OK,
+            Errors::none(),
+            String::new(),
+            String::new(),
+        ),
         Err(refusal) => refusal,
     }
 }
@@ -245,14 +279,29 @@ pub async fn break_glass(
         errors.add("patient", "Enter the patient's record id");
     }
     if form.reason.trim().chars().count() < 10 {
-        errors.add("reason", "Give the reason in a sentence (at least 10 characters)");
+        errors.add(
+            "reason",
+            "Give the reason in a sentence (at least 10 characters)",
+        );
     }
     if !errors.is_empty() {
-        return break_glass_form(view, StatusCode::BAD_REQUEST, errors, form.patient, form.reason);
+        return break_glass_form(
+            view,
+            StatusCode::BAD_REQUEST,
+            errors,
+            form.patient,
+            form.reason,
+        );
     }
     match state
         .identity
-        .break_glass(view, &form.patient, &form.reason, visitor.source, visitor.now)
+        .break_glass(
+            view,
+            &form.patient,
+            &form.reason,
+            visitor.source,
+            visitor.now,
+        )
         .await
     {
         Ok(expires) => {
@@ -270,7 +319,11 @@ pub async fn break_glass(
         }
         Err(SignInError::StepUpRequired) => step_up_redirect("/break-glass"),
         Err(SignInError::Invalid(reason)) => {
-            let field = if reason.contains("patient") { "patient" } else { "reason" };
+            let field = if reason.contains("patient") {
+                "patient"
+            } else {
+                "reason"
+            };
             break_glass_form(
                 view,
                 StatusCode::BAD_REQUEST,

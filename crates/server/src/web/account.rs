@@ -81,9 +81,11 @@ pub async fn totp_page(State(state): State<ServerState>, visitor: Visitor) -> Re
             };
             page.into_response()
         }
-        Err(SignInError::Invalid(reason)) => {
-            enrol_form(view, StatusCode::BAD_REQUEST, Errors::one("passkey-name", capitalise(&reason)))
-        }
+        Err(SignInError::Invalid(reason)) => enrol_form(
+            view,
+            StatusCode::BAD_REQUEST,
+            Errors::one("passkey-name", capitalise(&reason)),
+        ),
         Err(error) => view::failure(Some(view), &error),
     }
 }
@@ -180,7 +182,10 @@ pub async fn passkey_start(State(state): State<ServerState>, visitor: Visitor) -
         Ok(options) => axum::Json(options).into_response(),
         Err(error) => {
             tracing::error!(%error, "starting passkey registration failed");
-            json_error(StatusCode::SERVICE_UNAVAILABLE, "passkeys are unavailable; try again later")
+            json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "passkeys are unavailable; try again later",
+            )
         }
     }
 }
@@ -199,7 +204,13 @@ pub async fn passkey_finish(
     }
     match state
         .identity
-        .finish_passkey_enrolment(view, &form.name, &form.response, visitor.source, visitor.now)
+        .finish_passkey_enrolment(
+            view,
+            &form.name,
+            &form.response,
+            visitor.source,
+            visitor.now,
+        )
         .await
     {
         Ok((token, codes)) => enrolled(view, &token, codes),
@@ -403,7 +414,15 @@ pub async fn step_up_page(
         Err(redirect) => return redirect,
     };
     let return_to = safe_return(query.return_to.as_deref());
-    step_up_form(&state, &visitor, view, return_to, StatusCode::OK, Errors::none()).await
+    step_up_form(
+        &state,
+        &visitor,
+        view,
+        return_to,
+        StatusCode::OK,
+        Errors::none(),
+    )
+    .await
 }
 
 #[derive(Deserialize, Default)]
@@ -454,10 +473,7 @@ pub async fn step_up_totp(
     .await
 }
 
-pub async fn step_up_passkey_start(
-    State(state): State<ServerState>,
-    visitor: Visitor,
-) -> Response {
+pub async fn step_up_passkey_start(State(state): State<ServerState>, visitor: Visitor) -> Response {
     let view = match visitor.signed_in() {
         Ok(view) => view,
         Err(_) => return json_error(StatusCode::UNAUTHORIZED, "sign in again"),
@@ -469,7 +485,10 @@ pub async fn step_up_passkey_start(
         Ok(options) => axum::Json(options).into_response(),
         Err(error) => {
             tracing::error!(%error, "starting a passkey step-up failed");
-            json_error(StatusCode::SERVICE_UNAVAILABLE, "passkeys are unavailable; try again later")
+            json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "passkeys are unavailable; try again later",
+            )
         }
     }
 }
@@ -500,7 +519,10 @@ pub async fn step_up_passkey_finish(
                 view,
                 return_to,
                 StatusCode::UNAUTHORIZED,
-                Errors::one("passkey", "Your passkey did not confirm it is you. Try again"),
+                Errors::one(
+                    "passkey",
+                    "Your passkey did not confirm it is you. Try again",
+                ),
             )
             .await
         }

@@ -116,7 +116,11 @@ async fn people_page(
         .map(|reset| ResetRow {
             id: reset.id.clone(),
             person: name_of(reset.person),
-            requested: format!("{} by {}", when(reset.requested_ms), name_of(reset.requested_by)),
+            requested: format!(
+                "{} by {}",
+                when(reset.requested_ms),
+                name_of(reset.requested_by)
+            ),
             mine: reset.requested_by == view.person.id || reset.person == view.person.id,
         })
         .collect();
@@ -234,8 +238,15 @@ async fn after_action(
 ) -> Response {
     match result {
         Ok(()) => {
-            people_page(state, view, StatusCode::OK, Errors::none(), None, Some(notice.to_owned()))
-                .await
+            people_page(
+                state,
+                view,
+                StatusCode::OK,
+                Errors::none(),
+                None,
+                Some(notice.to_owned()),
+            )
+            .await
         }
         Err(SignInError::StepUpRequired) => step_up_redirect("/admin/people"),
         Err(SignInError::Invalid(reason)) => {
@@ -307,9 +318,21 @@ pub async fn set_roles(
     };
     let result = state
         .identity
-        .set_roles(view, person, &chosen_roles(&form), visitor.source, visitor.now)
+        .set_roles(
+            view,
+            person,
+            &chosen_roles(&form),
+            visitor.source,
+            visitor.now,
+        )
         .await;
-    after_action(&state, view, result, "Their roles are changed; they must sign in again.").await
+    after_action(
+        &state,
+        view,
+        result,
+        "Their roles are changed; they must sign in again.",
+    )
+    .await
 }
 
 pub async fn request_reset(
@@ -481,8 +504,15 @@ pub async fn decide_grant(
             } else {
                 "Access is refused."
             };
-            grants_page(&state, &visitor, view, StatusCode::OK, Errors::none(), Some(notice.to_owned()))
-                .await
+            grants_page(
+                &state,
+                &visitor,
+                view,
+                StatusCode::OK,
+                Errors::none(),
+                Some(notice.to_owned()),
+            )
+            .await
         }
         Err(SignInError::StepUpRequired) => step_up_redirect("/admin/grants"),
         Err(SignInError::Invalid(reason)) => {

@@ -59,10 +59,11 @@ pub async fn home(
         };
         return Redirect::to(target).into_response();
     }
-    if let Some(patient) = query.patient.as_deref().map(str::trim) {
-        if clinician && ResourceId::parse(patient).is_some() {
-            return Redirect::to(&format!("/patients/{patient}/entry")).into_response();
-        }
+    if let Some(patient) = query.patient.as_deref().map(str::trim)
+        && clinician
+        && ResourceId::parse(patient).is_some()
+    {
+        return Redirect::to(&format!("/patients/{patient}/entry")).into_response();
     }
     let visits = if carer && !clinician {
         match principal(&state, &visitor, view).await {
@@ -175,7 +176,9 @@ pub async fn reveal_entry(
             StatusCode::NOT_FOUND,
             Some(view),
             "No entry details for you here",
-            &["Entry details are shown only to the carer visiting this home today, or with break-glass access."],
+            &[
+                "Entry details are shown only to the carer visiting this home today, or with break-glass access.",
+            ],
             Some(("/", "Back to the start page")),
         ),
         Err(error) => view::failure(Some(view), &error),

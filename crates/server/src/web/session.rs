@@ -183,7 +183,10 @@ pub fn clear_session(mut response: Response) -> Response {
 }
 
 pub fn with_ceremony(mut response: Response, id: &str) -> Response {
-    append(response.headers_mut(), cookie(CEREMONY_COOKIE, id, Some(300)));
+    append(
+        response.headers_mut(),
+        cookie(CEREMONY_COOKIE, id, Some(300)),
+    );
     response
 }
 
@@ -205,7 +208,10 @@ pub fn form_token(visitor: &Visitor) -> (String, bool) {
 
 pub fn with_form_token(mut response: Response, token: &str, fresh: bool) -> Response {
     if fresh {
-        append(response.headers_mut(), cookie(FORM_COOKIE, token, Some(3600)));
+        append(
+            response.headers_mut(),
+            cookie(FORM_COOKIE, token, Some(3600)),
+        );
     }
     response
 }
@@ -268,7 +274,10 @@ mod tests {
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        assert!(set.starts_with("__Host-carevault_session=cvs_abc;"), "{set}");
+        assert!(
+            set.starts_with("__Host-carevault_session=cvs_abc;"),
+            "{set}"
+        );
         for attribute in ["Path=/", "Secure", "HttpOnly", "SameSite=Strict"] {
             assert!(set.contains(attribute), "{set} lacks {attribute}");
         }

@@ -22,7 +22,8 @@ use crate::ServerState;
 
 /// The one sentence for every failed sign-in.
 pub const SIGN_IN_REFUSED: &str = "The email address, password or passkey is not right";
-const CODE_REFUSED: &str = "The code is not right. Enter the newest code, or a recovery code you have not used";
+const CODE_REFUSED: &str =
+    "The code is not right. Enter the newest code, or a recovery code you have not used";
 
 #[derive(Template, WebTemplate)]
 #[template(path = "signin.html")]
@@ -128,12 +129,13 @@ pub async fn passkey_start(State(state): State<ServerState>, visitor: Visitor) -
         return json_error(StatusCode::FORBIDDEN, "reload the page and try again");
     }
     match state.identity.start_passkey_sign_in(visitor.now).await {
-        Ok((options, ceremony)) => {
-            with_ceremony(axum::Json(options).into_response(), &ceremony)
-        }
+        Ok((options, ceremony)) => with_ceremony(axum::Json(options).into_response(), &ceremony),
         Err(error) => {
             tracing::error!(%error, "starting a passkey sign-in failed");
-            json_error(StatusCode::SERVICE_UNAVAILABLE, "passkeys are unavailable; try again later")
+            json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "passkeys are unavailable; try again later",
+            )
         }
     }
 }
@@ -257,7 +259,11 @@ async fn second_factor(
         } else {
             "Enter the 6-digit code from your authenticator app"
         };
-        return second_factor_form(&visitor, StatusCode::BAD_REQUEST, Errors::one(field, message));
+        return second_factor_form(
+            &visitor,
+            StatusCode::BAD_REQUEST,
+            Errors::one(field, message),
+        );
     }
     let token = crate::web::session::current_token(&visitor);
     let result = if recovery {
@@ -273,13 +279,18 @@ async fn second_factor(
     };
     match result {
         Ok(token) => with_session(Redirect::to("/").into_response(), &token),
-        Err(SignInError::Refused) => {
-            second_factor_form(&visitor, StatusCode::UNAUTHORIZED, Errors::one(field, CODE_REFUSED))
-        }
+        Err(SignInError::Refused) => second_factor_form(
+            &visitor,
+            StatusCode::UNAUTHORIZED,
+            Errors::one(field, CODE_REFUSED),
+        ),
         Err(SignInError::PasskeyRequired) => second_factor_form(
             &visitor,
             StatusCode::FORBIDDEN,
-            Errors::one("passkey", "Your role needs a passkey: sign in with your passkey"),
+            Errors::one(
+                "passkey",
+                "Your role needs a passkey: sign in with your passkey",
+            ),
         ),
         Err(error) => view::failure(Some(view), &error),
     }

