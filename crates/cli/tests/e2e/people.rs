@@ -781,3 +781,72 @@ async fn home_entry_details_are_sealed_apart_and_revealed_to_todays_carer() {
     );
     assert!(audit.iter().all(|r| !r.contains(KEY_SAFE)));
 }
+
+#[tokio::test]
+async fn resetting_factors_needs_a_second_administrator_and_tells_the_person() {
+    let w = world().await;
+    let server = &w.server;
+    let mut clinician = server
+        .person(Some(&w.tenant), "clinician", "reset.me@people.example", None)
+        .await;
+    clinician.enrol_totp().await;
+    let before = clinician
+        .web
+        .fhir(Method::GET, &format!("Patient/{}", w.in_team), None, None)
+        .await;
+    assert_eq!(before.status, 200, "{}", before.body);
+    let mut first = server
+        .person(Some(&w.tenant), "tenant_admin", "first.admin@people.example", None)
+        .await;
+    first.enrol_passkey().await;
+    let mut second = server
+        .person(Some(&w.tenant), "tenant_admin", "second.admin@people.example", None)
+        .await;
+    second.enrol_passkey().await;
+    let target = person_id(server, Some(&w.tenant), "reset.me@people.example");
+
+    let page = first.web.get("/admin/people").await;
+    let requested = first
+        .web
+        .submit(&page, &format!("/admin/people/{target}/factor-reset"), &[])
+        .await;
+    assert_eq!(requested.status, 200, "{}", requested.body);
+    let resets = sqlite_texts(server, "SELECT id FROM factor_resets").await;
+    assert_eq!(resets.len(), 1);
+    let reset = &resets[0];
+
+    // The requester cannot approve their own request.
+    let page = first.web.get("/admin/people").await;
+    let own = first
+        .web
+        .submit(&page, &format!("/admin/factor-resets/{reset}/approve"), &[])
+        .await;
+    assert_eq!(own.status, 400, "{}", own.body);
+    assert!(own.body.contains("second administrator"), "{}", own.body);
+    let still = clinician
+        .web
+        .fhir(Method::GET, &format!("Patient/{}", w.in_team), None, None)
+        .await;
+    assert_eq!(still.status, 200, "nothing happens before a second approval");
+
+    let page = second.web.get("/admin/people").await;
+    let approved = second
+        .web
+        .submit(&page, &format!("/admin/factor-resets/{reset}/approve"), &[])
+        .await;
+    assert_eq!(approved.status, 200, "{}", approved.body);
+
+    // Their session ended, their factors are gone (a password alone now only enrols), and
+    // they are told: a security event names the reset.
+    let after = clinician
+        .web
+        .fhir(Method::GET, &format!("Patient/{}", w.in_team), None, None)
+        .await;
+    assert_eq!(after.status, 401, "the reset must end their sessions: {}", after.body);
+    assert_eq!(clinician.password_step().await, "/account/enrol");
+    let events = sqlite_texts(server, "SELECT kind || ' ' || detail FROM security_events").await;
+    assert!(
+        events.iter().any(|event| event.starts_with("factor-reset")),
+        "{events:?}"
+    );
+}
