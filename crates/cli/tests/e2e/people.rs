@@ -787,7 +787,12 @@ async fn resetting_factors_needs_a_second_administrator_and_tells_the_person() {
     let w = world().await;
     let server = &w.server;
     let mut clinician = server
-        .person(Some(&w.tenant), "clinician", "reset.me@people.example", None)
+        .person(
+            Some(&w.tenant),
+            "clinician",
+            "reset.me@people.example",
+            None,
+        )
         .await;
     clinician.enrol_totp().await;
     let before = clinician
@@ -796,11 +801,21 @@ async fn resetting_factors_needs_a_second_administrator_and_tells_the_person() {
         .await;
     assert_eq!(before.status, 200, "{}", before.body);
     let mut first = server
-        .person(Some(&w.tenant), "tenant_admin", "first.admin@people.example", None)
+        .person(
+            Some(&w.tenant),
+            "tenant_admin",
+            "first.admin@people.example",
+            None,
+        )
         .await;
     first.enrol_passkey().await;
     let mut second = server
-        .person(Some(&w.tenant), "tenant_admin", "second.admin@people.example", None)
+        .person(
+            Some(&w.tenant),
+            "tenant_admin",
+            "second.admin@people.example",
+            None,
+        )
         .await;
     second.enrol_passkey().await;
     let target = person_id(server, Some(&w.tenant), "reset.me@people.example");
@@ -827,7 +842,10 @@ async fn resetting_factors_needs_a_second_administrator_and_tells_the_person() {
         .web
         .fhir(Method::GET, &format!("Patient/{}", w.in_team), None, None)
         .await;
-    assert_eq!(still.status, 200, "nothing happens before a second approval");
+    assert_eq!(
+        still.status, 200,
+        "nothing happens before a second approval"
+    );
 
     let page = second.web.get("/admin/people").await;
     let approved = second
@@ -842,11 +860,73 @@ async fn resetting_factors_needs_a_second_administrator_and_tells_the_person() {
         .web
         .fhir(Method::GET, &format!("Patient/{}", w.in_team), None, None)
         .await;
-    assert_eq!(after.status, 401, "the reset must end their sessions: {}", after.body);
+    assert_eq!(
+        after.status, 401,
+        "the reset must end their sessions: {}",
+        after.body
+    );
     assert_eq!(clinician.password_step().await, "/account/enrol");
     let events = sqlite_texts(server, "SELECT kind || ' ' || detail FROM security_events").await;
     assert!(
         events.iter().any(|event| event.starts_with("factor-reset")),
         "{events:?}"
     );
+}
+
+#[tokio::test]
+async fn changing_roles_ends_the_persons_sessions() {
+    let w = world().await;
+    let server = &w.server;
+    let mut clinician = server
+        .person(
+            Some(&w.tenant),
+            "clinician",
+            "promoted@people.example",
+            None,
+        )
+        .await;
+    clinician.enrol_totp().await;
+    let path = format!("Patient/{}", w.in_team);
+    assert_eq!(
+        clinician
+            .web
+            .fhir(Method::GET, &path, None, None)
+            .await
+            .status,
+        200
+    );
+    let mut admin = server
+        .person(
+            Some(&w.tenant),
+            "tenant_admin",
+            "roles.admin@people.example",
+            None,
+        )
+        .await;
+    admin.enrol_passkey().await;
+    let target = person_id(server, Some(&w.tenant), "promoted@people.example");
+
+    // A privilege change never carries over an old session.
+    let page = admin.web.get("/admin/people").await;
+    let changed = admin
+        .web
+        .submit(
+            &page,
+            &format!("/admin/people/{target}/roles"),
+            &[("role", "carer")],
+        )
+        .await;
+    assert_eq!(changed.status, 200, "{}", changed.body);
+    let after = clinician.web.fhir(Method::GET, &path, None, None).await;
+    assert_eq!(
+        after.status, 401,
+        "the old session must end: {}",
+        after.body
+    );
+    let roles = sqlite_texts(
+        server,
+        "SELECT roles FROM people WHERE email = 'promoted@people.example'",
+    )
+    .await;
+    assert_eq!(roles, vec!["carer".to_owned()]);
 }
