@@ -317,7 +317,7 @@ impl Records {
                 Some(criteria) => {
                     require(principal, operation.rt, Interaction::Create)?;
                     match self
-                        .find_existing_in(principal, operation.rt, criteria, now_ms)
+                        .find_existing(principal, operation.rt, criteria, "ifNoneExist", now_ms)
                         .await?
                     {
                         Some(existing) => {
@@ -526,34 +526,6 @@ impl Records {
                 })
             })
             .collect())
-    }
-
-    async fn find_existing_in(
-        &self,
-        principal: &Principal,
-        rt: ResourceType,
-        criteria: &str,
-        now_ms: i64,
-    ) -> Result<Option<ResourceView>, RecordError> {
-        let criteria = criteria
-            .rsplit_once('?')
-            .map_or(criteria, |(_, query)| query);
-        let mut pairs = parse_query_string(criteria);
-        if pairs.is_empty() {
-            return Err(RecordError::invalid(
-                "ifNoneExist",
-                "ifNoneExist needs search parameters, such as identifier=system|value",
-            ));
-        }
-        pairs.push(("_count".to_owned(), "2".to_owned()));
-        let page = self.search(principal, rt, &pairs, now_ms).await?;
-        match page.matches.len() {
-            0 => Ok(None),
-            1 => Ok(page.matches.into_iter().next()),
-            _ => Err(RecordError::PreconditionFailed(
-                "ifNoneExist criteria match more than one resource".into(),
-            )),
-        }
     }
 
     async fn run_get(

@@ -283,7 +283,9 @@ impl Records {
             require(principal, rt, Interaction::Create)?;
             validate(&body, rt, "")?;
             if let Some(query) = if_none_exist
-                && let Some(existing) = self.find_existing(principal, rt, query, now_ms).await?
+                && let Some(existing) = self
+                    .find_existing(principal, rt, query, "If-None-Exist", now_ms)
+                    .await?
             {
                 return Ok(Err(existing));
             }
@@ -320,13 +322,15 @@ impl Records {
         }
     }
 
-    /// Conditional create: the one existing match (returned, audited as a read), none, or a
-    /// refusal when the criteria match more than one.
-    async fn find_existing(
+    /// Conditional create: the one existing match, none, or a refusal when the criteria match
+    /// more than one. `element` names where the criteria came from (`If-None-Exist`, or
+    /// `ifNoneExist` in a bundle entry) for the error.
+    pub(crate) async fn find_existing(
         &self,
         principal: &Principal,
         rt: ResourceType,
         query: &str,
+        element: &str,
         now_ms: i64,
     ) -> Result<Option<ResourceView>, RecordError> {
         let query = query.strip_prefix('?').unwrap_or(query);
@@ -334,8 +338,8 @@ impl Records {
         let mut pairs = parse_query_string(query);
         if pairs.is_empty() {
             return Err(RecordError::invalid(
-                "If-None-Exist",
-                "If-None-Exist needs search parameters, such as identifier=system|value",
+                element,
+                format!("{element} needs search parameters, such as identifier=system|value"),
             ));
         }
         pairs.push(("_count".to_owned(), "2".to_owned()));
@@ -343,9 +347,9 @@ impl Records {
         match found.matches.len() {
             0 => Ok(None),
             1 => Ok(found.matches.into_iter().next()),
-            _ => Err(RecordError::PreconditionFailed(
-                "the If-None-Exist criteria match more than one resource".into(),
-            )),
+            _ => Err(RecordError::PreconditionFailed(format!(
+                "the {element} criteria match more than one resource"
+            ))),
         }
     }
 
