@@ -20,6 +20,7 @@ use super::model::{
 };
 use super::settings::IdentitySettings;
 use super::store::PeopleStore;
+use super::throttle::ThrottlePolicy;
 use crate::audit::{AUDIT_RECORD_VERSION, AuditRecord, AuditTrail, Outcome};
 use crate::ids::{PersonId, TenantId};
 use crate::keyring::Keyring;
@@ -197,7 +198,7 @@ impl Identity {
 
     async fn throttle_wait(
         &self,
-        keys: &[(String, super::throttle::ThrottlePolicy)],
+        keys: &[(String, ThrottlePolicy)],
         now_ms: i64,
     ) -> Result<(), SignInError> {
         let mut wait = 0;
@@ -218,11 +219,7 @@ impl Identity {
         }
     }
 
-    fn throttle_keys(
-        &self,
-        email: &str,
-        source: Option<IpAddr>,
-    ) -> Vec<(String, super::throttle::ThrottlePolicy)> {
+    fn throttle_keys(&self, email: &str, source: Option<IpAddr>) -> Vec<(String, ThrottlePolicy)> {
         let mut keys = vec![(format!("account:{email}"), self.settings.account_throttle)];
         if let Some(source) = source {
             keys.push((format!("address:{source}"), self.settings.address_throttle));
@@ -232,7 +229,7 @@ impl Identity {
 
     async fn record_failures(
         &self,
-        keys: &[(String, super::throttle::ThrottlePolicy)],
+        keys: &[(String, ThrottlePolicy)],
         now_ms: i64,
     ) -> Result<(), SignInError> {
         for (key, _) in keys {
@@ -383,6 +380,20 @@ impl Identity {
         source: Option<IpAddr>,
         now_ms: i64,
     ) -> Result<SessionToken, SignInError> {
+        let (view, keys) = self.second_factor_step(token, source, now_ms).await?;
+        let passed = self.check_totp(&view.person, code, now_ms).await?;
+        self.finish_second_factor(&view, &keys, passed, SecondFactor::Totp, source, now_ms)
+            .await
+    }
+
+    /// The checks before any second factor: a session at the password step, roles that allow
+    /// this kind of factor, and no throttling delay pending.
+    async fn second_factor_step(
+        &self,
+        token: &SessionToken,
+        source: Option<IpAddr>,
+        now_ms: i64,
+    ) -> Result<(SessionView, Vec<(String, ThrottlePolicy)>), SignInError> {
         let view = self.session(token, now_ms).await?;
         if view.session.level != SessionLevel::Password {
             return Err(SignInError::SessionEnded);
@@ -392,25 +403,38 @@ impl Identity {
         }
         let keys = self.throttle_keys(&view.person.email, source);
         self.throttle_wait(&keys, now_ms).await?;
-        if self.check_totp(&view.person, code, now_ms).await? {
-            let token = self
-                .rotate(&view, SessionLevel::Mfa, Some(SecondFactor::Totp), now_ms)
+        Ok((view, keys))
+    }
+
+    /// Completes sign-in (a fresh session id at level `mfa`) or records the failure.
+    async fn finish_second_factor(
+        &self,
+        view: &SessionView,
+        keys: &[(String, ThrottlePolicy)],
+        passed: bool,
+        factor: SecondFactor,
+        source: Option<IpAddr>,
+        now_ms: i64,
+    ) -> Result<SessionToken, SignInError> {
+        if !passed {
+            self.second_factor_failed(view, keys, factor.as_str(), source, now_ms)
                 .await?;
-            self.audit_person(
-                &view.person,
-                Some(&token),
-                "signin.second-factor",
-                Outcome::Success,
-                Some("totp"),
-                source,
-                now_ms,
-            )
-            .await?;
-            return Ok(token);
+            return Err(SignInError::Refused);
         }
-        self.second_factor_failed(&view, &keys, "totp", source, now_ms)
+        let token = self
+            .rotate(view, SessionLevel::Mfa, Some(factor), now_ms)
             .await?;
-        Err(SignInError::Refused)
+        self.audit_person(
+            &view.person,
+            Some(&token),
+            "signin.second-factor",
+            Outcome::Success,
+            Some(factor.as_str()),
+            source,
+            now_ms,
+        )
+        .await?;
+        Ok(token)
     }
 
     /// Verifies a code against the enrolled seed and spends its time step (each step once).
@@ -452,7 +476,7 @@ impl Identity {
     async fn second_factor_failed(
         &self,
         view: &SessionView,
-        keys: &[(String, super::throttle::ThrottlePolicy)],
+        keys: &[(String, ThrottlePolicy)],
         factor: &str,
         source: Option<IpAddr>,
         now_ms: i64,
@@ -488,16 +512,9 @@ impl Identity {
         source: Option<IpAddr>,
         now_ms: i64,
     ) -> Result<SessionToken, SignInError> {
-        let view = self.session(token, now_ms).await?;
-        if view.session.level != SessionLevel::Password {
-            return Err(SignInError::SessionEnded);
-        }
-        if view.needs_passkey() {
-            return Err(SignInError::PasskeyRequired);
-        }
-        let keys = self.throttle_keys(&view.person.email, source);
-        self.throttle_wait(&keys, now_ms).await?;
+        let (view, keys) = self.second_factor_step(token, source, now_ms).await?;
         let codes = self.people.recovery_codes(view.person.id).await?;
+        // Used codes are blanked so they can never match.
         let unused: Vec<String> = codes
             .iter()
             .map(|c| {
@@ -508,7 +525,7 @@ impl Identity {
                 }
             })
             .collect();
-        let spent = match self
+        let passed = match self
             .credentials
             .match_recovery_code(code, &unused)
             .and_then(|position| codes.get(position))
@@ -520,30 +537,15 @@ impl Identity {
             }
             None => false,
         };
-        if spent {
-            let token = self
-                .rotate(
-                    &view,
-                    SessionLevel::Mfa,
-                    Some(SecondFactor::RecoveryCode),
-                    now_ms,
-                )
-                .await?;
-            self.audit_person(
-                &view.person,
-                Some(&token),
-                "signin.second-factor",
-                Outcome::Success,
-                Some("recovery-code"),
-                source,
-                now_ms,
-            )
-            .await?;
-            return Ok(token);
-        }
-        self.second_factor_failed(&view, &keys, "recovery-code", source, now_ms)
-            .await?;
-        Err(SignInError::Refused)
+        self.finish_second_factor(
+            &view,
+            &keys,
+            passed,
+            SecondFactor::RecoveryCode,
+            source,
+            now_ms,
+        )
+        .await
     }
 
     /// A passkey sign-in begins: options for the browser and a ceremony id (kept in a cookie).
