@@ -169,31 +169,8 @@ impl Records {
             resource_type: Some(rt),
             resource_id: Some(id),
         };
-        let result = self.read_current(principal, rt, id).await;
+        let result = self.read_stored(principal, rt, id, None).await;
         self.finish_read(principal, &about, result, now_ms).await
-    }
-
-    async fn read_current(
-        &self,
-        principal: &Principal,
-        rt: ResourceType,
-        id: &str,
-    ) -> Result<ResourceView, RecordError> {
-        require(principal, rt, Interaction::Read)?;
-        let id = ResourceId::parse(id).ok_or(RecordError::NotFound)?;
-        let scope = principal.scope();
-        let stored = self
-            .store
-            .current(scope, rt.name(), id.as_str())
-            .await?
-            .ok_or(RecordError::NotFound)?;
-        if stored.deleted {
-            return Err(RecordError::Gone {
-                version: stored.version,
-            });
-        }
-        let keys = self.keyring.keys(scope.tenant()).await?;
-        self.open_within_reach(principal, &keys, rt, &stored)
     }
 
     pub async fn vread(
@@ -209,26 +186,32 @@ impl Records {
             resource_type: Some(rt),
             resource_id: Some(id),
         };
-        let result = self.read_version(principal, rt, id, version).await;
+        let result = self.read_stored(principal, rt, id, Some(version)).await;
         self.finish_read(principal, &about, result, now_ms).await
     }
 
-    async fn read_version(
+    /// The current version (`version` None) or a given one, opened within the principal's
+    /// reach. A deleted version answers `Gone`.
+    async fn read_stored(
         &self,
         principal: &Principal,
         rt: ResourceType,
         id: &str,
-        version: &str,
+        version: Option<&str>,
     ) -> Result<ResourceView, RecordError> {
         require(principal, rt, Interaction::Read)?;
         let id = ResourceId::parse(id).ok_or(RecordError::NotFound)?;
-        let version: i64 = version.parse().map_err(|_| RecordError::NotFound)?;
         let scope = principal.scope();
-        let stored = self
-            .store
-            .version(scope, rt.name(), id.as_str(), version)
-            .await?
-            .ok_or(RecordError::NotFound)?;
+        let stored = match version {
+            None => self.store.current(scope, rt.name(), id.as_str()).await?,
+            Some(version) => {
+                let version: i64 = version.parse().map_err(|_| RecordError::NotFound)?;
+                self.store
+                    .version(scope, rt.name(), id.as_str(), version)
+                    .await?
+            }
+        }
+        .ok_or(RecordError::NotFound)?;
         if stored.deleted {
             return Err(RecordError::Gone {
                 version: stored.version,

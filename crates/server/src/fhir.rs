@@ -19,8 +19,9 @@ use crate::outcome::{ApiError, fhir_response, outcome};
 use crate::render::{bundle_response, history_bundle, prefer_return, resource_response, searchset};
 
 /// Every FHIR path template, as [`routes`] registers them (listed for the route walk).
-pub const PATHS: [&str; 9] = [
+pub const PATHS: [&str; 10] = [
     "/fhir/metadata",
+    crate::audit_event::PATH,
     "/fhir",
     "/fhir/",
     "/fhir/{resource_type}",
@@ -36,6 +37,9 @@ pub fn routes() -> Router<ServerState> {
         .route("/fhir/metadata", get(metadata))
         .route("/fhir", post(bundle))
         .route("/fhir/", post(bundle))
+        // The audit trail is searched, never written: this fixed path takes precedence over
+        // `/fhir/{resource_type}`, so AuditEvent never reaches the record handlers.
+        .route(crate::audit_event::PATH, get(crate::audit_event::search))
         .route("/fhir/{resource_type}", get(search_get).post(create))
         .route("/fhir/{resource_type}/_search", post(search_post))
         .route("/fhir/{resource_type}/_history", get(type_history))
@@ -108,6 +112,17 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     }
 }
 
+/// A resource that was read: the body with its ETag and Last-Modified.
+fn found(state: &ServerState, view: &carevault_domain::records::ResourceView) -> Response {
+    resource_response(
+        StatusCode::OK,
+        view,
+        &state.fhir_base(),
+        false,
+        crate::render::Return::Representation,
+    )
+}
+
 async fn read(
     State(state): State<ServerState>,
     Authenticated(principal): Authenticated,
@@ -118,13 +133,7 @@ async fn read(
         .records
         .read(&principal, rt, &id, state.now_ms())
         .await?;
-    Ok(resource_response(
-        StatusCode::OK,
-        &view,
-        &state.fhir_base(),
-        false,
-        crate::render::Return::Representation,
-    ))
+    Ok(found(&state, &view))
 }
 
 async fn vread(
@@ -137,13 +146,7 @@ async fn vread(
         .records
         .vread(&principal, rt, &id, &version, state.now_ms())
         .await?;
-    Ok(resource_response(
-        StatusCode::OK,
-        &view,
-        &state.fhir_base(),
-        false,
-        crate::render::Return::Representation,
-    ))
+    Ok(found(&state, &view))
 }
 
 async fn create(
