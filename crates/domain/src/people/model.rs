@@ -94,7 +94,7 @@ impl PersonStatus {
     }
 }
 
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct PersonRecord {
     pub id: PersonId,
     /// The person's tenant; the platform pseudo-tenant for supplier staff.
@@ -109,6 +109,23 @@ pub struct PersonRecord {
     pub password_hash: Option<String>,
     pub status: PersonStatus,
     pub created_ms: i64,
+}
+
+/// The password hash is never printed, not even in a debug log line.
+impl std::fmt::Debug for PersonRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PersonRecord")
+            .field("id", &self.id)
+            .field("tenant", &self.tenant)
+            .field("roles", &self.roles)
+            .field("practitioner", &self.practitioner)
+            .field(
+                "password_hash",
+                &self.password_hash.as_ref().map(|_| "[redacted]"),
+            )
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An enrolled TOTP factor. The seed is sealed (AEAD) under the person's tenant data key.
@@ -216,7 +233,7 @@ impl SecondFactor {
     }
 }
 
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SessionRecord {
     pub token_hash: [u8; 32],
     pub person: PersonId,
@@ -234,6 +251,23 @@ pub struct SessionRecord {
     /// Server-side ceremony state (WebAuthn challenge) between two requests.
     pub pending: Option<String>,
     pub revoked: bool,
+}
+
+/// Token hash, CSRF token and ceremony state are never printed.
+impl std::fmt::Debug for SessionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRecord")
+            .field("person", &self.person)
+            .field("tenant", &self.tenant)
+            .field("level", &self.level)
+            .field("factor", &self.factor)
+            .field("created_ms", &self.created_ms)
+            .field("last_seen_ms", &self.last_seen_ms)
+            .field("verified_ms", &self.verified_ms)
+            .field("grant", &self.grant)
+            .field("revoked", &self.revoked)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A recorded failure, for throttling (per account and per source address).
@@ -333,4 +367,47 @@ pub struct HomeEntryRecord {
     pub version: i64,
     pub updated_ms: i64,
     pub sealed: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_password_hashes_and_session_secrets() {
+        let person = PersonRecord {
+            id: PersonId::generate(),
+            tenant: TenantId::generate(),
+            email: "a@example.org".to_owned(),
+            display_name: "A".to_owned(),
+            roles: vec![Role::Clinician],
+            practitioner: None,
+            password_hash: Some("$argon2id$v=19$secret-hash".to_owned()),
+            status: PersonStatus::Active,
+            created_ms: 0,
+        };
+        let printed = format!("{person:?}");
+        assert!(!printed.contains("secret-hash"), "{printed}");
+        let session = SessionRecord {
+            token_hash: [42; 32],
+            person: person.id,
+            tenant: person.tenant,
+            level: SessionLevel::Mfa,
+            factor: None,
+            created_ms: 0,
+            last_seen_ms: 0,
+            verified_ms: None,
+            csrf: "csrf-secret".to_owned(),
+            grant: None,
+            pending: Some("webauthn-state".to_owned()),
+            revoked: false,
+        };
+        let printed = format!("{session:?}");
+        assert!(
+            !printed.contains("csrf-secret")
+                && !printed.contains("webauthn-state")
+                && !printed.contains("42, 42"),
+            "{printed}"
+        );
+    }
 }
