@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use carevault_crypto::VerifyingKey;
 use carevault_domain::audit::checkpoint::{Checkpoint, VerifiedCheckpoint};
-use carevault_domain::audit::storage::LinkQuery;
+use carevault_domain::audit::search::MAX_PAGE;
+use carevault_domain::audit::storage::{AuditFilter, LinkQuery};
 use carevault_domain::audit::verify::{Break, ChainCheck, Fault, TenantReport};
 use carevault_domain::audit::{AUDIT_RECORD_VERSION, AuditRecord, Outcome};
 use carevault_domain::ids::TenantId;
@@ -64,6 +65,46 @@ pub enum AuditCommand {
     },
     /// Sign and write a checkpoint of every chain's head now.
     Checkpoint,
+    /// Search one tenant's trail, newest first (recorded in that trail as the operator's).
+    Search {
+        /// The tenant (a UUID; `carevault tenant list` shows them).
+        #[arg(long)]
+        tenant: String,
+        /// Records touching this patient's data (a Patient id).
+        #[arg(long)]
+        patient: Option<String>,
+        /// Records of this principal, as recorded: person/<id>, client/<id>, operator/cli.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Records of this session or token id.
+        #[arg(long)]
+        session: Option<String>,
+        /// Records from this source address.
+        #[arg(long)]
+        address: Option<String>,
+        /// Records of this action (read, search, create, token.issue, audit.search, …).
+        #[arg(long)]
+        action: Option<String>,
+        /// Records with this outcome (success, denied, not-found, invalid, integrity-failure,
+        /// error).
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Records at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Records before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many records (1 to 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only records older than this sequence number (the last one of the previous page).
+        #[arg(long)]
+        before: Option<i64>,
+        /// Print the records as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Both names mean newline-delimited JSON: one record per line.
@@ -108,6 +149,38 @@ pub async fn run(data_dir: &Path, command: AuditCommand) -> anyhow::Result<()> {
             let until = until.as_deref().map(parse_time).transpose()?;
             export(&runtime, tenant, since, until, output.as_deref()).await
         }
+        AuditCommand::Search {
+            tenant,
+            patient,
+            principal,
+            session,
+            address,
+            action,
+            outcome,
+            since,
+            until,
+            limit,
+            before,
+            json,
+        } => {
+            let tenant = parse_tenant(&tenant)?;
+            if !(1..=MAX_PAGE).contains(&limit) {
+                bail!("--limit must be between 1 and {MAX_PAGE}");
+            }
+            let filter = AuditFilter {
+                patient: patient.map(|id| id.trim_start_matches("Patient/").to_owned()),
+                principal,
+                session,
+                source: address,
+                action,
+                outcome: outcome.as_deref().map(parse_outcome).transpose()?,
+                since_ms: since.as_deref().map(parse_time).transpose()?,
+                until_ms: until.as_deref().map(parse_time).transpose()?,
+                before_seq: before,
+                limit,
+            };
+            search(&runtime, tenant, &filter, json).await
+        }
         AuditCommand::Checkpoint => {
             let mut checkpointer = Checkpointer::new(&runtime, data_dir)?;
             let written = checkpointer.run_once(true).await?;
@@ -125,6 +198,73 @@ pub async fn run(data_dir: &Path, command: AuditCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn parse_outcome(text: &str) -> anyhow::Result<Outcome> {
+    [
+        Outcome::Success,
+        Outcome::Denied,
+        Outcome::NotFound,
+        Outcome::Invalid,
+        Outcome::IntegrityFailure,
+        Outcome::Error,
+    ]
+    .into_iter()
+    .find(|outcome| outcome.as_str() == text.trim())
+    .with_context(|| {
+        format!(
+            "{text:?} is not an outcome; use success, denied, not-found, invalid, \
+             integrity-failure or error"
+        )
+    })
+}
+
+async fn search(
+    runtime: &Runtime,
+    tenant: TenantId,
+    filter: &AuditFilter,
+    json: bool,
+) -> anyhow::Result<()> {
+    let records = runtime
+        .administration()
+        .search_audit(tenant, filter, runtime.now_ms())
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(());
+    }
+    for record in &records {
+        let time =
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(record.time_ms) * 1_000_000)
+                .ok()
+                .and_then(|time| {
+                    time.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default();
+        let resource = match (&record.resource_type, &record.resource_id) {
+            (Some(rt), Some(id)) => format!("{rt}/{id}"),
+            (Some(rt), None) => rt.clone(),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "{:>8} {time} {} {} {} {resource} patients=[{}] session={} address={}",
+            record.seq,
+            record.principal,
+            record.action,
+            record.outcome.as_str(),
+            record.subjects.join(","),
+            record.session.as_deref().unwrap_or("-"),
+            record.source.as_deref().unwrap_or("-"),
+        );
+    }
+    match records.last() {
+        Some(last) if records.len() >= filter.limit => {
+            eprintln!("{} records; more with --before {}", records.len(), last.seq);
+        }
+        _ => eprintln!("{} records", records.len()),
+    }
+    Ok(())
 }
 
 fn parse_tenant(text: &str) -> anyhow::Result<TenantId> {

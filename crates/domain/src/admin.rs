@@ -154,6 +154,10 @@ impl Administration {
             .await
     }
 
+    pub(crate) fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
     async fn record(
         &self,
         tenant: TenantId,

@@ -8,10 +8,12 @@
 //! Tamper evidence hangs off `seq`, which the store assigns in commit order per tenant:
 //! [`chain`] links each record to the one before it (the store computes the links inside the
 //! appending transaction), [`checkpoint`] signs chain heads with a key kept outside the database,
-//! and [`verify`] checks a stored chain against both. [`storage`] is what they need from a store.
+//! and [`verify`] checks a stored chain against both. [`storage`] is what they need from a store;
+//! [`search`] is how security officers (and the host operator) read the trail.
 
 pub mod chain;
 pub mod checkpoint;
+pub mod search;
 pub mod storage;
 pub mod verify;
 

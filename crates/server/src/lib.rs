@@ -4,6 +4,7 @@
 //! Authentication happens in the [`auth::Authenticated`] extractor, which is the only way a
 //! handler gets a principal; every data route takes one.
 
+mod audit_event;
 mod auth;
 mod capability;
 mod fhir;

@@ -100,7 +100,7 @@ fn full_url(fhir_base: &str, view: &ResourceView) -> String {
     format!("{fhir_base}/{}/{}", view.resource_type.name(), view.id)
 }
 
-fn encode_query(pairs: &[(String, String)]) -> String {
+pub(crate) fn encode_query(pairs: &[(String, String)]) -> String {
     let mut serializer = form_urlencoded::Serializer::new(String::new());
     for (key, value) in pairs {
         serializer.append_pair(key, value);

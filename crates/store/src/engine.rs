@@ -176,23 +176,30 @@ macro_rules! implement_store {
                     resource_type: version.resource_type.clone(),
                     id: version.id.clone(),
                 };
-                let current: Option<i64> = match sqlx::query(sql::SELECT_CURRENT_VERSION_NUMBER)
-                    .bind(tenant.as_uuid())
-                    .bind(version.resource_type.clone())
-                    .bind(version.id.clone())
-                    .fetch_optional(&mut *connection)
-                    .await
-                    .map_err(backend)?
-                {
-                    Some(row) => Some(get(&row, 0)?),
-                    None => None,
-                };
-                let holds = match write.precondition {
-                    Precondition::Absent => current.is_none(),
-                    Precondition::CurrentVersion(expected) => current == Some(expected),
-                };
-                if !holds {
-                    return Err(conflict());
+                // A create of version 1 needs no look-up: every resource has a version 1 once
+                // it exists (versions are never removed), so the primary key of
+                // `resource_versions` refuses a create of an existing id, and a new id has no
+                // search rows to replace.
+                let creating = write.precondition == Precondition::Absent && version.version == 1;
+                if !creating {
+                    let current: Option<i64> = match sqlx::query(sql::SELECT_CURRENT_VERSION_NUMBER)
+                        .bind(tenant.as_uuid())
+                        .bind(version.resource_type.clone())
+                        .bind(version.id.clone())
+                        .fetch_optional(&mut *connection)
+                        .await
+                        .map_err(backend)?
+                    {
+                        Some(row) => Some(get(&row, 0)?),
+                        None => None,
+                    };
+                    let holds = match write.precondition {
+                        Precondition::Absent => current.is_none(),
+                        Precondition::CurrentVersion(expected) => current == Some(expected),
+                    };
+                    if !holds {
+                        return Err(conflict());
+                    }
                 }
                 // A concurrent writer that passed the same check inserts the same version
                 // number first; the primary key turns the race into a conflict.
@@ -223,36 +230,32 @@ macro_rules! implement_store {
                     .execute(&mut *connection)
                     .await
                     .map_err(backend)?;
-                for statement in [sql::DELETE_TOKENS, sql::DELETE_DATES] {
-                    sqlx::query(statement)
-                        .bind(tenant.as_uuid())
-                        .bind(version.resource_type.clone())
-                        .bind(version.id.clone())
-                        .execute(&mut *connection)
-                        .await
-                        .map_err(backend)?;
+                if !creating {
+                    for statement in [sql::DELETE_TOKENS, sql::DELETE_DATES] {
+                        sqlx::query(statement)
+                            .bind(tenant.as_uuid())
+                            .bind(version.resource_type.clone())
+                            .bind(version.id.clone())
+                            .execute(&mut *connection)
+                            .await
+                            .map_err(backend)?;
+                    }
                 }
                 if version.deleted {
                     return Ok(());
                 }
-                for token in &write.tokens {
-                    sqlx::query(sql::INSERT_TOKEN)
-                        .bind(tenant.as_uuid())
-                        .bind(version.resource_type.clone())
-                        .bind(version.id.clone())
-                        .bind(token.to_vec())
+                for chunk in write.tokens.chunks(sql::SEARCH_ROWS_PER_INSERT) {
+                    let statement =
+                        sql::insert_tokens(tenant, &version.resource_type, &version.id, chunk);
+                    dynamic(&statement)
                         .execute(&mut *connection)
                         .await
                         .map_err(backend)?;
                 }
-                for date in &write.dates {
-                    sqlx::query(sql::INSERT_DATE)
-                        .bind(tenant.as_uuid())
-                        .bind(version.resource_type.clone())
-                        .bind(version.id.clone())
-                        .bind(date.param.clone())
-                        .bind(date.low)
-                        .bind(date.high)
+                for chunk in write.dates.chunks(sql::SEARCH_ROWS_PER_INSERT) {
+                    let statement =
+                        sql::insert_dates(tenant, &version.resource_type, &version.id, chunk);
+                    dynamic(&statement)
                         .execute(&mut *connection)
                         .await
                         .map_err(backend)?;

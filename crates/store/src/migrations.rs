@@ -38,6 +38,16 @@ pub(crate) fn sqlite() -> Migrator {
             "audit chain",
             include_str!("../migrations/sqlite/0003_audit_chain.sql"),
         ),
+        migration(
+            4,
+            "audit search",
+            include_str!("../migrations/sqlite/0004_audit_search.sql"),
+        ),
+        migration(
+            5,
+            "perf",
+            include_str!("../migrations/sqlite/0005_perf.sql"),
+        ),
     ])
 }
 
@@ -57,6 +67,16 @@ pub(crate) fn postgres() -> Migrator {
             3,
             "audit chain",
             include_str!("../migrations/postgres/0003_audit_chain.sql"),
+        ),
+        migration(
+            4,
+            "audit search",
+            include_str!("../migrations/postgres/0004_audit_search.sql"),
+        ),
+        migration(
+            5,
+            "perf",
+            include_str!("../migrations/postgres/0005_perf.sql"),
         ),
     ])
 }

@@ -145,7 +145,9 @@ const GRANTS: &str = "GRANT USAGE ON SCHEMA public TO carevault_app; \
        access_tokens, resource_versions, resource_current, search_tokens, search_dates, \
        audit_heads TO carevault_app; \
      REVOKE ALL ON audit_log FROM carevault_app; \
-     GRANT SELECT, INSERT ON audit_log TO carevault_app";
+     GRANT SELECT, INSERT ON audit_log TO carevault_app; \
+     REVOKE ALL ON audit_subjects FROM carevault_app; \
+     GRANT SELECT, INSERT ON audit_subjects TO carevault_app";
 
 async fn migrate_on(connection: &mut PgConnection) -> Result<(), StoreError> {
     migrations::postgres()

@@ -6,7 +6,7 @@
 //! SQL, which is what makes the `AssertSqlSafe` at execution sound.
 
 use carevault_domain::ids::TenantId;
-use carevault_domain::store::{CandidateFilter, CandidateQuery, HistoryQuery, SortBy};
+use carevault_domain::store::{CandidateFilter, CandidateQuery, DateEntry, HistoryQuery, SortBy};
 use carevault_fhir::DateCondition;
 use uuid::Uuid;
 
@@ -158,11 +158,65 @@ pub(crate) const DELETE_TOKENS: &str =
     "DELETE FROM search_tokens WHERE tenant_id = $1 AND resource_type = $2 AND id = $3";
 pub(crate) const DELETE_DATES: &str =
     "DELETE FROM search_dates WHERE tenant_id = $1 AND resource_type = $2 AND id = $3";
-pub(crate) const INSERT_TOKEN: &str = "INSERT INTO search_tokens \
-     (tenant_id, resource_type, id, token) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
-pub(crate) const INSERT_DATE: &str = "INSERT INTO search_dates \
-     (tenant_id, resource_type, id, param, low, high) VALUES ($1, $2, $3, $4, $5, $6) \
-     ON CONFLICT DO NOTHING";
+
+/// Rows per multi-row search-row INSERT: a resource's tokens or dates go in one statement
+/// (one round trip to the writer), chunked so the bound values stay far under both engines'
+/// limits (SQLite 32,766; PostgreSQL 65,535).
+pub(crate) const SEARCH_ROWS_PER_INSERT: usize = 500;
+
+/// `INSERT INTO search_tokens … VALUES ($1, $2, $3, $4), ($1, $2, $3, $5), …`: the tenant, type
+/// and id bound once, then one value per token.
+pub(crate) fn insert_tokens(
+    tenant: TenantId,
+    resource_type: &str,
+    id: &str,
+    tokens: &[[u8; 16]],
+) -> Sql {
+    let mut sql = Sql::new();
+    sql.preset(tenant_value(tenant));
+    sql.preset(Value::Text(resource_type.to_owned()));
+    sql.preset(Value::Text(id.to_owned()));
+    sql.push("INSERT INTO search_tokens (tenant_id, resource_type, id, token) VALUES ");
+    for (position, token) in tokens.iter().enumerate() {
+        if position > 0 {
+            sql.push(", ");
+        }
+        sql.push("($1, $2, $3, ")
+            .bind(Value::Bytes(token.to_vec()))
+            .push(")");
+    }
+    sql.push(" ON CONFLICT DO NOTHING");
+    sql
+}
+
+/// `INSERT INTO search_dates … VALUES ($1, $2, $3, $4, $5, $6), …`: the tenant, type and id
+/// bound once, then (param, low, high) per date.
+pub(crate) fn insert_dates(
+    tenant: TenantId,
+    resource_type: &str,
+    id: &str,
+    dates: &[DateEntry],
+) -> Sql {
+    let mut sql = Sql::new();
+    sql.preset(tenant_value(tenant));
+    sql.preset(Value::Text(resource_type.to_owned()));
+    sql.preset(Value::Text(id.to_owned()));
+    sql.push("INSERT INTO search_dates (tenant_id, resource_type, id, param, low, high) VALUES ");
+    for (position, date) in dates.iter().enumerate() {
+        if position > 0 {
+            sql.push(", ");
+        }
+        sql.push("($1, $2, $3, ")
+            .bind(Value::Text(date.param.clone()))
+            .push(", ")
+            .bind(Value::Int(date.low))
+            .push(", ")
+            .bind(Value::Int(date.high))
+            .push(")");
+    }
+    sql.push(" ON CONFLICT DO NOTHING");
+    sql
+}
 
 pub(crate) const SELECT_AUDIT: &str =
     "SELECT record FROM audit_log WHERE tenant_id = $1 ORDER BY seq";

@@ -3,12 +3,14 @@
 //!
 //! These are operator operations on the host (checkpointer, `carevault audit verify|export`), so
 //! they take a tenant id rather than a [`crate::principal::TenantScope`]; the security officer's
-//! search, which answers people over HTTP, will take a scope.
+//! search ([`AuditStore::audit_search`]), which answers people over HTTP, takes a scope.
 
 use async_trait::async_trait;
 
 use super::chain::ChainHash;
+use super::{AuditRecord, Outcome};
 use crate::ids::TenantId;
+use crate::principal::TenantScope;
 use crate::store::StoreResult;
 
 /// The last link of a tenant's chain as the head row records it.
@@ -41,6 +43,29 @@ pub struct LinkQuery {
     pub limit: usize,
 }
 
+/// What a search of one tenant's trail asks for: every given filter must match (an absent one
+/// matches everything). Results come newest first (`seq` descending), at most `limit`, only
+/// with `seq < before_seq` when given (keyset paging: pass the last `seq` of the previous page).
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct AuditFilter {
+    /// A data subject (patient id) of the record.
+    pub patient: Option<String>,
+    /// The record's principal exactly as recorded: `person/<id>`, `client/<id>`, `operator/cli`.
+    pub principal: Option<String>,
+    /// The token or session id.
+    pub session: Option<String>,
+    /// The source address as recorded (an IP address).
+    pub source: Option<String>,
+    pub action: Option<String>,
+    pub outcome: Option<Outcome>,
+    /// `since_ms <= time_ms`.
+    pub since_ms: Option<i64>,
+    /// `time_ms < until_ms`.
+    pub until_ms: Option<i64>,
+    pub before_seq: Option<i64>,
+    pub limit: usize,
+}
+
 #[async_trait]
 pub trait AuditStore: Send + Sync {
     /// The head of every chain that has one: each tenant's, and the platform's.
@@ -58,4 +83,12 @@ pub trait AuditStore: Send + Sync {
         tenant: TenantId,
         query: &LinkQuery,
     ) -> StoreResult<Vec<StoredLink>>;
+
+    /// Records of the scope's tenant matching the filter, newest first. A search by patient,
+    /// principal, session or source reads an index, not the whole trail.
+    async fn audit_search(
+        &self,
+        scope: &TenantScope,
+        filter: &AuditFilter,
+    ) -> StoreResult<Vec<AuditRecord>>;
 }

@@ -278,6 +278,7 @@ macro_rules! conformance {
 }
 
 mod audit_chain;
+mod audit_search;
 mod fixtures;
 mod isolation;
 mod people;

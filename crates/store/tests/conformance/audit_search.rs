@@ -1,0 +1,243 @@
+//! The security officer's search of the trail: the indexes are written by every append (group
+//! commit and write commit), each filter narrows the result, pages run newest first, one
+//! tenant's scope finds nothing of another's, and the patient index refuses change like the log.
+
+use std::sync::Arc;
+
+use carevault_domain::audit::storage::AuditFilter;
+use carevault_domain::audit::{AuditRecord, Outcome};
+use carevault_domain::ids::TenantId;
+use carevault_domain::store::Store;
+use sqlx::Row;
+
+use crate::Raw;
+use crate::fixtures::*;
+
+conformance!(
+    audit_search_filters_pages_and_stays_in_its_tenant,
+    audit_subjects_refuse_change,
+);
+
+/// A record of `who` (principal, session, source) doing `action` to `subjects` at `time_ms`.
+fn event(
+    tenant: TenantId,
+    who: (&str, Option<&str>, Option<&str>),
+    action: &str,
+    subjects: &[&str],
+    time_ms: i64,
+) -> AuditRecord {
+    let (principal, session, source) = who;
+    let mut record = audit(tenant, action, "d");
+    record.principal = principal.to_owned();
+    record.session = session.map(str::to_owned);
+    record.source = source.map(str::to_owned);
+    record.subjects = subjects.iter().map(|s| (*s).to_owned()).collect();
+    record.outcome = Outcome::Success;
+    record.time_ms = time_ms;
+    record
+}
+
+fn seqs(records: &[AuditRecord]) -> Vec<i64> {
+    records.iter().map(|record| record.seq).collect()
+}
+
+async fn audit_search_filters_pages_and_stays_in_its_tenant(store: Arc<dyn Store>, _raw: &Raw) {
+    let (a, scope_a) = new_tenant(&store, "search a").await;
+    let (b, scope_b) = new_tenant(&store, "search b").await;
+    let n = ("person/n", Some("s1"), Some("10.0.0.1"));
+    store
+        .append_audit(&[
+            event(a, n, "read", &["p1"], T0),
+            event(a, n, "read", &["p2"], T0 + 10),
+            event(
+                b,
+                ("person/x", Some("s9"), Some("10.0.0.1")),
+                "read",
+                &["p1"],
+                T0 + 10,
+            ),
+            event(
+                a,
+                ("client/c", None, None),
+                "search",
+                &["p1", "p2", "p1"],
+                T0 + 20,
+            ),
+        ])
+        .await
+        .unwrap();
+    // The write path's records are indexed too.
+    let mut refused = event(
+        a,
+        ("person/m", Some("s2"), Some("10.0.0.2")),
+        "read",
+        &["p1"],
+        T0 + 30,
+    );
+    refused.outcome = Outcome::Denied;
+    store.commit(&scope_a, &[], &[refused]).await.unwrap();
+
+    let find = |filter: AuditFilter| {
+        let store = store.clone();
+        let scope = scope_a.clone();
+        async move {
+            store
+                .audit_search(
+                    &scope,
+                    &AuditFilter {
+                        limit: 100,
+                        ..filter
+                    },
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let all = find(AuditFilter::default()).await;
+    assert_eq!(seqs(&all), vec![4, 3, 2, 1], "newest first, tenant a only");
+    assert!(all.iter().all(|record| record.tenant == a));
+    let p1 = find(AuditFilter {
+        patient: Some("p1".to_owned()),
+        ..AuditFilter::default()
+    })
+    .await;
+    assert_eq!(seqs(&p1), vec![4, 3, 1]);
+    assert!(p1.iter().all(|r| r.subjects.contains(&"p1".to_owned())));
+    let p2_by_n = find(AuditFilter {
+        patient: Some("p2".to_owned()),
+        principal: Some("person/n".to_owned()),
+        ..AuditFilter::default()
+    })
+    .await;
+    assert_eq!(seqs(&p2_by_n), vec![2]);
+    let by_session = find(AuditFilter {
+        session: Some("s1".to_owned()),
+        ..AuditFilter::default()
+    })
+    .await;
+    assert_eq!(seqs(&by_session), vec![2, 1]);
+    let by_source = find(AuditFilter {
+        source: Some("10.0.0.2".to_owned()),
+        ..AuditFilter::default()
+    })
+    .await;
+    assert_eq!(seqs(&by_source), vec![4]);
+    let searches = find(AuditFilter {
+        action: Some("search".to_owned()),
+        ..AuditFilter::default()
+    })
+    .await;
+    assert_eq!(seqs(&searches), vec![3]);
+    let denied = find(AuditFilter {
+        outcome: Some(Outcome::Denied),
+        ..AuditFilter::default()
+    })
+    .await;
+    assert_eq!(seqs(&denied), vec![4]);
+    let window = find(AuditFilter {
+        since_ms: Some(T0 + 10),
+        until_ms: Some(T0 + 30),
+        ..AuditFilter::default()
+    })
+    .await;
+    assert_eq!(seqs(&window), vec![3, 2]);
+
+    // Keyset pages, by patient and without.
+    let first = store
+        .audit_search(
+            &scope_a,
+            &AuditFilter {
+                patient: Some("p1".to_owned()),
+                limit: 2,
+                ..AuditFilter::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(seqs(&first), vec![4, 3]);
+    let second = find(AuditFilter {
+        patient: Some("p1".to_owned()),
+        before_seq: Some(3),
+        ..AuditFilter::default()
+    })
+    .await;
+    assert_eq!(seqs(&second), vec![1]);
+    let older = find(AuditFilter {
+        before_seq: Some(2),
+        ..AuditFilter::default()
+    })
+    .await;
+    assert_eq!(seqs(&older), vec![1]);
+
+    // Tenant b's scope sees only b's record, whatever the filter names.
+    let theirs = store
+        .audit_search(
+            &scope_b,
+            &AuditFilter {
+                patient: Some("p1".to_owned()),
+                limit: 100,
+                ..AuditFilter::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0].tenant, b);
+    assert_eq!(theirs[0].principal, "person/x");
+    let none = store
+        .audit_search(
+            &scope_b,
+            &AuditFilter {
+                principal: Some("person/n".to_owned()),
+                limit: 100,
+                ..AuditFilter::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
+
+async fn audit_subjects_refuse_change(store: Arc<dyn Store>, raw: &Raw) {
+    let (a, _) = new_tenant(&store, "subjects").await;
+    store
+        .append_audit(&[audit(a, "read", "x"), audit(a, "read", "y")])
+        .await
+        .unwrap();
+    for statement in [
+        "UPDATE audit_subjects SET patient = 'other'",
+        "DELETE FROM audit_subjects",
+        "UPDATE audit_log SET principal = 'person/someone-else'",
+    ] {
+        assert!(
+            raw.execute_as_owner(statement).await.is_err(),
+            "{statement} was allowed"
+        );
+    }
+    assert_eq!(
+        raw.count_as_owner("SELECT count(*) FROM audit_subjects")
+            .await,
+        2
+    );
+    // PostgreSQL: the server's role sees no row without its tenant set (forced row-level
+    // security) and may not change or remove any (no privilege).
+    if let Raw::Postgres { store, .. } = raw {
+        let pool = store.pool_for_tests();
+        let unset: i64 = sqlx::query("SELECT count(*) FROM audit_subjects")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(unset, 0, "audit_subjects readable without a tenant");
+        for statement in [
+            "UPDATE audit_subjects SET patient = 'other'",
+            "DELETE FROM audit_subjects",
+        ] {
+            let error = sqlx::query(statement).execute(pool).await.unwrap_err();
+            assert!(
+                error.to_string().contains("permission denied"),
+                "{statement}: {error}"
+            );
+        }
+    }
+}
