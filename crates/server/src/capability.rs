@@ -47,6 +47,24 @@ pub fn capability_statement(state: &ServerState) -> Value {
             })
         })
         .collect();
+    let mut resources = resources;
+    // The audit trail: searchable by security officers only, never writable.
+    resources.push(json!({
+        "type": "AuditEvent",
+        "documentation": "The tenant's audit trail, for security officers only (IHE BALP shape).",
+        "interaction": [{"code": "search-type"}],
+        "searchParam": [
+            {"name": "patient", "type": "reference"},
+            {"name": "agent", "type": "token"},
+            {"name": "client", "type": "token"},
+            {"name": "session", "type": "token"},
+            {"name": "address", "type": "token"},
+            {"name": "action", "type": "token"},
+            {"name": "subtype", "type": "token"},
+            {"name": "outcome", "type": "token"},
+            {"name": "date", "type": "date"}
+        ]
+    }));
     json!({
         "resourceType": "CapabilityStatement",
         "status": "active",

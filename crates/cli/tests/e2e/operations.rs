@@ -169,9 +169,11 @@ async fn health_and_readiness_answer() {
             .as_array()
             .map(|list| list.iter().filter_map(|r| r["type"].as_str()).collect())
             .unwrap_or_default();
-        let supported: Vec<&str> = carevault_fhir::supported_types()
+        // Every record type, then the audit trail (search only, for security officers).
+        let mut supported: Vec<&str> = carevault_fhir::supported_types()
             .map(|rt| rt.name())
             .collect();
+        supported.push("AuditEvent");
         assert_eq!(
             types, supported,
             "the CapabilityStatement must list exactly the supported types"
