@@ -97,6 +97,16 @@ impl SessionView {
         session_id(&self.session.token_hash)
     }
 
+    /// The server-side state a ceremony left on the session (`kind` is its prefix, such as
+    /// `totp:`), or `SessionEnded` when a different ceremony, or none, is pending.
+    fn pending(&self, kind: &str) -> Result<&str, SignInError> {
+        self.session
+            .pending
+            .as_deref()
+            .and_then(|pending| pending.strip_prefix(kind))
+            .ok_or(SignInError::SessionEnded)
+    }
+
     pub fn needs_passkey(&self) -> bool {
         self.person.roles.iter().any(|role| role.requires_passkey())
     }
@@ -791,13 +801,7 @@ impl Identity {
         source: Option<IpAddr>,
         now_ms: i64,
     ) -> Result<(), SignInError> {
-        let state = view
-            .session
-            .pending
-            .as_deref()
-            .and_then(|pending| pending.strip_prefix("step-up:"))
-            .ok_or(SignInError::SessionEnded)?
-            .to_owned();
+        let state = view.pending("step-up:")?.to_owned();
         let stored = self.people.passkeys(view.person.id).await?;
         let jsons: Vec<String> = stored.iter().map(|p| p.passkey_json.clone()).collect();
         let mut session = view.session.clone();
@@ -807,6 +811,13 @@ impl Identity {
             .finish_passkey_authentication(response, &state, &jsons)
         {
             Ok(assertion) if assertion.user_verified => {
+                // Keep the signature counter current, as a sign-in does, so a cloned
+                // authenticator is noticed.
+                if let Some(updated) = &assertion.updated_passkey_json {
+                    self.people
+                        .update_passkey(view.person.id, &assertion.credential_id, updated, now_ms)
+                        .await?;
+                }
                 session.verified_ms = Some(now_ms);
                 self.people.update_session(&session).await?;
                 self.audit_person(
@@ -875,13 +886,7 @@ impl Identity {
         source: Option<IpAddr>,
         now_ms: i64,
     ) -> Result<(SessionToken, Option<Vec<String>>), SignInError> {
-        let sealed = view
-            .session
-            .pending
-            .as_deref()
-            .and_then(|pending| pending.strip_prefix("totp:"))
-            .and_then(|text| hex::decode(text).ok())
-            .ok_or(SignInError::SessionEnded)?;
+        let sealed = hex::decode(view.pending("totp:")?).map_err(|_| SignInError::SessionEnded)?;
         let record = TotpRecord {
             person: view.person.id,
             sealed_secret: sealed,
@@ -1010,12 +1015,7 @@ impl Identity {
         source: Option<IpAddr>,
         now_ms: i64,
     ) -> Result<(SessionToken, Option<Vec<String>>), SignInError> {
-        let state = view
-            .session
-            .pending
-            .as_deref()
-            .and_then(|pending| pending.strip_prefix("passkey-registration:"))
-            .ok_or(SignInError::SessionEnded)?;
+        let state = view.pending("passkey-registration:")?;
         let passkey = self
             .credentials
             .finish_passkey_registration(response, state)
