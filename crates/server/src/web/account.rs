@@ -12,7 +12,8 @@ use carevault_domain::people::{AccountOverview, SessionLevel, SessionView, SignI
 use serde::Deserialize;
 
 use super::session::{
-    Visitor, clear_session, json_error, safe_return, step_up_redirect, with_session,
+    Visitor, ceremony_options, clear_session, json_error, safe_return, step_up_redirect,
+    with_session,
 };
 use super::signin::{CodeForm, CsrfForm, PasskeyForm, capitalise};
 use super::view::{self, Errors, Layout, layout, when};
@@ -178,16 +179,10 @@ pub async fn passkey_start(State(state): State<ServerState>, visitor: Visitor) -
     if visitor.check_session_header(view).is_err() {
         return json_error(StatusCode::FORBIDDEN, "reload the page and try again");
     }
-    match state.identity.start_passkey_enrolment(view).await {
-        Ok(options) => axum::Json(options).into_response(),
-        Err(error) => {
-            tracing::error!(%error, "starting passkey registration failed");
-            json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "passkeys are unavailable; try again later",
-            )
-        }
-    }
+    ceremony_options(
+        state.identity.start_passkey_enrolment(view).await,
+        "registration",
+    )
 }
 
 pub async fn passkey_finish(
@@ -481,16 +476,7 @@ pub async fn step_up_passkey_start(State(state): State<ServerState>, visitor: Vi
     if visitor.check_session_header(view).is_err() {
         return json_error(StatusCode::FORBIDDEN, "reload the page and try again");
     }
-    match state.identity.start_passkey_step_up(view).await {
-        Ok(options) => axum::Json(options).into_response(),
-        Err(error) => {
-            tracing::error!(%error, "starting a passkey step-up failed");
-            json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "passkeys are unavailable; try again later",
-            )
-        }
-    }
+    ceremony_options(state.identity.start_passkey_step_up(view).await, "step-up")
 }
 
 pub async fn step_up_passkey_finish(

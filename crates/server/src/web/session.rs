@@ -243,6 +243,24 @@ pub fn json_error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
 }
 
+/// The WebAuthn options a ceremony start returns to passkey.js, or a JSON error that tells the
+/// person to try later (the cause goes to the log).
+pub fn ceremony_options<E: std::fmt::Display>(
+    started: Result<serde_json::Value, E>,
+    what: &str,
+) -> Response {
+    match started {
+        Ok(options) => axum::Json(options).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "starting a passkey {what} failed");
+            json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "passkeys are unavailable; try again later",
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,8 +14,8 @@ use carevault_domain::people::{SessionLevel, SignInError};
 use serde::Deserialize;
 
 use super::session::{
-    Visitor, clear_ceremony, clear_session, form_token, json_error, redirect_to_next_step,
-    with_ceremony, with_form_token, with_session,
+    Visitor, ceremony_options, clear_ceremony, clear_session, form_token, json_error,
+    redirect_to_next_step, with_ceremony, with_form_token, with_session,
 };
 use super::view::{self, Errors, Layout, layout};
 use crate::ServerState;
@@ -128,15 +128,14 @@ pub async fn passkey_start(State(state): State<ServerState>, visitor: Visitor) -
     if visitor.check_form_token(&sent).is_err() {
         return json_error(StatusCode::FORBIDDEN, "reload the page and try again");
     }
-    match state.identity.start_passkey_sign_in(visitor.now).await {
-        Ok((options, ceremony)) => with_ceremony(axum::Json(options).into_response(), &ceremony),
-        Err(error) => {
-            tracing::error!(%error, "starting a passkey sign-in failed");
-            json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "passkeys are unavailable; try again later",
-            )
-        }
+    let (started, ceremony) = match state.identity.start_passkey_sign_in(visitor.now).await {
+        Ok((options, ceremony)) => (Ok(options), Some(ceremony)),
+        Err(error) => (Err(error), None),
+    };
+    let response = ceremony_options(started, "sign-in");
+    match ceremony {
+        Some(ceremony) => with_ceremony(response, &ceremony),
+        None => response,
     }
 }
 
