@@ -11,8 +11,8 @@ use anyhow::{Context, bail};
 use carevault_crypto::VerifyingKey;
 use carevault_domain::audit::checkpoint::{Checkpoint, VerifiedCheckpoint};
 use carevault_domain::audit::search::MAX_PAGE;
-use carevault_domain::audit::storage::{AuditFilter, LinkQuery};
-use carevault_domain::audit::verify::{Break, ChainCheck, Fault, TenantReport};
+use carevault_domain::audit::storage::{AuditFilter, LinkQuery, StoredEntry};
+use carevault_domain::audit::verify::{Break, Fault, TenantReport, verify_chain};
 use carevault_domain::audit::{AUDIT_RECORD_VERSION, AuditRecord, Outcome};
 use carevault_domain::ids::TenantId;
 use carevault_domain::principal::AuthStrength;
@@ -411,31 +411,15 @@ async fn verify(
             .push(found);
     }
     for (tenant, checkpoints) in tenants {
-        let mut check = ChainCheck::new(tenant, checkpoints);
-        loop {
-            let links = runtime
-                .store
-                .audit_links(
-                    tenant,
-                    &LinkQuery {
-                        after_seq: check.last_seq(),
-                        since_ms: None,
-                        until_ms: None,
-                        limit: PAGE,
-                    },
-                )
-                .await
-                .with_context(|| format!("reading the audit trail of tenant {tenant}"))?;
-            if links.is_empty() {
-                break;
-            }
-            for link in &links {
-                check.push(link);
-            }
-            bar.inc(u64::try_from(links.len()).unwrap_or(0));
-        }
-        let head = runtime.store.audit_head(tenant).await?;
-        let mut report = check.finish(head);
+        let mut report = verify_chain(
+            runtime.store.as_ref(),
+            tenant,
+            checkpoints,
+            key,
+            &|records| bar.inc(records),
+        )
+        .await
+        .with_context(|| format!("reading the audit trail of tenant {tenant}"))?;
         if let Some(mut bad) = invalid_by_tenant.remove(&Some(tenant.to_string())) {
             report.breaks.append(&mut bad);
         }
@@ -553,13 +537,25 @@ async fn export(
                 )
                 .await
                 .with_context(|| format!("reading the audit trail of tenant {tenant}"))?;
-            let Some(last) = links.last() else {
+            if links.is_empty() {
                 break;
-            };
-            after = last.seq;
-            for link in &links {
-                writer.write_all(link.text.as_bytes())?;
-                writer.write_all(b"\n")?;
+            }
+            for entry in &links {
+                match entry {
+                    StoredEntry::Link(link) => {
+                        writer.write_all(link.text.as_bytes())?;
+                        writer.write_all(b"\n")?;
+                        after = link.seq;
+                    }
+                    StoredEntry::Damaged {
+                        first_seq,
+                        last_seq,
+                    } => bail!(
+                        "the stored records {first_seq} to {last_seq} of tenant {tenant} are \
+                         damaged and cannot be exported; run `carevault audit verify` for the \
+                         full report"
+                    ),
+                }
             }
             lines += u64::try_from(links.len()).unwrap_or(0);
             bar.set_position(start + u64::try_from(after.min(head.seq)).unwrap_or(0));

@@ -13,6 +13,7 @@
 
 pub mod chain;
 pub mod checkpoint;
+pub mod retention;
 pub mod search;
 pub mod storage;
 pub mod verify;
@@ -20,11 +21,12 @@ pub mod verify;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::ids::TenantId;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreResult};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -109,6 +111,24 @@ pub struct AuditUnavailable(pub String);
 
 type Pending = (AuditRecord, oneshot::Sender<Result<(), String>>);
 
+/// Where the group committer sends each batch: the store ([`AuditTrail::start`]). A benchmark
+/// may pass another sink to [`AuditTrail::start_with`] (a bare in-memory append) to measure
+/// what the durable trail costs; the server has no such setting.
+#[async_trait]
+pub trait AuditSink: Send + Sync {
+    /// Returns once every record of the batch is durable (or fails for all of them).
+    async fn append(&self, records: &[AuditRecord]) -> StoreResult<()>;
+}
+
+struct StoreSink(Arc<dyn Store>);
+
+#[async_trait]
+impl AuditSink for StoreSink {
+    async fn append(&self, records: &[AuditRecord]) -> StoreResult<()> {
+        self.0.append_audit(records).await
+    }
+}
+
 /// Group commit for audit records that do not ride on a write transaction (reads, searches,
 /// refusals). Concurrent callers' records are gathered into one transaction, so durability
 /// costs one commit per batch instead of one per request.
@@ -122,11 +142,16 @@ pub struct AuditTrail {
 const MAX_BATCH: usize = 512;
 
 impl AuditTrail {
-    /// Starts the committer task on the current Tokio runtime.
+    /// Starts the committer task on the current Tokio runtime, appending to the store.
     pub fn start(store: Arc<dyn Store>) -> AuditTrail {
+        AuditTrail::start_with(Arc::new(StoreSink(store)))
+    }
+
+    /// Starts the committer task with another sink (benchmarks only; see [`AuditSink`]).
+    pub fn start_with(sink: Arc<dyn AuditSink>) -> AuditTrail {
         let (sender, receiver) = mpsc::channel::<Pending>(MAX_BATCH * 8);
         let healthy = Arc::new(AtomicBool::new(true));
-        tokio::spawn(run_committer(store, receiver, healthy.clone()));
+        tokio::spawn(run_committer(sink, receiver, healthy.clone()));
         AuditTrail { sender, healthy }
     }
 
@@ -158,14 +183,14 @@ impl AuditTrail {
 }
 
 async fn run_committer(
-    store: Arc<dyn Store>,
+    sink: Arc<dyn AuditSink>,
     mut receiver: mpsc::Receiver<Pending>,
     healthy: Arc<AtomicBool>,
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let records: Vec<AuditRecord> = batch.iter().map(|(record, _)| record.clone()).collect();
-        let result = store.append_audit(&records).await;
+        let result = sink.append(&records).await;
         let outcome = match &result {
             Ok(()) => Ok(()),
             Err(error) => {

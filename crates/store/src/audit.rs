@@ -266,8 +266,9 @@ macro_rules! implement_audit_store {
             use carevault_domain::audit::AuditRecord;
             use carevault_domain::audit::chain::{ChainHash, GENESIS, hash_from_bytes};
             use carevault_domain::audit::storage::{
-                AuditFilter, AuditStore, ChainHead, LinkQuery, StoredLink,
+                AuditFilter, AuditStore, ChainHead, LinkQuery, StoredEntry, StoredLink,
             };
+            use carevault_domain::audit::retention::RetentionMarker;
             use carevault_domain::ids::TenantId;
             use carevault_domain::principal::TenantScope;
             use carevault_domain::store::{StoreError, StoreResult};
@@ -461,7 +462,7 @@ macro_rules! implement_audit_store {
                     &self,
                     tenant: TenantId,
                     query: &LinkQuery,
-                ) -> StoreResult<Vec<StoredLink>> {
+                ) -> StoreResult<Vec<StoredEntry>> {
                     let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
                     let mut tx = self.begin_read(Some(tenant)).await?;
                     let rows = sqlx::query(SELECT_LINKS)
@@ -476,15 +477,38 @@ macro_rules! implement_audit_store {
                     tx.commit().await.map_err(backend)?;
                     rows.iter()
                         .map(|row| {
-                            Ok(StoredLink {
+                            Ok(StoredEntry::Link(StoredLink {
                                 seq: get(row, 0)?,
                                 time_ms: get(row, 1)?,
                                 text: get(row, 2)?,
                                 prev_hash: get(row, 3)?,
                                 hash: get(row, 4)?,
-                            })
+                            }))
                         })
                         .collect()
+                }
+
+                async fn audit_retention_markers(
+                    &self,
+                    _tenant: TenantId,
+                ) -> StoreResult<Vec<RetentionMarker>> {
+                    Ok(Vec::new())
+                }
+
+                async fn audit_retention_boundary(
+                    &self,
+                    _tenant: TenantId,
+                    _before_ms: i64,
+                ) -> StoreResult<Option<i64>> {
+                    Err(StoreError::Backend("retention: work in progress".to_owned()))
+                }
+
+                async fn audit_retain(
+                    &self,
+                    _tenant: TenantId,
+                    _marker: &RetentionMarker,
+                ) -> StoreResult<u64> {
+                    Err(StoreError::Backend("retention: work in progress".to_owned()))
                 }
 
                 async fn audit_search(

@@ -1,13 +1,18 @@
 //! What the audit chain needs from storage beyond appending: heads for checkpoints, and the
 //! stored rows (text and hash columns) for verification and export.
 //!
-//! These are operator operations on the host (checkpointer, `carevault audit verify|export`), so
-//! they take a tenant id rather than a [`crate::principal::TenantScope`]; the security officer's
-//! search ([`AuditStore::audit_search`]), which answers people over HTTP, takes a scope.
+//! These are operator operations on the host (checkpointer, `carevault audit verify|export|retain`),
+//! so they take a tenant id rather than a [`crate::principal::TenantScope`]; the security
+//! officer's search ([`AuditStore::audit_search`]), which answers people over HTTP, takes a scope.
+//!
+//! Stores keep records in *segments*: the records of one tenant that one commit appended, stored
+//! together (the unit a store compresses and indexes). Retention removes whole segments only,
+//! oldest first, behind a signed [`RetentionMarker`](super::retention::RetentionMarker).
 
 use async_trait::async_trait;
 
 use super::chain::ChainHash;
+use super::retention::RetentionMarker;
 use super::{AuditRecord, Outcome};
 use crate::ids::TenantId;
 use crate::principal::TenantScope;
@@ -31,6 +36,14 @@ pub struct StoredLink {
     pub text: String,
     pub prev_hash: Option<Vec<u8>>,
     pub hash: Option<Vec<u8>>,
+}
+
+/// One entry of a walk through the stored trail: a record, or a stored segment that cannot be
+/// read at all (its bytes were damaged), named by the sequence numbers it claims.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum StoredEntry {
+    Link(StoredLink),
+    Damaged { first_seq: i64, last_seq: i64 },
 }
 
 /// A page of one tenant's rows in sequence order: `seq > after_seq`, at most `limit`, and,
@@ -77,12 +90,31 @@ pub trait AuditStore: Send + Sync {
     /// The stored hash after record `seq` (for checkpoints of earlier links than the head).
     async fn audit_hash_at(&self, tenant: TenantId, seq: i64) -> StoreResult<Option<ChainHash>>;
 
-    /// Stored rows of one chain, in sequence order.
+    /// Stored records of one chain, in sequence order (a damaged segment as one entry). An empty
+    /// page means the walk is over; a page may hold fewer than `limit` entries before the end.
     async fn audit_links(
         &self,
         tenant: TenantId,
         query: &LinkQuery,
-    ) -> StoreResult<Vec<StoredLink>>;
+    ) -> StoreResult<Vec<StoredEntry>>;
+
+    /// The retention markers of one chain, oldest first, as stored (the verifier checks them).
+    async fn audit_retention_markers(&self, tenant: TenantId) -> StoreResult<Vec<RetentionMarker>>;
+
+    /// The last sequence number of the longest run of oldest segments whose every record is older
+    /// than `before_ms`: how far retention may remove. `None` when not even the oldest segment
+    /// qualifies.
+    async fn audit_retention_boundary(
+        &self,
+        tenant: TenantId,
+        before_ms: i64,
+    ) -> StoreResult<Option<i64>>;
+
+    /// Stores the (signed) marker and removes every segment up to and including its sequence
+    /// number, in one transaction. Refused unless the marker's sequence number ends a stored
+    /// segment and its hash is the stored hash there. Returns the number of records removed.
+    /// PostgreSQL runs this as the schema owner: the server's role may not delete.
+    async fn audit_retain(&self, tenant: TenantId, marker: &RetentionMarker) -> StoreResult<u64>;
 
     /// Records of the scope's tenant matching the filter, newest first. A search by patient,
     /// principal, session or source reads an index, not the whole trail.

@@ -16,14 +16,21 @@
 //! After a broken link the check carries on from the stored hash, so one tampered record gives
 //! one report rather than one per later record; a chain rebuilt to hide an edit has intact
 //! links, and the checkpoints catch it.
+//!
+//! A chain shortened by retention starts after its newest valid signed marker (see
+//! [`super::retention`]) instead of at the genesis hash; a marker that fails its signature
+//! check is itself a break, and then the records it claims to have removed count as missing.
+//! [`verify_chain`] runs the whole check of one tenant against a store.
 
-use serde::Serialize;
+use carevault_crypto::VerifyingKey;
+use serde::{Deserialize, Serialize};
 
-use super::AuditRecord;
 use super::chain::{ChainHash, GENESIS, hash_from_bytes, link};
 use super::checkpoint::VerifiedCheckpoint;
-use super::storage::{ChainHead, StoredLink};
+use super::retention::VerifiedMarker;
+use super::storage::{AuditStore, ChainHead, LinkQuery, StoredEntry, StoredLink};
 use crate::ids::TenantId;
+use crate::store::StoreResult;
 
 /// What is wrong at a place in the trail.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize)]
@@ -45,6 +52,8 @@ pub enum Fault {
     Unhashed,
     /// A signed checkpoint disagrees with the chain at its sequence number.
     CheckpointMismatch { origin: String },
+    /// A retention marker is forged, edited or signed by another key.
+    MarkerInvalid { reason: String },
     /// A signed checkpoint names a sequence number past the last record: records were cut off.
     CheckpointPastEnd { last_seq: i64, origin: String },
     /// A signed checkpoint names a sequence number whose record is missing.
@@ -88,6 +97,10 @@ impl Fault {
             Fault::CheckpointInvalid { origin, reason } => {
                 format!("checkpoint {origin} cannot be trusted: {reason}")
             }
+            Fault::MarkerInvalid { reason } => format!(
+                "the retention marker for records up to here cannot be trusted ({reason}): \
+                 records were removed outside retention"
+            ),
             Fault::HeadMismatch { head_seq } => format!(
                 "the head row (at {head_seq}) disagrees with the last record: the chain was \
                  cut or extended without it"
@@ -157,6 +170,82 @@ pub struct TenantReport {
     pub breaks: Vec<Break>,
 }
 
+/// The two fields of a stored record the walk checks against its position; the rest of the text
+/// is covered by its hash (parsing only these keeps verification fast over millions of records).
+#[derive(Deserialize)]
+struct RecordIdentity<'a> {
+    seq: i64,
+    #[serde(borrow)]
+    tenant: &'a str,
+}
+
+/// Records read per round trip while verifying.
+const PAGE: usize = 8_192;
+
+/// Checks one tenant's stored chain: from its newest valid retention marker (or the genesis
+/// hash), through every stored record, against its head row and `checkpoints` (already
+/// verified, any tenant's: only this one's are used). `progress` is told how many records each
+/// page held.
+pub async fn verify_chain(
+    store: &dyn AuditStore,
+    tenant: TenantId,
+    checkpoints: Vec<VerifiedCheckpoint>,
+    key: &VerifyingKey,
+    progress: &(dyn Fn(u64) + Sync),
+) -> StoreResult<TenantReport> {
+    let mut check = ChainCheck::new(tenant, checkpoints);
+    let mut start: Option<VerifiedMarker> = None;
+    let mut marker_breaks = Vec::new();
+    for marker in store.audit_retention_markers(tenant).await? {
+        match marker.verify(tenant, key) {
+            Ok(verified) => {
+                if start.is_none_or(|best| verified.through_seq > best.through_seq) {
+                    start = Some(verified);
+                }
+            }
+            Err(fault) => marker_breaks.push(Break::new(
+                Some(tenant),
+                Some(marker.through_seq),
+                Fault::MarkerInvalid {
+                    reason: fault.to_string(),
+                },
+            )),
+        }
+    }
+    if let Some(marker) = &start {
+        check.start_after(marker);
+    }
+    loop {
+        let before = check.last_seq();
+        let entries = store
+            .audit_links(
+                tenant,
+                &LinkQuery {
+                    after_seq: before,
+                    since_ms: None,
+                    until_ms: None,
+                    limit: PAGE,
+                },
+            )
+            .await?;
+        if entries.is_empty() {
+            break;
+        }
+        for entry in &entries {
+            check.push_entry(entry);
+        }
+        progress(u64::try_from(entries.len()).unwrap_or(0));
+        if check.last_seq() <= before {
+            // A store that returns nothing new would otherwise be asked forever.
+            break;
+        }
+    }
+    let head = store.audit_head(tenant).await?;
+    let mut report = check.finish(head);
+    report.breaks.splice(0..0, marker_breaks);
+    Ok(report)
+}
+
 /// The running check of one tenant's chain.
 pub struct ChainCheck {
     tenant: TenantId,
@@ -165,6 +254,8 @@ pub struct ChainCheck {
     /// The hash of the chain so far (the stored hash of the last row once links are stored).
     running: ChainHash,
     hashed_started: bool,
+    /// After a damaged segment the running hash is unknown: the next link is taken as it is.
+    resync: bool,
     /// Verified checkpoints, by ascending sequence number.
     checkpoints: Vec<VerifiedCheckpoint>,
     next_checkpoint: usize,
@@ -183,6 +274,7 @@ impl ChainCheck {
             last_seq: 0,
             running: GENESIS,
             hashed_started: false,
+            resync: false,
             checkpoints,
             next_checkpoint: 0,
             matched: 0,
@@ -191,9 +283,64 @@ impl ChainCheck {
         }
     }
 
-    /// The last sequence number seen (for progress).
+    /// The last sequence number seen (where the next page starts).
     pub fn last_seq(&self) -> i64 {
         self.last_seq
+    }
+
+    /// Starts the chain after a (verified) retention marker: the records up to it were removed
+    /// by retention; checkpoints before it name removed records and are set aside, and one at
+    /// the marker itself must agree with it.
+    pub fn start_after(&mut self, marker: &VerifiedMarker) {
+        self.expected_seq = marker.through_seq + 1;
+        self.last_seq = marker.through_seq;
+        self.running = marker.hash;
+        self.hashed_started = true;
+        while let Some(checkpoint) = self.checkpoints.get(self.next_checkpoint) {
+            if checkpoint.seq > marker.through_seq {
+                break;
+            }
+            if checkpoint.seq == marker.through_seq {
+                if checkpoint.hash == marker.hash {
+                    self.matched += 1;
+                } else {
+                    self.breaks.push(Break::new(
+                        Some(self.tenant),
+                        Some(checkpoint.seq),
+                        Fault::CheckpointMismatch {
+                            origin: checkpoint.origin.clone(),
+                        },
+                    ));
+                }
+            }
+            self.next_checkpoint += 1;
+        }
+    }
+
+    /// Checks the next entry of a walk (entries must come in ascending `seq`).
+    pub fn push_entry(&mut self, entry: &StoredEntry) {
+        match entry {
+            StoredEntry::Link(link) => self.push(link),
+            StoredEntry::Damaged {
+                first_seq,
+                last_seq,
+            } => self.push_damaged(*first_seq, *last_seq),
+        }
+    }
+
+    /// A stored segment that cannot be read at all: its records count as unreadable.
+    pub fn push_damaged(&mut self, first_seq: i64, last_seq: i64) {
+        if first_seq > self.expected_seq {
+            let mut gap = Break::new(Some(self.tenant), Some(self.expected_seq), Fault::Missing);
+            gap.last_seq = Some(first_seq - 1);
+            self.breaks.push(gap);
+        }
+        let mut damaged = Break::new(Some(self.tenant), Some(first_seq), Fault::Unreadable);
+        damaged.last_seq = Some(last_seq.max(first_seq));
+        self.breaks.push(damaged);
+        self.expected_seq = last_seq.max(first_seq) + 1;
+        self.last_seq = last_seq.max(first_seq);
+        self.resync = true;
     }
 
     fn report(&mut self, seq: i64, fault: Fault) {
@@ -222,7 +369,7 @@ impl ChainCheck {
         self.expected_seq = row.seq + 1;
         self.last_seq = row.seq;
 
-        match serde_json::from_str::<AuditRecord>(&row.text) {
+        match serde_json::from_str::<RecordIdentity>(&row.text) {
             Ok(record) => {
                 if record.seq != row.seq {
                     self.report(
@@ -232,11 +379,11 @@ impl ChainCheck {
                         },
                     );
                 }
-                if record.tenant != self.tenant {
+                if TenantId::parse(record.tenant) != Some(self.tenant) {
                     self.report(
                         row.seq,
                         Fault::WrongTenant {
-                            recorded: record.tenant.to_string(),
+                            recorded: record.tenant.to_owned(),
                         },
                     );
                 }
@@ -251,6 +398,9 @@ impl ChainCheck {
         match stored {
             (Some(prev_hash), Some(hash)) => {
                 self.hashed_started = true;
+                if std::mem::take(&mut self.resync) {
+                    self.running = prev_hash;
+                }
                 if prev_hash != self.running {
                     self.report(row.seq, Fault::LinkBroken);
                 }
@@ -337,7 +487,7 @@ impl ChainCheck {
 mod tests {
     use super::*;
     use crate::audit::chain::extend;
-    use crate::audit::{AUDIT_RECORD_VERSION, Outcome};
+    use crate::audit::{AUDIT_RECORD_VERSION, AuditRecord, Outcome};
 
     fn record(tenant: TenantId, detail: &str) -> AuditRecord {
         AuditRecord {
@@ -431,6 +581,7 @@ mod tests {
             Fault::CheckpointPastEnd { .. } => "cp-past-end",
             Fault::CheckpointOnMissing { .. } => "cp-on-missing",
             Fault::CheckpointInvalid { .. } => "cp-invalid",
+            Fault::MarkerInvalid { .. } => "marker-invalid",
             Fault::HeadMismatch { .. } => "head",
         }
     }
@@ -560,5 +711,75 @@ mod tests {
                 (Some(11), Some(11), "head"),
             ]
         );
+    }
+
+    #[test]
+    fn a_chain_shortened_by_retention_verifies_from_its_marker() {
+        let tenant = TenantId::generate();
+        let rows = chain(tenant, 10);
+        let marker = VerifiedMarker {
+            tenant,
+            through_seq: 4,
+            hash: hash_from_bytes(rows[3].hash.as_deref().unwrap_or_default()).unwrap_or(GENESIS),
+            time_ms: 0,
+        };
+        let kept = &rows[4..];
+        let cps = vec![
+            checkpoint(tenant, &rows, 2),
+            checkpoint(tenant, &rows, 4),
+            checkpoint(tenant, &rows, 8),
+        ];
+        let mut walk = ChainCheck::new(tenant, cps.clone());
+        walk.start_after(&marker);
+        for row in kept {
+            walk.push(row);
+        }
+        let report = walk.finish(head(&rows));
+        assert!(report.breaks.is_empty(), "{:?}", report.breaks);
+        assert_eq!((report.records, report.checkpoints), (6, 2));
+
+        // Without the marker the removed records are missing.
+        assert_eq!(
+            check(tenant, kept, vec![], head(&rows)),
+            vec![(Some(1), Some(4), "missing"), (Some(5), Some(5), "link")]
+        );
+
+        // A marker naming another hash than the checkpoint at the same place is a break.
+        let mut walk = ChainCheck::new(tenant, cps);
+        walk.start_after(&VerifiedMarker {
+            hash: [9; 32],
+            ..marker
+        });
+        for row in kept {
+            walk.push(row);
+        }
+        let found: Vec<_> = walk
+            .finish(head(&rows))
+            .breaks
+            .iter()
+            .map(|b| (b.seq, kind(&b.fault)))
+            .collect();
+        assert_eq!(found, vec![(Some(4), "cp-mismatch"), (Some(5), "link")]);
+    }
+
+    #[test]
+    fn a_damaged_segment_is_one_break_and_the_walk_goes_on() {
+        let tenant = TenantId::generate();
+        let rows = chain(tenant, 10);
+        let mut check = ChainCheck::new(tenant, vec![checkpoint(tenant, &rows, 10)]);
+        for row in &rows[..3] {
+            check.push(row);
+        }
+        check.push_damaged(4, 6);
+        for row in &rows[6..] {
+            check.push(row);
+        }
+        let found: Vec<_> = check
+            .finish(head(&rows))
+            .breaks
+            .iter()
+            .map(|b| (b.seq, b.last_seq, kind(&b.fault)))
+            .collect();
+        assert_eq!(found, vec![(Some(4), Some(6), "unreadable")]);
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use carevault_domain::audit::chain::{self, GENESIS};
-use carevault_domain::audit::storage::{ChainHead, LinkQuery};
+use carevault_domain::audit::storage::{ChainHead, LinkQuery, StoredEntry, StoredLink};
 use carevault_domain::audit::verify::{ChainCheck, TenantReport};
 use carevault_domain::ids::TenantId;
 use carevault_domain::store::Store;
@@ -17,6 +17,17 @@ conformance!(
     every_append_extends_the_tenant_chain,
     records_from_before_hashing_are_adopted,
 );
+
+/// The records of a walk, every entry readable.
+fn links_of(entries: Vec<StoredEntry>) -> Vec<StoredLink> {
+    entries
+        .into_iter()
+        .map(|entry| match entry {
+            StoredEntry::Link(link) => link,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect()
+}
 
 /// Walks a chain page by page through the store, as `audit verify` does.
 async fn verify(store: &Arc<dyn Store>, tenant: TenantId, page: usize) -> TenantReport {
@@ -38,7 +49,7 @@ async fn verify(store: &Arc<dyn Store>, tenant: TenantId, page: usize) -> Tenant
             break;
         }
         for link in &links {
-            check.push(link);
+            check.push_entry(link);
         }
     }
     check.finish(store.audit_head(tenant).await.unwrap())
@@ -85,18 +96,20 @@ async fn every_append_extends_the_tenant_chain(store: Arc<dyn Store>, _raw: &Raw
         Some(head.hash.unwrap()),
         store.audit_hash_at(a, 703).await.unwrap()
     );
-    let links = store
-        .audit_links(
-            a,
-            &LinkQuery {
-                after_seq: 0,
-                since_ms: None,
-                until_ms: None,
-                limit: 10_000,
-            },
-        )
-        .await
-        .unwrap();
+    let links = links_of(
+        store
+            .audit_links(
+                a,
+                &LinkQuery {
+                    after_seq: 0,
+                    since_ms: None,
+                    until_ms: None,
+                    limit: 10_000,
+                },
+            )
+            .await
+            .unwrap(),
+    );
     let recomputed = links.iter().fold(GENESIS, |hash, link| {
         chain::link(&hash, link.text.as_bytes())
     });
@@ -117,18 +130,20 @@ async fn every_append_extends_the_tenant_chain(store: Arc<dyn Store>, _raw: &Raw
     let mut late = audit(b, "read", "late");
     late.time_ms = T0 + 10_000;
     store.append_audit(&[late]).await.unwrap();
-    let window = store
-        .audit_links(
-            b,
-            &LinkQuery {
-                after_seq: 0,
-                since_ms: Some(T0 + 1),
-                until_ms: Some(T0 + 20_000),
-                limit: 10,
-            },
-        )
-        .await
-        .unwrap();
+    let window = links_of(
+        store
+            .audit_links(
+                b,
+                &LinkQuery {
+                    after_seq: 0,
+                    since_ms: Some(T0 + 1),
+                    until_ms: Some(T0 + 20_000),
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap(),
+    );
     assert_eq!(window.iter().map(|l| l.seq).collect::<Vec<_>>(), vec![2]);
 }
 
@@ -169,17 +184,19 @@ async fn records_from_before_hashing_are_adopted(store: Arc<dyn Store>, raw: &Ra
     let adopted = texts
         .iter()
         .fold(GENESIS, |hash, text| chain::link(&hash, text.as_bytes()));
-    let third = &store
-        .audit_links(
-            a,
-            &LinkQuery {
-                after_seq: 2,
-                since_ms: None,
-                until_ms: None,
-                limit: 10,
-            },
-        )
-        .await
-        .unwrap()[0];
+    let third = &links_of(
+        store
+            .audit_links(
+                a,
+                &LinkQuery {
+                    after_seq: 2,
+                    since_ms: None,
+                    until_ms: None,
+                    limit: 10,
+                },
+            )
+            .await
+            .unwrap(),
+    )[0];
     assert_eq!(third.prev_hash.as_deref(), Some(&adopted[..]));
 }
