@@ -4,10 +4,14 @@
 //! - `load`: a closed-loop HTTP load at a fixed number of connections for a fixed time, with
 //!   per-operation throughput and latency beside the same server's `/healthz` ceiling;
 //! - `inproc`: the same reads and searches through the domain and the store in this process,
-//!   without HTTP (the "raw store" baseline).
+//!   without HTTP (the "raw store" baseline), and the read with its audit records appended in
+//!   memory only (the durable trail's cost);
+//! - `audit-trail`: the audit trail at scale (append, size, search, verify) in a fresh
+//!   database, beside in-memory baselines of the same records.
 //!
 //! Every client obtains its token as a real one does (ES384 assertion, `/oauth/token`).
 
+mod audit_trail;
 mod client;
 mod inproc;
 mod load;
@@ -127,8 +131,54 @@ enum Command {
         patients: u64,
         #[arg(long, default_value_t = 1000)]
         sample: usize,
+        /// The audit trail behind the domain read: the durable one, a bare in-memory append,
+        /// or both in turn with the ratio of their throughputs (a benchmark switch only; nhs
+        /// and family always use the durable trail).
+        #[arg(long, value_enum, default_value = "both")]
+        audit: inproc::ReadAudit,
         #[arg(long)]
         json_out: Option<PathBuf>,
+    },
+    /// Append, size, search and verify a synthetic audit trail in a fresh database, against the
+    /// targets for 10 million records (50,000 records/s appended, a search by patient in under
+    /// 50 ms, verification in under 30 s, under 2 GiB on disk), beside in-memory baselines of
+    /// the same records (a `Vec` push, the hash chain alone) measured in the same run.
+    ///
+    /// No server is needed: the command opens the store itself. The database is removed at the
+    /// end unless --keep is given.
+    AuditTrail {
+        /// Records to append.
+        #[arg(long, default_value_t = 10_000_000)]
+        records: u64,
+        /// Records per `append_audit` call, that is per shared commit (the server's group
+        /// committer carries at most 512).
+        #[arg(long, default_value_t = 512)]
+        batch: usize,
+        /// Patients the records are about (a pool of UUIDs derived from --seed).
+        #[arg(long, default_value_t = 100_000)]
+        patients: u64,
+        /// A PostgreSQL server, e.g. postgres://postgres@127.0.0.1:5432/postgres: a fresh
+        /// database carevault_bench_audit_<random> is created on it (through the `postgres`
+        /// maintenance database) and dropped at the end. Without it: a fresh SQLite file.
+        #[arg(long)]
+        database: Option<String>,
+        /// Where the run's temporary directory goes (the SQLite file, the throwaway keys).
+        #[arg(long, default_value = "/tmp")]
+        dir: PathBuf,
+        /// Searches by patient to time (random patients of the pool).
+        #[arg(long, default_value_t = 1000)]
+        searches: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Write the figures as JSON here (for bench/report.py).
+        #[arg(long, alias = "json-out")]
+        json: Option<PathBuf>,
+        /// Keep the database and the temporary directory, and print where they are.
+        #[arg(long)]
+        keep: bool,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
     },
 }
 
@@ -280,6 +330,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             patients,
             sample,
+            audit,
             json_out,
         } => {
             let (client_id, key) = who.resolve()?;
@@ -295,8 +346,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 patients,
                 sample: sample.max(1),
             };
-            let report = inproc::run(&data_dir, options, tokens).await?;
+            let report = inproc::run(&data_dir, options, audit, tokens).await?;
             write_json(json_out.as_ref(), &report)
+        }
+        Command::AuditTrail {
+            records,
+            batch,
+            patients,
+            database,
+            dir,
+            searches,
+            seed,
+            json,
+            keep,
+            quiet,
+        } => {
+            let report = audit_trail::run(audit_trail::AuditTrailOptions {
+                records,
+                batch,
+                patients,
+                database,
+                dir,
+                searches,
+                seed,
+                keep,
+                quiet,
+            })
+            .await?;
+            write_json(json.as_ref(), &report)
         }
     }
 }

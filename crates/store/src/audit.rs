@@ -1,99 +1,94 @@
 //! The audit chain in the store: appending with hashes, inside the caller's transaction, and
-//! the reads the checkpointer, `audit verify` and `audit export` use ([`AuditStore`]).
+//! the reads the checkpointer, `audit verify|export|retain` and the security officer's search
+//! use ([`AuditStore`]).
 //!
-//! An append reserves its sequence numbers by moving the tenant's head row forward (the row
-//! lock orders concurrent appenders on PostgreSQL; SQLite's single writer orders them there),
-//! chains the records onto the head's hash with [`carevault_domain::audit::chain::extend`] (the
-//! same function the verifier uses), inserts them in multi-row statements and moves the head's
-//! hash forward: all in the transaction that carries the write, so a record and its link commit
-//! together or not at all.
+//! Records are stored in segments (see [`crate::audit_segment`]): an append reserves its
+//! sequence numbers by moving the tenant's head row forward (the row lock orders concurrent
+//! appenders on PostgreSQL; SQLite's single writer orders them there), chains the records onto
+//! the head's hash with [`carevault_domain::audit::chain::extend`] (the same function the
+//! verifier uses), stores them as one segment (split past [`MAX_RECORDS`]) with its search keys,
+//! and moves the head's hash forward: all in the transaction that carries the write, so a record
+//! and its link commit together or not at all. That is four statements per tenant per commit,
+//! however many records it carries.
 //!
-//! The same transaction writes the search indexes: each record's principal, session and source
-//! address as columns of its row, and one `audit_subjects` row per patient it touched, so the
-//! security officer's search ([`AuditStore::audit_search`]) reads an index rather than the trail.
+//! Retention ([`AuditStore::audit_retain`]) stores a signed marker and then deletes whole
+//! segments up to it; the database's triggers refuse any other delete.
 //!
-//! Records stored before hashing began (their `hash` columns are NULL) are adopted by the first
-//! append after the upgrade: it hashes them in order from the genesis hash, so the chain covers
-//! them too (their rows cannot be updated, and need not be: the verifier recomputes them).
+//! Rows of schema version 5 (one per record, in `audit_log_v5`) are moved into segments once,
+//! by [`convert_legacy`](audit_implementation) right after the migrations, texts and hashes
+//! unchanged (records from before hashing began get their hashes then).
 //!
 //! [`AuditStore`]: carevault_domain::audit::storage::AuditStore
+//! [`AuditStore::audit_retain`]: carevault_domain::audit::storage::AuditStore::audit_retain
 
-use carevault_domain::audit::AuditRecord;
-use carevault_domain::audit::chain::{self, ChainHash, ChainedRecord, GENESIS};
-use carevault_domain::audit::storage::AuditFilter;
+use carevault_domain::audit::chain::{self, ChainHash};
+use carevault_domain::audit::storage::{AuditFilter, StoredEntry, StoredLink};
+use carevault_domain::audit::{AuditRecord, Outcome};
 use carevault_domain::store::StoreError;
 
+use crate::audit_segment::{self, DamagedSegment, KeyKind, MAX_RECORDS, SegmentRecord, search_key};
+
 /// Moves the head forward by `$2` records, creating it (at `$2`) for a tenant's first record;
-/// returns the new last sequence number and the hash *before* this append (NULL for a new head,
-/// or for a head whose records predate hashing).
+/// returns the new last sequence number and the hash *before* this append (NULL for a new head).
 pub(crate) const ADVANCE_HEAD: &str = "INSERT INTO audit_heads (tenant_id, seq) VALUES ($1, $2) \
      ON CONFLICT (tenant_id) DO UPDATE SET seq = audit_heads.seq + excluded.seq \
      RETURNING seq, hash";
 pub(crate) const SET_HEAD_HASH: &str = "UPDATE audit_heads SET hash = $2 WHERE tenant_id = $1";
-pub(crate) const SELECT_UNHASHED_TEXTS: &str =
-    "SELECT record FROM audit_log WHERE tenant_id = $1 AND seq <= $2 ORDER BY seq";
 pub(crate) const SELECT_HEAD: &str = "SELECT seq, hash FROM audit_heads WHERE tenant_id = $1";
 pub(crate) const SELECT_TENANT_IDS: &str = "SELECT id FROM tenants ORDER BY id";
-pub(crate) const SELECT_HASH_AT: &str =
-    "SELECT hash FROM audit_log WHERE tenant_id = $1 AND seq = $2";
-pub(crate) const SELECT_LINKS: &str = "SELECT seq, time_ms, record, prev_hash, hash \
-     FROM audit_log WHERE tenant_id = $1 AND seq > $2 AND time_ms >= $3 AND time_ms < $4 \
-     ORDER BY seq LIMIT $5";
+pub(crate) const INSERT_SEGMENT: &str = "INSERT INTO audit_segments \
+     (tenant_id, first_seq, last_seq, min_time_ms, max_time_ms, prev_hash, body) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+/// The segment holding `$2`, if any.
+pub(crate) const SELECT_SEGMENT_AT: &str = "SELECT first_seq, last_seq, prev_hash, body \
+     FROM audit_segments WHERE tenant_id = $1 AND first_seq <= $2 \
+     ORDER BY first_seq DESC LIMIT 1";
+/// Segments after sequence number `$2` overlapping the time window `[$3, $4)`, oldest first.
+pub(crate) const SELECT_SEGMENTS_AFTER: &str = "SELECT first_seq, last_seq, prev_hash, body \
+     FROM audit_segments WHERE tenant_id = $1 AND last_seq > $2 \
+     AND max_time_ms >= $3 AND min_time_ms < $4 ORDER BY first_seq LIMIT $5";
+pub(crate) const SELECT_ALL_SEGMENTS: &str = "SELECT first_seq, last_seq, prev_hash, body \
+     FROM audit_segments WHERE tenant_id = $1 ORDER BY first_seq";
+pub(crate) const SELECT_MARKERS: &str =
+    "SELECT marker FROM audit_retention WHERE tenant_id = $1 ORDER BY through_seq";
+/// The end of the oldest run of segments whose every record is older than `$2`.
+pub(crate) const SELECT_RETENTION_BOUNDARY: &str = "SELECT max(last_seq) FROM audit_segments \
+     WHERE tenant_id = $1 AND max_time_ms < $2 AND last_seq < coalesce(\
+       (SELECT min(first_seq) FROM audit_segments WHERE tenant_id = $1 AND max_time_ms >= $2), \
+       9223372036854775807)";
+pub(crate) const SELECT_SEGMENT_ENDING: &str = "SELECT first_seq, last_seq, prev_hash, body \
+     FROM audit_segments WHERE tenant_id = $1 AND last_seq = $2";
+pub(crate) const INSERT_MARKER: &str =
+    "INSERT INTO audit_retention (tenant_id, through_seq, marker) VALUES ($1, $2, $3)";
+pub(crate) const DELETE_KEYS_THROUGH: &str =
+    "DELETE FROM audit_keys WHERE tenant_id = $1 AND first_seq <= $2";
+pub(crate) const DELETE_SEGMENTS_THROUGH: &str =
+    "DELETE FROM audit_segments WHERE tenant_id = $1 AND last_seq <= $2";
+pub(crate) const SELECT_LEGACY_TENANTS: &str = "SELECT DISTINCT tenant_id FROM audit_log_v5";
+pub(crate) const SELECT_LEGACY_ROWS: &str = "SELECT seq, time_ms, record, prev_hash, hash FROM audit_log_v5 \
+     WHERE tenant_id = $1 ORDER BY seq";
+pub(crate) const DROP_LEGACY: &str = "DROP TABLE audit_log_v5";
 
-/// Rows per INSERT statement: at most 11 values each, well under both engines' limits on bound
-/// values (SQLite 32,766; PostgreSQL 65,535).
-pub(crate) const ROWS_PER_INSERT: usize = 256;
+/// Segments read per round trip by a walk or a search.
+pub(crate) const SEGMENTS_PER_FETCH: i64 = 16;
+
+/// Rows per `audit_keys` INSERT (three values each).
+pub(crate) const KEYS_PER_INSERT: usize = 1_000;
 
 /// How an engine numbers placeholders in the multi-row INSERT.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Placeholders {
-    /// `$1` is the tenant, shared by every row (PostgreSQL).
+    /// `$1`, `$2`, … (PostgreSQL).
     Numbered,
-    /// Anonymous `?`, eleven per row, tenant included. SQLite resolves a numbered placeholder's
-    /// position by a linear scan per parameter, which makes binding a long statement quadratic;
-    /// anonymous ones bind in order at no cost.
+    /// Anonymous `?`. SQLite resolves a numbered placeholder's position by a linear scan per
+    /// parameter, which makes binding a long statement quadratic; anonymous ones bind in order.
     Anonymous,
 }
 
-/// Values per row of [`insert_statement`] after the tenant.
-const ROW_VALUES: usize = 10;
-
-/// `INSERT INTO audit_log … VALUES (…), (…)` for `rows` rows; per row the tenant, then the
-/// ten values of an [`AuditRow`] in field order.
-pub(crate) fn insert_statement(rows: usize, style: Placeholders) -> String {
-    let mut text = String::with_capacity(160 + rows * 56);
-    text.push_str(
-        "INSERT INTO audit_log (tenant_id, seq, time_ms, action, outcome, record, prev_hash, hash, \
-         principal, session, source) VALUES ",
-    );
-    for row in 0..rows {
-        if row > 0 {
-            text.push_str(", ");
-        }
-        match style {
-            Placeholders::Numbered => {
-                let base = 2 + row * ROW_VALUES;
-                text.push_str("($1");
-                for offset in 0..ROW_VALUES {
-                    text.push_str(", $");
-                    text.push_str(&(base + offset).to_string());
-                }
-                text.push(')');
-            }
-            Placeholders::Anonymous => text.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-        }
-    }
-    text
-}
-
-/// Rows per `audit_subjects` INSERT (three values each).
-pub(crate) const SUBJECTS_PER_INSERT: usize = 1_000;
-
-/// `INSERT INTO audit_subjects … VALUES (…), (…)` for `rows` (tenant, patient, seq) rows, every
-/// value its own placeholder (numbered on PostgreSQL, anonymous on SQLite).
-pub(crate) fn subjects_statement(rows: usize, style: Placeholders) -> String {
+/// `INSERT INTO audit_keys … VALUES (…), (…)` for `rows` (tenant, key, first_seq) rows.
+pub(crate) fn keys_statement(rows: usize, style: Placeholders) -> String {
     let mut text = String::with_capacity(80 + rows * 24);
-    text.push_str("INSERT INTO audit_subjects (tenant_id, patient, seq) VALUES ");
+    text.push_str("INSERT INTO audit_keys (tenant_id, key, first_seq) VALUES ");
     for row in 0..rows {
         if row > 0 {
             text.push_str(", ");
@@ -109,185 +104,446 @@ pub(crate) fn subjects_statement(rows: usize, style: Placeholders) -> String {
     text
 }
 
-/// A value bound to a search statement, in placeholder order.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub(crate) enum SearchValue {
-    Tenant,
-    Text(String),
-    Number(i64),
+/// One segment to insert.
+pub(crate) struct NewSegment {
+    pub first_seq: i64,
+    pub last_seq: i64,
+    pub min_time_ms: i64,
+    pub max_time_ms: i64,
+    pub prev_hash: ChainHash,
+    pub body: Vec<u8>,
+    /// The distinct search keys of its records.
+    pub keys: Vec<i64>,
 }
 
-/// The search statement for `filter` and its values in placeholder order (`$1`, `$2`, …; both
-/// engines accept numbered placeholders). It selects the stored record text, newest first.
-/// With a patient the walk starts from `audit_subjects` (its primary key is the patient's
-/// records in sequence order); otherwise from `audit_log`, whose principal, session and source
-/// indexes also end in `seq`.
-pub(crate) fn search_statement(filter: &AuditFilter) -> (String, Vec<SearchValue>) {
-    let mut values = vec![SearchValue::Tenant];
-    let mut text = String::from("SELECT l.record FROM ");
-    fn next(value: SearchValue, values: &mut Vec<SearchValue>) -> String {
-        values.push(value);
-        format!("${}", values.len())
-    }
-    let key = if let Some(patient) = &filter.patient {
-        let placeholder = next(SearchValue::Text(patient.clone()), &mut values);
-        text.push_str(&format!(
-            "audit_subjects s JOIN audit_log l ON l.tenant_id = s.tenant_id AND l.seq = s.seq \
-             WHERE s.tenant_id = $1 AND s.patient = {placeholder}"
-        ));
-        "s.seq"
-    } else {
-        text.push_str("audit_log l WHERE l.tenant_id = $1");
-        "l.seq"
-    };
-    let columns = [
-        ("l.principal", filter.principal.as_ref()),
-        ("l.session", filter.session.as_ref()),
-        ("l.source", filter.source.as_ref()),
-        ("l.action", filter.action.as_ref()),
+fn damaged(error: DamagedSegment) -> StoreError {
+    StoreError::Backend(error.to_string())
+}
+
+/// The search keys of one record.
+fn record_keys(record: &AuditRecord) -> impl Iterator<Item = i64> + '_ {
+    let singles = [
+        Some((KeyKind::Principal, record.principal.as_str())),
+        record
+            .session
+            .as_deref()
+            .map(|session| (KeyKind::Session, session)),
+        record
+            .source
+            .as_deref()
+            .map(|source| (KeyKind::Source, source)),
+        Some((KeyKind::Action, record.action.as_str())),
+        Some((KeyKind::Outcome, record.outcome.as_str())),
     ];
-    for (column, value) in columns {
-        if let Some(value) = value {
-            let placeholder = next(SearchValue::Text(value.clone()), &mut values);
-            text.push_str(&format!(" AND {column} = {placeholder}"));
-        }
-    }
-    if let Some(outcome) = filter.outcome {
-        let placeholder = next(SearchValue::Text(outcome.as_str().to_owned()), &mut values);
-        text.push_str(&format!(" AND l.outcome = {placeholder}"));
-    }
-    if let Some(since) = filter.since_ms {
-        let placeholder = next(SearchValue::Number(since), &mut values);
-        text.push_str(&format!(" AND l.time_ms >= {placeholder}"));
-    }
-    if let Some(until) = filter.until_ms {
-        let placeholder = next(SearchValue::Number(until), &mut values);
-        text.push_str(&format!(" AND l.time_ms < {placeholder}"));
-    }
-    if let Some(before) = filter.before_seq {
-        let placeholder = next(SearchValue::Number(before), &mut values);
-        text.push_str(&format!(" AND {key} < {placeholder}"));
-    }
-    let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
-    let placeholder = next(SearchValue::Number(limit), &mut values);
-    text.push_str(&format!(" ORDER BY {key} DESC LIMIT {placeholder}"));
-    (text, values)
-}
-
-/// One row to insert, values in the statement's order.
-pub(crate) struct AuditRow {
-    pub seq: i64,
-    pub time_ms: i64,
-    pub action: String,
-    pub outcome: &'static str,
-    pub text: String,
-    pub prev_hash: Vec<u8>,
-    pub hash: Vec<u8>,
-    pub principal: String,
-    pub session: Option<String>,
-    pub source: Option<String>,
-    /// The record's patients, for `audit_subjects`.
-    pub subjects: Vec<String>,
-}
-
-/// The hash to chain from: the head's, or for records predating hashing, their recomputation.
-pub(crate) fn starting_hash(
-    previous_seq: i64,
-    stored: Option<Vec<u8>>,
-    unhashed_texts: impl FnOnce() -> Option<Vec<String>>,
-) -> Result<Option<ChainHash>, StoreError> {
-    if previous_seq == 0 {
-        return Ok(Some(GENESIS));
-    }
-    match stored {
-        Some(bytes) => chain::hash_from_bytes(&bytes)
-            .map(Some)
-            .ok_or_else(|| StoreError::Backend("stored audit head hash is not valid".to_owned())),
-        None => Ok(unhashed_texts().map(|texts| {
-            texts
+    singles
+        .into_iter()
+        .flatten()
+        .chain(
+            record
+                .subjects
                 .iter()
-                .fold(GENESIS, |hash, text| chain::link(&hash, text.as_bytes()))
-        })),
-    }
+                .map(|patient| (KeyKind::Patient, patient.as_str())),
+        )
+        .map(|(kind, value)| search_key(kind, value))
 }
 
-/// Chains the records after `(previous_seq, previous_hash)` into rows to insert.
-pub(crate) fn chain_rows(
+/// Chains `records` onto `(previous_seq, previous_hash)` and packs them into segments of at
+/// most [`MAX_RECORDS`]. Returns the segments and the new head hash.
+pub(crate) fn build_segments(
     previous_seq: i64,
     previous_hash: ChainHash,
     records: &[&AuditRecord],
-) -> Result<(Vec<AuditRow>, ChainHash), StoreError> {
+) -> Result<(Vec<NewSegment>, ChainHash), StoreError> {
     let chained = chain::extend(previous_seq, previous_hash, records.iter().copied())
         .map_err(|error| StoreError::Backend(format!("audit record not serialisable: {error}")))?;
     let head = chained.last().map_or(previous_hash, |last| last.hash);
-    let rows = chained
-        .into_iter()
-        .zip(records)
-        .map(|(chained, record)| {
-            let ChainedRecord {
-                seq,
-                text,
-                prev_hash,
-                hash,
-            } = chained;
-            AuditRow {
-                seq,
+    let mut segments = Vec::new();
+    for (links, originals) in chained.chunks(MAX_RECORDS).zip(records.chunks(MAX_RECORDS)) {
+        let (Some(first), Some(last)) = (links.first(), links.last()) else {
+            continue;
+        };
+        let stored: Vec<SegmentRecord> = links
+            .iter()
+            .zip(originals)
+            .map(|(link, record)| SegmentRecord {
+                text: link.text.clone(),
                 time_ms: record.time_ms,
-                action: record.action.clone(),
-                outcome: record.outcome.as_str(),
-                text,
-                prev_hash: prev_hash.to_vec(),
-                hash: hash.to_vec(),
-                principal: record.principal.clone(),
-                session: record.session.clone(),
-                source: record.source.clone(),
-                subjects: distinct(&record.subjects),
+                hash: link.hash,
+            })
+            .collect();
+        let mut keys: Vec<i64> = originals.iter().flat_map(|r| record_keys(r)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        segments.push(NewSegment {
+            first_seq: first.seq,
+            last_seq: last.seq,
+            min_time_ms: originals.iter().map(|r| r.time_ms).min().unwrap_or(0),
+            max_time_ms: originals.iter().map(|r| r.time_ms).max().unwrap_or(0),
+            prev_hash: first.prev_hash,
+            body: audit_segment::encode(&stored).map_err(damaged)?,
+            keys,
+        });
+    }
+    Ok((segments, head))
+}
+
+/// A stored segment row as read.
+pub(crate) struct SegmentRow {
+    pub first_seq: i64,
+    pub last_seq: i64,
+    pub prev_hash: Vec<u8>,
+    pub body: Vec<u8>,
+}
+
+impl SegmentRow {
+    /// The segment's records with their positions and links, or `None` when it is damaged
+    /// (unreadable, or holding another number of records than its sequence numbers claim).
+    pub fn open(&self) -> Option<Vec<(i64, SegmentRecord)>> {
+        let records = audit_segment::decode(&self.body).ok()?;
+        let count = i64::try_from(records.len()).ok()?;
+        if count != self.last_seq - self.first_seq + 1 {
+            return None;
+        }
+        Some(
+            records
+                .into_iter()
+                .enumerate()
+                .map(|(index, record)| (self.first_seq + index as i64, record))
+                .collect(),
+        )
+    }
+
+    /// Appends the segment's records after `after_seq` and within `[since, until)` as
+    /// entries of a walk (each with the hash before it), or one `Damaged` entry.
+    pub fn push_entries(&self, after_seq: i64, since: i64, until: i64, out: &mut Vec<StoredEntry>) {
+        let Some(records) = self.open() else {
+            out.push(StoredEntry::Damaged {
+                first_seq: self.first_seq,
+                last_seq: self.last_seq,
+            });
+            return;
+        };
+        let mut previous = self.prev_hash.clone();
+        for (seq, record) in records {
+            let hash = record.hash.to_vec();
+            if seq > after_seq && record.time_ms >= since && record.time_ms < until {
+                out.push(StoredEntry::Link(StoredLink {
+                    seq,
+                    time_ms: record.time_ms,
+                    text: record.text,
+                    prev_hash: Some(previous),
+                    hash: Some(hash.clone()),
+                }));
             }
-        })
-        .collect();
-    Ok((rows, head))
+            previous = hash;
+        }
+    }
 }
 
-/// The record's patients once each (the index's key holds each pair once).
-fn distinct(subjects: &[String]) -> Vec<String> {
-    let mut subjects = subjects.to_vec();
-    subjects.sort();
-    subjects.dedup();
-    subjects
+/// Runs of consecutive legacy rows (seq, time, text, hash) cut into segments: a gap in the
+/// sequence numbers ends a segment, so a record missing before the move stays missing after.
+pub(crate) fn legacy_segments(
+    rows: Vec<(i64, i64, String, Option<Vec<u8>>, Option<Vec<u8>>)>,
+) -> Result<(Vec<NewSegment>, ChainHash), StoreError> {
+    let mut segments = Vec::new();
+    let mut running = chain::GENESIS;
+    let mut current: Vec<(i64, SegmentRecord, ChainHash, Vec<i64>)> = Vec::new();
+    let flush = |current: &mut Vec<(i64, SegmentRecord, ChainHash, Vec<i64>)>,
+                 segments: &mut Vec<NewSegment>|
+     -> Result<(), StoreError> {
+        let (Some(first), Some(last)) = (current.first(), current.last()) else {
+            return Ok(());
+        };
+        let mut keys: Vec<i64> = current.iter().flat_map(|c| c.3.iter().copied()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let stored: Vec<SegmentRecord> = current.iter().map(|c| c.1.clone()).collect();
+        segments.push(NewSegment {
+            first_seq: first.0,
+            last_seq: last.0,
+            min_time_ms: current.iter().map(|c| c.1.time_ms).min().unwrap_or(0),
+            max_time_ms: current.iter().map(|c| c.1.time_ms).max().unwrap_or(0),
+            prev_hash: first.2,
+            body: audit_segment::encode(&stored).map_err(damaged)?,
+            keys,
+        });
+        current.clear();
+        Ok(())
+    };
+    for (seq, time_ms, text, prev_hash, hash) in rows {
+        let gap = current.last().is_some_and(|last| last.0 + 1 != seq);
+        if gap || current.len() >= MAX_RECORDS {
+            flush(&mut current, &mut segments)?;
+        }
+        // Stored hashes are kept as they are (a tampered row stays detectably tampered);
+        // records from before hashing get theirs now.
+        let prev = prev_hash
+            .as_deref()
+            .and_then(chain::hash_from_bytes)
+            .unwrap_or(running);
+        let hash = hash
+            .as_deref()
+            .and_then(chain::hash_from_bytes)
+            .unwrap_or_else(|| chain::link(&running, text.as_bytes()));
+        let keys = legacy_keys(&text);
+        current.push((
+            seq,
+            SegmentRecord {
+                text,
+                time_ms,
+                hash,
+            },
+            prev,
+            keys,
+        ));
+        running = hash;
+    }
+    flush(&mut current, &mut segments)?;
+    Ok((segments, running))
 }
 
-/// Implements the chained append (`append_chained`, called by the shared `Store` code) and
-/// [`AuditStore`](carevault_domain::audit::storage::AuditStore) for one engine, with the same
-/// four engine methods `implement_store!` relies on.
+/// The search keys of a version-5 record, read leniently: a record too damaged to parse is
+/// moved as it is (the verifier reports it) and simply not found by searches.
+fn legacy_keys(text: &str) -> Vec<i64> {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+        return Vec::new();
+    };
+    let field = |name: &str| value.get(name).and_then(serde_json::Value::as_str);
+    let singles = [
+        (KeyKind::Principal, field("principal")),
+        (KeyKind::Session, field("session")),
+        (KeyKind::Source, field("source")),
+        (KeyKind::Action, field("action")),
+        (KeyKind::Outcome, field("outcome")),
+    ];
+    let subjects = value
+        .get("subjects")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_str)
+        .map(|patient| (KeyKind::Patient, Some(patient)));
+    singles
+        .into_iter()
+        .chain(subjects)
+        .filter_map(|(kind, value)| value.map(|value| search_key(kind, value)))
+        .collect()
+}
+
+/// How a search finds candidate segments: by up to six search keys (the first drives the walk,
+/// the others must be present in the same segment), newest first.
+pub(crate) fn filter_keys(filter: &AuditFilter) -> Vec<i64> {
+    [
+        filter
+            .patient
+            .as_deref()
+            .map(|value| (KeyKind::Patient, value)),
+        filter
+            .session
+            .as_deref()
+            .map(|value| (KeyKind::Session, value)),
+        filter
+            .principal
+            .as_deref()
+            .map(|value| (KeyKind::Principal, value)),
+        filter
+            .source
+            .as_deref()
+            .map(|value| (KeyKind::Source, value)),
+        filter
+            .outcome
+            .map(|value| (KeyKind::Outcome, value.as_str())),
+        filter
+            .action
+            .as_deref()
+            .map(|value| (KeyKind::Action, value)),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|(kind, value)| search_key(kind, value))
+    .collect()
+}
+
+/// The candidate-segment statement for a search with `keys` (values: tenant, keys…, then
+/// `before_first_seq`, `since`, `until`, `limit`, in placeholder order).
+pub(crate) fn search_statement(keys: usize) -> String {
+    if keys == 0 {
+        return "SELECT s.first_seq, s.last_seq, s.prev_hash, s.body FROM audit_segments s \
+                WHERE s.tenant_id = $1 AND s.first_seq < $2 AND s.max_time_ms >= $3 \
+                AND s.min_time_ms < $4 ORDER BY s.first_seq DESC LIMIT $5"
+            .to_owned();
+    }
+    let mut text = String::from(
+        "SELECT s.first_seq, s.last_seq, s.prev_hash, s.body FROM audit_keys k \
+         JOIN audit_segments s ON s.tenant_id = k.tenant_id AND s.first_seq = k.first_seq \
+         WHERE k.tenant_id = $1 AND k.key = $2",
+    );
+    for index in 1..keys {
+        text.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM audit_keys k{index} WHERE k{index}.tenant_id = k.tenant_id \
+             AND k{index}.key = ${} AND k{index}.first_seq = k.first_seq)",
+            index + 2
+        ));
+    }
+    let next = keys + 2;
+    text.push_str(&format!(
+        " AND k.first_seq < ${next} AND s.max_time_ms >= ${} AND s.min_time_ms < ${} \
+         ORDER BY k.first_seq DESC LIMIT ${}",
+        next + 1,
+        next + 2,
+        next + 3
+    ));
+    text
+}
+
+/// The strings every matching record's text must contain (a cheap test before parsing it).
+fn needles(filter: &AuditFilter) -> Vec<String> {
+    [
+        filter.patient.as_ref(),
+        filter.session.as_ref(),
+        filter.principal.as_ref(),
+        filter.source.as_ref(),
+        filter.action.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|value| serde_json::to_string(value).ok())
+    .collect()
+}
+
+/// The records of an opened segment that match `filter`, newest first. A damaged segment
+/// cannot be searched: it is an error, for the operator's `audit verify` to locate.
+pub(crate) fn matching_records(
+    segment: &SegmentRow,
+    filter: &AuditFilter,
+    out: &mut Vec<AuditRecord>,
+) -> Result<(), StoreError> {
+    let records = segment.open().ok_or_else(|| {
+        StoreError::Backend(format!(
+            "audit records {} to {} are damaged; run `carevault audit verify`",
+            segment.first_seq, segment.last_seq
+        ))
+    })?;
+    let needles = needles(filter);
+    for (seq, stored) in records.into_iter().rev() {
+        if out.len() >= filter.limit {
+            break;
+        }
+        if filter.before_seq.is_some_and(|before| seq >= before)
+            || filter.since_ms.is_some_and(|since| stored.time_ms < since)
+            || filter.until_ms.is_some_and(|until| stored.time_ms >= until)
+            || !needles
+                .iter()
+                .all(|needle| stored.text.contains(needle.as_str()))
+        {
+            continue;
+        }
+        let record: AuditRecord = serde_json::from_str(&stored.text).map_err(|error| {
+            StoreError::Backend(format!("stored audit record unreadable: {error}"))
+        })?;
+        if record.seq == seq && matches(&record, filter) {
+            out.push(record);
+        }
+    }
+    Ok(())
+}
+
+fn matches(record: &AuditRecord, filter: &AuditFilter) -> bool {
+    let same = |wanted: Option<&String>, actual: Option<&str>| {
+        wanted.is_none_or(|wanted| Some(wanted.as_str()) == actual)
+    };
+    filter
+        .patient
+        .as_ref()
+        .is_none_or(|patient| record.subjects.contains(patient))
+        && same(filter.principal.as_ref(), Some(&record.principal))
+        && same(filter.session.as_ref(), record.session.as_deref())
+        && same(filter.source.as_ref(), record.source.as_deref())
+        && same(filter.action.as_ref(), Some(&record.action))
+        && filter
+            .outcome
+            .is_none_or(|outcome: Outcome| outcome == record.outcome)
+}
+
+/// Implements the chained append (`append_chained`, called by the shared `Store` code),
+/// [`AuditStore`](carevault_domain::audit::storage::AuditStore), the reading of every record
+/// (`all_records`) and the move of version-5 rows (`convert_legacy`) for one engine. Besides
+/// the engine methods `implement_store!` relies on, it needs `begin_owner(tenant)`: a write
+/// transaction as the schema owner (retention deletes, which the server's role may not).
 macro_rules! implement_audit_store {
-    ($store:ty, $db:ty, $connection:ty, $row:ty, $placeholders:expr) => {
+    ($store:ty, $db:ty, $connection:ty, $row:ty, $placeholders:expr, $legacy_exists:expr) => {
         pub(crate) mod audit_implementation {
             use async_trait::async_trait;
             use carevault_domain::audit::AuditRecord;
             use carevault_domain::audit::chain::{ChainHash, GENESIS, hash_from_bytes};
-            use carevault_domain::audit::storage::{
-                AuditFilter, AuditStore, ChainHead, LinkQuery, StoredEntry, StoredLink,
-            };
             use carevault_domain::audit::retention::RetentionMarker;
+            use carevault_domain::audit::storage::{
+                AuditFilter, AuditStore, ChainHead, LinkQuery, StoredEntry,
+            };
             use carevault_domain::ids::TenantId;
             use carevault_domain::principal::TenantScope;
             use carevault_domain::store::{StoreError, StoreResult};
-            use sqlx::Row;
+            use sqlx::{Connection, Row};
 
             use super::*;
             use crate::audit::{
-                ADVANCE_HEAD, Placeholders, ROWS_PER_INSERT, SELECT_HASH_AT, SELECT_HEAD,
-                SELECT_LINKS, SELECT_TENANT_IDS, SELECT_UNHASHED_TEXTS, SET_HEAD_HASH,
-                SUBJECTS_PER_INSERT, SearchValue, chain_rows, insert_statement, search_statement,
-                starting_hash, subjects_statement,
+                ADVANCE_HEAD, DELETE_KEYS_THROUGH, DELETE_SEGMENTS_THROUGH, DROP_LEGACY,
+                INSERT_MARKER, INSERT_SEGMENT, KEYS_PER_INSERT, NewSegment, SEGMENTS_PER_FETCH,
+                SELECT_ALL_SEGMENTS, SELECT_HEAD, SELECT_LEGACY_ROWS, SELECT_LEGACY_TENANTS,
+                SELECT_MARKERS, SELECT_RETENTION_BOUNDARY, SELECT_SEGMENT_AT,
+                SELECT_SEGMENT_ENDING, SELECT_SEGMENTS_AFTER, SELECT_TENANT_IDS, SET_HEAD_HASH,
+                SegmentRow, build_segments, filter_keys, keys_statement, legacy_segments,
+                matching_records, search_statement,
             };
-            use crate::engine::backend;
+            use crate::engine::{backend, parse_audit};
 
             fn get<T>(row: &$row, index: usize) -> StoreResult<T>
             where
                 T: for<'r> sqlx::Decode<'r, $db> + sqlx::Type<$db>,
             {
                 row.try_get(index).map_err(backend)
+            }
+
+            fn segment_row(row: &$row) -> StoreResult<SegmentRow> {
+                Ok(SegmentRow {
+                    first_seq: get(row, 0)?,
+                    last_seq: get(row, 1)?,
+                    prev_hash: get(row, 2)?,
+                    body: get(row, 3)?,
+                })
+            }
+
+            async fn insert_segments(
+                connection: &mut $connection,
+                tenant: TenantId,
+                segments: &[NewSegment],
+            ) -> StoreResult<()> {
+                for segment in segments {
+                    sqlx::query(INSERT_SEGMENT)
+                        .bind(tenant.as_uuid())
+                        .bind(segment.first_seq)
+                        .bind(segment.last_seq)
+                        .bind(segment.min_time_ms)
+                        .bind(segment.max_time_ms)
+                        .bind(segment.prev_hash.to_vec())
+                        .bind(segment.body.as_slice())
+                        .execute(&mut *connection)
+                        .await
+                        .map_err(backend)?;
+                    for chunk in segment.keys.chunks(KEYS_PER_INSERT) {
+                        // Sound: the text is built only from fixed fragments and placeholders.
+                        let statement = keys_statement(chunk.len(), $placeholders);
+                        let mut query = sqlx::query(sqlx::AssertSqlSafe(statement));
+                        for key in chunk {
+                            query = query
+                                .bind(tenant.as_uuid())
+                                .bind(*key)
+                                .bind(segment.first_seq);
+                        }
+                        query.execute(&mut *connection).await.map_err(backend)?;
+                    }
+                }
+                Ok(())
             }
 
             /// Appends one tenant's records, chained, inside an open transaction already bound
@@ -311,70 +567,21 @@ macro_rules! implement_audit_store {
                 let last: i64 = get(&row, 0)?;
                 let stored: Option<Vec<u8>> = get(&row, 1)?;
                 let previous_seq = last - count;
-                let unhashed = if previous_seq > 0 && stored.is_none() {
-                    let rows = sqlx::query(SELECT_UNHASHED_TEXTS)
-                        .bind(tenant.as_uuid())
-                        .bind(previous_seq)
-                        .fetch_all(&mut *connection)
-                        .await
-                        .map_err(backend)?;
-                    Some(
-                        rows.iter()
-                            .map(|row| get::<String>(row, 0))
-                            .collect::<StoreResult<Vec<String>>>()?,
-                    )
-                } else {
-                    None
+                let previous_hash = match stored {
+                    Some(bytes) => hash_from_bytes(&bytes).ok_or_else(|| {
+                        StoreError::Backend("stored audit head hash is not valid".to_owned())
+                    })?,
+                    None if previous_seq == 0 => GENESIS,
+                    None => {
+                        return Err(StoreError::Backend(
+                            "the audit head has no hash: its records were not moved into \
+                             segments"
+                                .to_owned(),
+                        ));
+                    }
                 };
-                let previous_hash = starting_hash(previous_seq, stored, || unhashed)?
-                    .ok_or_else(|| StoreError::Backend("audit head not adoptable".to_owned()))?;
-                let (rows, head) = chain_rows(previous_seq, previous_hash, records)?;
-                for chunk in rows.chunks(ROWS_PER_INSERT) {
-                    // Sound: the text is built only from fixed fragments and placeholders.
-                    let style: Placeholders = $placeholders;
-                    let statement = insert_statement(chunk.len(), style);
-                    let mut query = sqlx::query(sqlx::AssertSqlSafe(statement));
-                    if style == Placeholders::Numbered {
-                        query = query.bind(tenant.as_uuid());
-                    }
-                    for row in chunk {
-                        if style == Placeholders::Anonymous {
-                            query = query.bind(tenant.as_uuid());
-                        }
-                        query = query
-                            .bind(row.seq)
-                            .bind(row.time_ms)
-                            .bind(row.action.clone())
-                            .bind(row.outcome)
-                            .bind(row.text.clone())
-                            .bind(row.prev_hash.clone())
-                            .bind(row.hash.clone())
-                            .bind(row.principal.clone())
-                            .bind(row.session.clone())
-                            .bind(row.source.clone());
-                    }
-                    query.execute(&mut *connection).await.map_err(backend)?;
-                }
-                let subjects: Vec<(&str, i64)> = rows
-                    .iter()
-                    .flat_map(|row| {
-                        row.subjects
-                            .iter()
-                            .map(|patient| (patient.as_str(), row.seq))
-                    })
-                    .collect();
-                for chunk in subjects.chunks(SUBJECTS_PER_INSERT) {
-                    // Sound: the text is built only from fixed fragments and placeholders.
-                    let statement = subjects_statement(chunk.len(), $placeholders);
-                    let mut query = sqlx::query(sqlx::AssertSqlSafe(statement));
-                    for (patient, seq) in chunk {
-                        query = query
-                            .bind(tenant.as_uuid())
-                            .bind((*patient).to_owned())
-                            .bind(*seq);
-                    }
-                    query.execute(&mut *connection).await.map_err(backend)?;
-                }
+                let (segments, head) = build_segments(previous_seq, previous_hash, records)?;
+                insert_segments(connection, tenant, &segments).await?;
                 sqlx::query(SET_HEAD_HASH)
                     .bind(tenant.as_uuid())
                     .bind(head.to_vec())
@@ -382,6 +589,63 @@ macro_rules! implement_audit_store {
                     .await
                     .map_err(backend)?;
                 Ok(())
+            }
+
+            /// Moves the rows of schema version 5 into segments, in one transaction on a
+            /// connection of the schema owner; nothing to do once `audit_log_v5` is gone.
+            pub(crate) async fn convert_legacy(connection: &mut $connection) -> StoreResult<()> {
+                let exists: i64 = sqlx::query($legacy_exists)
+                    .fetch_one(&mut *connection)
+                    .await
+                    .and_then(|row| row.try_get(0))
+                    .map_err(backend)?;
+                if exists == 0 {
+                    return Ok(());
+                }
+                let mut tx = connection.begin().await.map_err(backend)?;
+                let tenants: Vec<uuid::Uuid> = sqlx::query(SELECT_LEGACY_TENANTS)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(backend)?
+                    .iter()
+                    .map(|row| get(row, 0))
+                    .collect::<StoreResult<_>>()?;
+                for tenant in tenants {
+                    let tenant = TenantId::from_uuid(tenant);
+                    <$store>::enter_tenant(&mut *tx, tenant).await?;
+                    let rows = sqlx::query(SELECT_LEGACY_ROWS)
+                        .bind(tenant.as_uuid())
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(backend)?
+                        .iter()
+                        .map(|row| {
+                            Ok((
+                                get(row, 0)?,
+                                get(row, 1)?,
+                                get(row, 2)?,
+                                get(row, 3)?,
+                                get(row, 4)?,
+                            ))
+                        })
+                        .collect::<StoreResult<Vec<_>>>()?;
+                    let (segments, running) = legacy_segments(rows)?;
+                    insert_segments(&mut *tx, tenant, &segments).await?;
+                    // A head whose records predate hashing gets the hash they chain to.
+                    sqlx::query(
+                        "UPDATE audit_heads SET hash = $2 WHERE tenant_id = $1 AND hash IS NULL",
+                    )
+                    .bind(tenant.as_uuid())
+                    .bind(running.to_vec())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                }
+                sqlx::query(DROP_LEGACY)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                tx.commit().await.map_err(backend)
             }
 
             async fn head_on(
@@ -406,6 +670,31 @@ macro_rules! implement_audit_store {
                     None => None,
                 };
                 Ok(Some(ChainHead { seq, hash }))
+            }
+
+            /// Every record of a tenant, oldest first (tests and small tools).
+            pub(crate) async fn all_records(
+                store: &$store,
+                tenant: TenantId,
+            ) -> StoreResult<Vec<AuditRecord>> {
+                let mut tx = store.begin_read(Some(tenant)).await?;
+                let rows = sqlx::query(SELECT_ALL_SEGMENTS)
+                    .bind(tenant.as_uuid())
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+                tx.commit().await.map_err(backend)?;
+                let mut records = Vec::new();
+                for row in &rows {
+                    let segment = segment_row(row)?;
+                    let opened = segment.open().ok_or_else(|| {
+                        StoreError::Backend("stored audit segment is damaged".to_owned())
+                    })?;
+                    for (_, stored) in opened {
+                        records.push(parse_audit(&stored.text)?);
+                    }
+                }
+                Ok(records)
             }
 
             #[async_trait]
@@ -444,7 +733,7 @@ macro_rules! implement_audit_store {
                     seq: i64,
                 ) -> StoreResult<Option<ChainHash>> {
                     let mut tx = self.begin_read(Some(tenant)).await?;
-                    let row = sqlx::query(SELECT_HASH_AT)
+                    let row = sqlx::query(SELECT_SEGMENT_AT)
                         .bind(tenant.as_uuid())
                         .bind(seq)
                         .fetch_optional(&mut *tx)
@@ -454,8 +743,13 @@ macro_rules! implement_audit_store {
                     let Some(row) = row else {
                         return Ok(None);
                     };
-                    let hash: Option<Vec<u8>> = get(&row, 0)?;
-                    Ok(hash.as_deref().and_then(hash_from_bytes))
+                    let segment = segment_row(&row)?;
+                    Ok(segment.open().and_then(|records| {
+                        records
+                            .into_iter()
+                            .find(|(at, _)| *at == seq)
+                            .map(|(_, record)| record.hash)
+                    }))
                 }
 
                 async fn audit_links(
@@ -463,52 +757,134 @@ macro_rules! implement_audit_store {
                     tenant: TenantId,
                     query: &LinkQuery,
                 ) -> StoreResult<Vec<StoredEntry>> {
-                    let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+                    let since = query.since_ms.unwrap_or(i64::MIN);
+                    let until = query.until_ms.unwrap_or(i64::MAX);
+                    let mut after = query.after_seq;
+                    let mut entries = Vec::new();
                     let mut tx = self.begin_read(Some(tenant)).await?;
-                    let rows = sqlx::query(SELECT_LINKS)
+                    // Whole segments, until the page is full or the trail ends; a time window
+                    // may skip segments whose span overlaps it but whose records do not.
+                    while entries.len() < query.limit {
+                        let rows = sqlx::query(SELECT_SEGMENTS_AFTER)
+                            .bind(tenant.as_uuid())
+                            .bind(after)
+                            .bind(since)
+                            .bind(until)
+                            .bind(SEGMENTS_PER_FETCH)
+                            .fetch_all(&mut *tx)
+                            .await
+                            .map_err(backend)?;
+                        for row in &rows {
+                            let segment = segment_row(row)?;
+                            segment.push_entries(after, since, until, &mut entries);
+                            after = after.max(segment.last_seq);
+                        }
+                        if i64::try_from(rows.len()).unwrap_or(0) < SEGMENTS_PER_FETCH {
+                            break;
+                        }
+                    }
+                    tx.commit().await.map_err(backend)?;
+                    Ok(entries)
+                }
+
+                async fn audit_retention_markers(
+                    &self,
+                    tenant: TenantId,
+                ) -> StoreResult<Vec<RetentionMarker>> {
+                    let mut tx = self.begin_read(Some(tenant)).await?;
+                    let rows = sqlx::query(SELECT_MARKERS)
                         .bind(tenant.as_uuid())
-                        .bind(query.after_seq)
-                        .bind(query.since_ms.unwrap_or(i64::MIN))
-                        .bind(query.until_ms.unwrap_or(i64::MAX))
-                        .bind(limit)
                         .fetch_all(&mut *tx)
                         .await
                         .map_err(backend)?;
                     tx.commit().await.map_err(backend)?;
                     rows.iter()
                         .map(|row| {
-                            Ok(StoredEntry::Link(StoredLink {
-                                seq: get(row, 0)?,
-                                time_ms: get(row, 1)?,
-                                text: get(row, 2)?,
-                                prev_hash: get(row, 3)?,
-                                hash: get(row, 4)?,
-                            }))
+                            let text: String = get(row, 0)?;
+                            RetentionMarker::parse(&text).map_err(|error| {
+                                StoreError::Backend(format!("stored retention marker: {error}"))
+                            })
                         })
                         .collect()
                 }
 
-                async fn audit_retention_markers(
-                    &self,
-                    _tenant: TenantId,
-                ) -> StoreResult<Vec<RetentionMarker>> {
-                    Ok(Vec::new())
-                }
-
                 async fn audit_retention_boundary(
                     &self,
-                    _tenant: TenantId,
-                    _before_ms: i64,
+                    tenant: TenantId,
+                    before_ms: i64,
                 ) -> StoreResult<Option<i64>> {
-                    Err(StoreError::Backend("retention: work in progress".to_owned()))
+                    let mut tx = self.begin_read(Some(tenant)).await?;
+                    let boundary: Option<i64> = sqlx::query(SELECT_RETENTION_BOUNDARY)
+                        .bind(tenant.as_uuid())
+                        .bind(before_ms)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .and_then(|row| row.try_get(0))
+                        .map_err(backend)?;
+                    tx.commit().await.map_err(backend)?;
+                    Ok(boundary)
                 }
 
                 async fn audit_retain(
                     &self,
-                    _tenant: TenantId,
-                    _marker: &RetentionMarker,
+                    tenant: TenantId,
+                    marker: &RetentionMarker,
                 ) -> StoreResult<u64> {
-                    Err(StoreError::Backend("retention: work in progress".to_owned()))
+                    let refuse =
+                        |why: &str| Err(StoreError::Backend(format!("retention refused: {why}")));
+                    if marker.tenant != tenant.to_string() {
+                        return refuse("the marker names another tenant");
+                    }
+                    let Some(hash) = marker.chain_hash() else {
+                        return refuse("the marker's hash is not 32 bytes of hex");
+                    };
+                    let mut tx = self.begin_owner(tenant).await?;
+                    let Some(row) = sqlx::query(SELECT_SEGMENT_ENDING)
+                        .bind(tenant.as_uuid())
+                        .bind(marker.through_seq)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(backend)?
+                    else {
+                        return refuse("no stored segment ends at the marker's sequence number");
+                    };
+                    let segment = segment_row(&row)?;
+                    let stored = segment
+                        .open()
+                        .and_then(|records| records.last().map(|(_, record)| record.hash));
+                    if stored != Some(hash) {
+                        return refuse("the marker's hash is not the stored hash there");
+                    }
+                    let earlier: Option<i64> = sqlx::query(
+                        "SELECT min(first_seq) FROM audit_segments WHERE tenant_id = $1",
+                    )
+                    .bind(tenant.as_uuid())
+                    .fetch_one(&mut *tx)
+                    .await
+                    .and_then(|row| row.try_get(0))
+                    .map_err(backend)?;
+                    sqlx::query(INSERT_MARKER)
+                        .bind(tenant.as_uuid())
+                        .bind(marker.through_seq)
+                        .bind(marker.to_text())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    sqlx::query(DELETE_KEYS_THROUGH)
+                        .bind(tenant.as_uuid())
+                        .bind(marker.through_seq)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    sqlx::query(DELETE_SEGMENTS_THROUGH)
+                        .bind(tenant.as_uuid())
+                        .bind(marker.through_seq)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(backend)?;
+                    tx.commit().await.map_err(backend)?;
+                    let removed = marker.through_seq - earlier.unwrap_or(marker.through_seq) + 1;
+                    Ok(u64::try_from(removed).unwrap_or(0))
                 }
 
                 async fn audit_search(
@@ -517,29 +893,40 @@ macro_rules! implement_audit_store {
                     filter: &AuditFilter,
                 ) -> StoreResult<Vec<AuditRecord>> {
                     let tenant = scope.tenant();
-                    let (statement, values) = search_statement(filter);
-                    // Sound: the text is built only from fixed fragments and placeholders.
-                    let mut query = sqlx::query(sqlx::AssertSqlSafe(statement));
-                    for value in values {
-                        query = match value {
-                            SearchValue::Tenant => query.bind(tenant.as_uuid()),
-                            SearchValue::Text(text) => query.bind(text),
-                            SearchValue::Number(number) => query.bind(number),
-                        };
-                    }
+                    let keys = filter_keys(filter);
+                    let statement = search_statement(keys.len());
+                    let mut before = filter.before_seq.unwrap_or(i64::MAX);
+                    let mut found = Vec::new();
                     let mut tx = self.begin_read(Some(tenant)).await?;
-                    let rows = query.fetch_all(&mut *tx).await.map_err(backend)?;
+                    while found.len() < filter.limit {
+                        // Sound: the text is built only from fixed fragments and placeholders.
+                        let mut query = sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+                            .bind(tenant.as_uuid());
+                        for key in &keys {
+                            query = query.bind(*key);
+                        }
+                        let rows = query
+                            .bind(before)
+                            .bind(filter.since_ms.unwrap_or(i64::MIN))
+                            .bind(filter.until_ms.unwrap_or(i64::MAX))
+                            .bind(SEGMENTS_PER_FETCH)
+                            .fetch_all(&mut *tx)
+                            .await
+                            .map_err(backend)?;
+                        for row in &rows {
+                            let segment = segment_row(row)?;
+                            matching_records(&segment, filter, &mut found)?;
+                            before = before.min(segment.first_seq);
+                            if found.len() >= filter.limit {
+                                break;
+                            }
+                        }
+                        if i64::try_from(rows.len()).unwrap_or(0) < SEGMENTS_PER_FETCH {
+                            break;
+                        }
+                    }
                     tx.commit().await.map_err(backend)?;
-                    rows.iter()
-                        .map(|row| {
-                            let text: String = get(row, 0)?;
-                            serde_json::from_str::<AuditRecord>(&text).map_err(|error| {
-                                StoreError::Backend(format!(
-                                    "stored audit record unreadable: {error}"
-                                ))
-                            })
-                        })
-                        .collect()
+                    Ok(found)
                 }
             }
         }
@@ -553,114 +940,181 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_insert_statement_numbers_ten_values_per_row_after_the_tenant() {
+    fn the_keys_statement_numbers_three_values_per_row() {
         assert_eq!(
-            insert_statement(2, Placeholders::Numbered),
-            "INSERT INTO audit_log (tenant_id, seq, time_ms, action, outcome, record, prev_hash, hash, \
-             principal, session, source) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11), \
-             ($1, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
+            keys_statement(2, Placeholders::Numbered),
+            "INSERT INTO audit_keys (tenant_id, key, first_seq) VALUES ($1, $2, $3), ($4, $5, $6)"
         );
-        assert!(insert_statement(2, Placeholders::Anonymous).ends_with(
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?), (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ));
-        assert_eq!(
-            subjects_statement(2, Placeholders::Numbered),
-            "INSERT INTO audit_subjects (tenant_id, patient, seq) VALUES ($1, $2, $3), ($4, $5, $6)"
+        assert!(
+            keys_statement(2, Placeholders::Anonymous).ends_with("VALUES (?, ?, ?), (?, ?, ?)")
         );
     }
 
     #[test]
-    fn a_search_by_patient_walks_the_subject_index_newest_first() {
+    fn a_search_walks_the_first_key_and_requires_the_others_in_the_same_segment() {
         let filter = AuditFilter {
             patient: Some("p1".to_owned()),
             principal: Some("person/a".to_owned()),
-            outcome: Some(carevault_domain::audit::Outcome::Success),
-            since_ms: Some(5),
-            before_seq: Some(90),
             limit: 10,
             ..AuditFilter::default()
         };
-        let (text, values) = search_statement(&filter);
+        let keys = filter_keys(&filter);
         assert_eq!(
-            text,
-            "SELECT l.record FROM audit_subjects s JOIN audit_log l ON l.tenant_id = s.tenant_id \
-             AND l.seq = s.seq WHERE s.tenant_id = $1 AND s.patient = $2 AND l.principal = $3 \
-             AND l.outcome = $4 AND l.time_ms >= $5 AND s.seq < $6 ORDER BY s.seq DESC LIMIT $7"
+            keys,
+            vec![
+                search_key(KeyKind::Patient, "p1"),
+                search_key(KeyKind::Principal, "person/a")
+            ]
         );
-        assert_eq!(values.len(), 7);
-        assert_eq!(values[5], SearchValue::Number(90));
-        let (text, values) = search_statement(&AuditFilter {
-            limit: 3,
-            ..AuditFilter::default()
-        });
         assert_eq!(
-            text,
-            "SELECT l.record FROM audit_log l WHERE l.tenant_id = $1 ORDER BY l.seq DESC LIMIT $2"
+            search_statement(2),
+            "SELECT s.first_seq, s.last_seq, s.prev_hash, s.body FROM audit_keys k \
+             JOIN audit_segments s ON s.tenant_id = k.tenant_id AND s.first_seq = k.first_seq \
+             WHERE k.tenant_id = $1 AND k.key = $2 AND EXISTS (SELECT 1 FROM audit_keys k1 \
+             WHERE k1.tenant_id = k.tenant_id AND k1.key = $3 AND k1.first_seq = k.first_seq) \
+             AND k.first_seq < $4 AND s.max_time_ms >= $5 AND s.min_time_ms < $6 \
+             ORDER BY k.first_seq DESC LIMIT $7"
         );
-        assert_eq!(values, vec![SearchValue::Tenant, SearchValue::Number(3)]);
+        assert!(search_statement(0).contains("FROM audit_segments s WHERE s.tenant_id = $1"));
+    }
+
+    #[test]
+    fn legacy_rows_keep_their_hashes_and_a_gap_ends_a_segment() {
+        let rows = vec![
+            (1, 10, "a".to_owned(), None, None),
+            (2, 11, "b".to_owned(), None, Some(vec![7u8; 32])),
+            (
+                4,
+                12,
+                "d".to_owned(),
+                Some(vec![7u8; 32]),
+                Some(vec![8u8; 32]),
+            ),
+        ];
+        let Ok((segments, running)) = legacy_segments(rows) else {
+            panic!("legacy rows");
+        };
+        let spans: Vec<(i64, i64)> = segments.iter().map(|s| (s.first_seq, s.last_seq)).collect();
+        assert_eq!(spans, vec![(1, 2), (4, 4)]);
+        assert_eq!(segments[0].prev_hash, chain::GENESIS);
+        assert_eq!(segments[1].prev_hash, [7u8; 32]);
+        assert_eq!(running, [8u8; 32]);
+        let first = SegmentRow {
+            first_seq: 1,
+            last_seq: 2,
+            prev_hash: segments[0].prev_hash.to_vec(),
+            body: segments[0].body.clone(),
+        };
+        let opened = first.open().unwrap_or_default();
+        assert_eq!(opened[0].1.hash, chain::link(&chain::GENESIS, b"a"));
+        assert_eq!(opened[1].1.hash, [7u8; 32]);
     }
 }
 
 #[cfg(test)]
 mod migration_tests {
+    use carevault_domain::audit::chain::{self, GENESIS};
     use sqlx::Row;
     use sqlx::migrate::Migrator;
 
-    /// Records stored before version 4 are indexed by it: their patients, principal, session
-    /// and source, taken from their JSON; the guard against updates is back afterwards.
+    use crate::audit_segment;
+
+    /// Records of version 5 (one row each, the first two from before hashing) move into
+    /// segments with their texts and stored hashes; the head gets the hash they chain to; the
+    /// old table is gone and the new guards hold.
     #[tokio::test]
-    async fn version_4_indexes_the_records_before_it() {
+    async fn version_6_moves_version_5_rows_into_segments() {
         let Ok(pool) = sqlx::SqlitePool::connect("sqlite::memory:").await else {
             panic!("in-memory SQLite");
         };
         let before = Migrator::with_migrations(
             crate::migrations::sqlite()
                 .iter()
-                .filter(|migration| migration.version <= 3)
+                .filter(|migration| migration.version <= 5)
                 .cloned()
                 .collect(),
         );
         assert!(before.run(&pool).await.is_ok());
-        let record =
-            r#"{"principal":"person/n","session":"s1","source":"10.0.0.1","subjects":["p1","p2"]}"#;
-        let inserted = sqlx::query(
-            "INSERT INTO audit_log (tenant_id, seq, time_ms, action, outcome, record) \
-             VALUES (x'01', 1, 5, 'read', 'success', $1)",
+        let texts = [
+            r#"{"seq":1,"principal":"person/n","subjects":["p1"]}"#,
+            r#"{"seq":2,"principal":"person/n","subjects":["p2"]}"#,
+            r#"{"seq":3,"principal":"person/m","subjects":[]}"#,
+        ];
+        let h1 = chain::link(&GENESIS, texts[0].as_bytes());
+        let h2 = chain::link(&h1, texts[1].as_bytes());
+        let h3 = chain::link(&h2, texts[2].as_bytes());
+        for (seq, text) in texts.iter().enumerate() {
+            let hashes = if seq == 2 {
+                (Some(h2.to_vec()), Some(h3.to_vec()))
+            } else {
+                (None, None)
+            };
+            let inserted = sqlx::query(
+                "INSERT INTO audit_log (tenant_id, seq, time_ms, action, outcome, record, \
+                 prev_hash, hash) VALUES (x'00000000000000000000000000000001', $1, 5, 'read', 'success', $2, $3, $4)",
+            )
+            .bind(i64::try_from(seq).unwrap_or(0) + 1)
+            .bind(*text)
+            .bind(hashes.0)
+            .bind(hashes.1)
+            .execute(&pool)
+            .await;
+            assert!(inserted.is_ok(), "{inserted:?}");
+        }
+        let head = sqlx::query("INSERT INTO audit_heads (tenant_id, seq) VALUES (x'00000000000000000000000000000001', 3)")
+            .execute(&pool)
+            .await;
+        assert!(head.is_ok(), "{head:?}");
+
+        assert!(crate::migrations::sqlite().run(&pool).await.is_ok());
+        let Ok(mut connection) = pool.acquire().await else {
+            panic!("connection");
+        };
+        let converted = crate::sqlite::audit_implementation::convert_legacy(&mut connection).await;
+        assert!(converted.is_ok(), "{converted:?}");
+        // A second start finds nothing left to move.
+        let again = crate::sqlite::audit_implementation::convert_legacy(&mut connection).await;
+        assert!(again.is_ok(), "{again:?}");
+
+        let rows = sqlx::query("SELECT first_seq, last_seq, prev_hash, body FROM audit_segments")
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+        assert_eq!(rows.len(), 1);
+        let (first, last, prev): (i64, i64, Vec<u8>) =
+            (rows[0].get(0), rows[0].get(1), rows[0].get(2));
+        assert_eq!((first, last, prev), (1, 3, GENESIS.to_vec()));
+        let body: Vec<u8> = rows[0].get(3);
+        let records = audit_segment::decode(&body).unwrap_or_default();
+        let stored: Vec<(&str, [u8; 32])> = records
+            .iter()
+            .map(|record| (record.text.as_str(), record.hash))
+            .collect();
+        assert_eq!(stored, vec![(texts[0], h1), (texts[1], h2), (texts[2], h3)]);
+        let head_hash: Option<Vec<u8>> = sqlx::query(
+            "SELECT hash FROM audit_heads WHERE tenant_id = x'00000000000000000000000000000001'",
         )
-        .bind(record)
-        .execute(&pool)
-        .await;
-        assert!(inserted.is_ok(), "{inserted:?}");
-        let migrated = crate::migrations::sqlite().run(&pool).await;
-        assert!(migrated.is_ok(), "{migrated:?}");
-        let row = sqlx::query("SELECT principal, session, source FROM audit_log WHERE seq = 1")
+        .fetch_one(&pool)
+        .await
+        .map(|row| row.get(0))
+        .unwrap_or_default();
+        assert_eq!(head_hash, Some(h3.to_vec()));
+        let keys: i64 = sqlx::query("SELECT count(*) FROM audit_keys")
             .fetch_one(&pool)
             .await
-            .unwrap_or_else(|error| panic!("{error}"));
-        let columns: (String, String, String) = (row.get(0), row.get(1), row.get(2));
-        assert_eq!(
-            columns,
-            (
-                "person/n".to_owned(),
-                "s1".to_owned(),
-                "10.0.0.1".to_owned()
-            )
-        );
-        let patients: Vec<String> =
-            sqlx::query("SELECT patient FROM audit_subjects WHERE seq = 1 ORDER BY patient")
-                .fetch_all(&pool)
-                .await
-                .unwrap_or_default()
-                .iter()
-                .map(|row| row.get(0))
-                .collect();
-        assert_eq!(patients, vec!["p1".to_owned(), "p2".to_owned()]);
+            .map(|row| row.get(0))
+            .unwrap_or_default();
         assert!(
-            sqlx::query("UPDATE audit_log SET principal = 'x'")
-                .execute(&pool)
-                .await
-                .is_err(),
-            "the update guard is back"
+            keys >= 4,
+            "patients p1, p2 and principals n, m are keyed ({keys})"
         );
+        let old = sqlx::query("SELECT count(*) FROM audit_log_v5")
+            .fetch_one(&pool)
+            .await;
+        assert!(old.is_err(), "the version-5 table is gone");
+        let guarded = sqlx::query("DELETE FROM audit_segments")
+            .execute(&pool)
+            .await;
+        assert!(guarded.is_err(), "the delete guard holds");
     }
 }

@@ -78,7 +78,6 @@ macro_rules! implement_store {
             use super::*;
             use crate::engine::{
                 backend, corrupt, duplicate_or_backend, group_by_tenant, is_unique_violation,
-                parse_audit,
             };
             use crate::sql::{self, Sql, Value};
 
@@ -652,19 +651,7 @@ macro_rules! implement_store {
                 }
 
                 async fn audit_records(&self, tenant: TenantId) -> StoreResult<Vec<AuditRecord>> {
-                    let mut tx = self.begin_read(Some(tenant)).await?;
-                    let rows = sqlx::query(sql::SELECT_AUDIT)
-                        .bind(tenant.as_uuid())
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(backend)?;
-                    tx.commit().await.map_err(backend)?;
-                    rows.iter()
-                        .map(|row| {
-                            let text: String = get(row, 0)?;
-                            parse_audit(&text)
-                        })
-                        .collect()
+                    super::audit_implementation::all_records(self, tenant).await
                 }
             }
         }

@@ -7,6 +7,7 @@
 //! security on top. The conformance suite in `tests/conformance/` runs against both.
 
 mod audit;
+pub mod audit_segment;
 mod date_sql;
 mod engine;
 mod migrations;

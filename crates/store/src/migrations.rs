@@ -48,6 +48,11 @@ pub(crate) fn sqlite() -> Migrator {
             "perf",
             include_str!("../migrations/sqlite/0005_perf.sql"),
         ),
+        migration(
+            6,
+            "audit segments",
+            include_str!("../migrations/sqlite/0006_audit_segments.sql"),
+        ),
     ])
 }
 
@@ -77,6 +82,11 @@ pub(crate) fn postgres() -> Migrator {
             5,
             "perf",
             include_str!("../migrations/postgres/0005_perf.sql"),
+        ),
+        migration(
+            6,
+            "audit segments",
+            include_str!("../migrations/postgres/0006_audit_segments.sql"),
         ),
     ])
 }

@@ -4,7 +4,7 @@
 //! Every tenant-scoped transaction first sets `carevault.tenant` (transaction-local), and the
 //! policies on the tenant-data tables admit only that tenant's rows. The policies would be
 //! worthless for a superuser or a role with BYPASSRLS, so the pool runs as `carevault_app`
-//! (NOSUPERUSER NOBYPASSRLS, no UPDATE or DELETE on `audit_log`), and [`PgStore::connect`]
+//! (NOSUPERUSER NOBYPASSRLS, no UPDATE or DELETE on the audit tables), and [`PgStore::connect`]
 //! refuses to start when the pooled role could bypass the policies.
 
 use std::str::FromStr;
@@ -31,6 +31,8 @@ const MIGRATE_LOCK: i64 = 0x6361_7265_7661_756c; // "carevaul"
 
 pub struct PgStore {
     pool: PgPool,
+    /// How to connect as the schema owner (for retention), when the URL's user is the owner.
+    owner: Option<PgConnectOptions>,
 }
 
 impl PgStore {
@@ -52,6 +54,7 @@ impl PgStore {
         }
         first.close().await.map_err(backend)?;
 
+        let owner = switch_role.then(|| options.clone());
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .after_connect(move |connection, _| {
@@ -66,7 +69,7 @@ impl PgStore {
             .await
             .map_err(backend)?;
         refuse_privileged_role(&pool).await?;
-        Ok(PgStore { pool })
+        Ok(PgStore { pool, owner })
     }
 
     /// The pool, for the conformance suite's checks of roles and row-level security.
@@ -109,6 +112,25 @@ impl PgStore {
         Ok(tx)
     }
 
+    /// A write transaction as the schema owner, bound to `tenant`: retention's deletes, which
+    /// the server's role has no privilege for. Needs a URL that logs in as the owner.
+    async fn begin_owner(&self, tenant: TenantId) -> StoreResult<Transaction<'static, Postgres>> {
+        let Some(options) = &self.owner else {
+            return Err(StoreError::Backend(format!(
+                "removing audit records needs the schema owner, but the database URL logs in \
+                 as {APP_ROLE}: run retention with the owner's URL"
+            )));
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(backend)?;
+        let mut tx = pool.begin().await.map_err(backend)?;
+        PgStore::enter_tenant(&mut tx, tenant).await?;
+        Ok(tx)
+    }
+
     /// Binds the open transaction to `tenant` for row-level security (until it ends).
     async fn enter_tenant(connection: &mut PgConnection, tenant: TenantId) -> StoreResult<()> {
         sqlx::query("SELECT set_config('carevault.tenant', $1, true)")
@@ -144,16 +166,15 @@ const GRANTS: &str = "GRANT USAGE ON SCHEMA public TO carevault_app; \
      GRANT SELECT, INSERT, UPDATE, DELETE ON tenants, tenant_keys, clients, client_jti, \
        access_tokens, resource_versions, resource_current, search_tokens, search_dates, \
        audit_heads TO carevault_app; \
-     REVOKE ALL ON audit_log FROM carevault_app; \
-     GRANT SELECT, INSERT ON audit_log TO carevault_app; \
-     REVOKE ALL ON audit_subjects FROM carevault_app; \
-     GRANT SELECT, INSERT ON audit_subjects TO carevault_app";
+     REVOKE ALL ON audit_segments, audit_keys, audit_retention FROM carevault_app; \
+     GRANT SELECT, INSERT ON audit_segments, audit_keys, audit_retention TO carevault_app";
 
 async fn migrate_on(connection: &mut PgConnection) -> Result<(), StoreError> {
     migrations::postgres()
         .run(&mut *connection)
         .await
         .map_err(|error| StoreError::Backend(format!("migration failed: {error}")))?;
+    audit_implementation::convert_legacy(&mut *connection).await?;
     let mut tx = connection.begin().await.map_err(backend)?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(MIGRATE_LOCK)
@@ -215,5 +236,7 @@ implement_audit_store!(
     Postgres,
     PgConnection,
     PgRow,
-    crate::audit::Placeholders::Numbered
+    crate::audit::Placeholders::Numbered,
+    "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() \
+     AND tablename = 'audit_log_v5'"
 );

@@ -218,9 +218,6 @@ pub(crate) fn insert_dates(
     sql
 }
 
-pub(crate) const SELECT_AUDIT: &str =
-    "SELECT record FROM audit_log WHERE tenant_id = $1 ORDER BY seq";
-
 /// The most (type, id) pairs one `current_many` statement carries.
 pub(crate) const CURRENT_MANY_CHUNK: usize = 200;
 

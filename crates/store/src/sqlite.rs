@@ -67,6 +67,10 @@ impl SqliteStore {
             .run(&writer)
             .await
             .map_err(|error| StoreError::Backend(format!("migration failed: {error}")))?;
+        {
+            let mut connection = writer.acquire().await.map_err(backend)?;
+            audit_implementation::convert_legacy(&mut connection).await?;
+        }
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
             .connect_with(options)
@@ -98,6 +102,11 @@ impl SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(backend)
+    }
+
+    /// SQLite has one owner: the writer.
+    async fn begin_owner(&self, tenant: TenantId) -> StoreResult<Transaction<'static, Sqlite>> {
+        self.begin_write(Some(tenant)).await
     }
 
     /// SQLite has no row-level security; every statement names its tenant.
@@ -157,5 +166,6 @@ implement_audit_store!(
     Sqlite,
     SqliteConnection,
     SqliteRow,
-    crate::audit::Placeholders::Anonymous
+    crate::audit::Placeholders::Anonymous,
+    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'audit_log_v5'"
 );

@@ -46,7 +46,12 @@ pub struct VerifiedMarker {
 }
 
 /// The exact bytes a marker's signature covers.
-pub fn signed_message(tenant: TenantId, through_seq: i64, hash: &ChainHash, time_ms: i64) -> Vec<u8> {
+pub fn signed_message(
+    tenant: TenantId,
+    through_seq: i64,
+    hash: &ChainHash,
+    time_ms: i64,
+) -> Vec<u8> {
     format!(
         "{SIGNED_LABEL}\ntenant={tenant}\nthrough_seq={through_seq}\nhash={}\ntime_ms={time_ms}\n",
         hex::encode(hash)
@@ -146,11 +151,12 @@ mod tests {
         let hash = [7u8; 32];
         let marker = RetentionMarker::sign(tenant, 512, &hash, 1_000, &key);
         let verified = marker.verify(tenant, &key.verifying_key());
-        assert_eq!(
-            verified.map(|m| (m.through_seq, m.hash)),
-            Ok((512, hash))
+        assert_eq!(verified.map(|m| (m.through_seq, m.hash)), Ok((512, hash)));
+        assert!(
+            marker
+                .verify(TenantId::generate(), &key.verifying_key())
+                .is_err()
         );
-        assert!(marker.verify(TenantId::generate(), &key.verifying_key()).is_err());
 
         let mut moved = marker.clone();
         moved.through_seq = 4_096;

@@ -1,12 +1,15 @@
 //! The audit hash chain: every append (group commit or write commit) links its records onto the
 //! tenant's chain in the same transaction; the stored chain verifies with the domain's checker;
-//! heads and stored hashes agree; records stored before hashing began are adopted.
+//! heads and stored hashes agree; retention removes whole segments behind a signed marker, and
+//! nothing else removes a record unnoticed.
 
 use std::sync::Arc;
 
+use carevault_crypto::SigningKey;
 use carevault_domain::audit::chain::{self, GENESIS};
-use carevault_domain::audit::storage::{ChainHead, LinkQuery, StoredEntry, StoredLink};
-use carevault_domain::audit::verify::{ChainCheck, TenantReport};
+use carevault_domain::audit::retention::RetentionMarker;
+use carevault_domain::audit::storage::{LinkQuery, StoredEntry, StoredLink};
+use carevault_domain::audit::verify::{ChainCheck, Fault, TenantReport, verify_chain};
 use carevault_domain::ids::TenantId;
 use carevault_domain::store::Store;
 
@@ -15,7 +18,7 @@ use crate::fixtures::*;
 
 conformance!(
     every_append_extends_the_tenant_chain,
-    records_from_before_hashing_are_adopted,
+    retention_removes_whole_segments_behind_a_signed_marker,
 );
 
 /// The records of a walk, every entry readable.
@@ -147,56 +150,132 @@ async fn every_append_extends_the_tenant_chain(store: Arc<dyn Store>, _raw: &Raw
     assert_eq!(window.iter().map(|l| l.seq).collect::<Vec<_>>(), vec![2]);
 }
 
-async fn records_from_before_hashing_are_adopted(store: Arc<dyn Store>, raw: &Raw) {
-    let (a, _) = new_tenant(&store, "legacy").await;
-    // Two records as version 1 of the schema stored them: no hashes, head without a hash.
-    let texts: Vec<String> = (1..=2)
-        .map(|seq| chain::canonical_text(&audit(a, "read", &format!("old{seq}")), seq).unwrap())
+async fn retention_removes_whole_segments_behind_a_signed_marker(store: Arc<dyn Store>, raw: &Raw) {
+    let (a, _) = new_tenant(&store, "retention").await;
+    let (b, _) = new_tenant(&store, "retention other").await;
+    let at = |time_ms: i64, detail: &str| {
+        let mut record = audit(a, "read", detail);
+        record.time_ms = time_ms;
+        record
+    };
+    // Three appends, three segments: 1-3 and 4-5 are old, 6 is recent.
+    store
+        .append_audit(&[at(T0, "1"), at(T0 + 1, "2"), at(T0 + 2, "3")])
+        .await
+        .unwrap();
+    store
+        .append_audit(&[at(T0 + 3, "4"), at(T0 + 4, "5")])
+        .await
+        .unwrap();
+    store.append_audit(&[at(T0 + 100_000, "6")]).await.unwrap();
+    store.append_audit(&[audit(b, "read", "b")]).await.unwrap();
+
+    assert_eq!(
+        store
+            .audit_retention_boundary(a, T0 + 50_000)
+            .await
+            .unwrap(),
+        Some(5)
+    );
+    assert_eq!(
+        store.audit_retention_boundary(a, T0 + 3).await.unwrap(),
+        Some(3)
+    );
+    assert_eq!(store.audit_retention_boundary(a, T0).await.unwrap(), None);
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::create_file(&dir.path().join("signing.key")).unwrap();
+    let hash_at_5 = store.audit_hash_at(a, 5).await.unwrap().unwrap();
+    let hash_at_4 = store.audit_hash_at(a, 4).await.unwrap().unwrap();
+
+    // Only a marker at the end of a stored segment, with the stored hash there, of its tenant.
+    for (tenant, marker) in [
+        (a, RetentionMarker::sign(a, 4, &hash_at_4, T0, &key)),
+        (a, RetentionMarker::sign(a, 5, &hash_at_4, T0, &key)),
+        (b, RetentionMarker::sign(a, 5, &hash_at_5, T0, &key)),
+    ] {
+        assert!(store.audit_retain(tenant, &marker).await.is_err());
+    }
+    assert_eq!(
+        raw.audit_rows().await,
+        7,
+        "a refused retention removes nothing"
+    );
+
+    let marker = RetentionMarker::sign(a, 5, &hash_at_5, T0 + 200_000, &key);
+    assert_eq!(store.audit_retain(a, &marker).await.unwrap(), 5);
+    let left: Vec<i64> = store
+        .audit_records(a)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
         .collect();
+    assert_eq!(left, vec![6]);
+    assert_eq!(store.audit_records(b).await.unwrap().len(), 1);
+    assert_eq!(
+        store.audit_retention_markers(a).await.unwrap(),
+        vec![marker]
+    );
+
+    // The shortened chain verifies from its marker.
+    let verifying = key.verifying_key();
+    let report = verify_chain(store.as_ref(), a, Vec::new(), &verifying, &|_| {})
+        .await
+        .unwrap();
+    assert!(report.breaks.is_empty(), "{:?}", report.breaks);
+    assert_eq!((report.records, report.last_seq), (1, 6));
+
+    // The remaining segment is still guarded, and so are markers.
+    for statement in [
+        "DELETE FROM audit_segments",
+        "DELETE FROM audit_keys",
+        "DELETE FROM audit_retention",
+        "UPDATE audit_retention SET through_seq = 6",
+    ] {
+        assert!(
+            raw.execute_as_owner(statement).await.is_err(),
+            "{statement} was allowed"
+        );
+    }
+
+    // A marker written without the signing key lets the owner delete, but verification names
+    // the forged marker and the records it hid.
+    let forged = RetentionMarker {
+        signature: "00".repeat(64),
+        ..RetentionMarker::sign(a, 6, &[1; 32], T0, &key)
+    };
     let tenant_literal = match raw {
         Raw::Sqlite(_) => format!("X'{}'", a.as_uuid().simple()),
         Raw::Postgres { .. } => format!("'{a}'::uuid"),
     };
-    for (index, text) in texts.iter().enumerate() {
-        let statement = format!(
-            "INSERT INTO audit_log (tenant_id, seq, time_ms, action, outcome, record) \
-             VALUES ({tenant_literal}, {}, {T0}, 'read', 'success', '{text}')",
-            index + 1
-        );
+    let statement = format!(
+        "INSERT INTO audit_retention (tenant_id, through_seq, marker) VALUES ({tenant_literal}, 6, '{}')",
+        forged.to_text()
+    );
+    raw.execute_as_owner(statement.leak()).await.unwrap();
+    for table in ["audit_keys", "audit_segments"] {
+        let statement = format!("DELETE FROM {table} WHERE tenant_id = {tenant_literal}");
         raw.execute_as_owner(statement.leak()).await.unwrap();
     }
-    let statement =
-        format!("INSERT INTO audit_heads (tenant_id, seq) VALUES ({tenant_literal}, 2)");
-    raw.execute_as_owner(statement.leak()).await.unwrap();
-    assert_eq!(
-        store.audit_head(a).await.unwrap(),
-        Some(ChainHead { seq: 2, hash: None })
-    );
-    let unhashed = verify(&store, a, 10).await;
-    assert!(unhashed.breaks.is_empty(), "{:?}", unhashed.breaks);
-
-    store
-        .append_audit(&[audit(a, "read", "new3")])
+    let report = verify_chain(store.as_ref(), a, Vec::new(), &verifying, &|_| {})
         .await
         .unwrap();
-    let report = verify(&store, a, 10).await;
-    assert!(report.breaks.is_empty(), "{:?}", report.breaks);
-    let adopted = texts
+    let kinds: Vec<String> = report
+        .breaks
         .iter()
-        .fold(GENESIS, |hash, text| chain::link(&hash, text.as_bytes()));
-    let third = &links_of(
-        store
-            .audit_links(
-                a,
-                &LinkQuery {
-                    after_seq: 2,
-                    since_ms: None,
-                    until_ms: None,
-                    limit: 10,
-                },
-            )
-            .await
-            .unwrap(),
-    )[0];
-    assert_eq!(third.prev_hash.as_deref(), Some(&adopted[..]));
+        .map(|found| format!("{:?}@{:?}", std::mem::discriminant(&found.fault), found.seq))
+        .collect();
+    assert!(
+        matches!(report.breaks[0].fault, Fault::MarkerInvalid { .. }),
+        "{kinds:?}"
+    );
+    assert!(
+        report
+            .breaks
+            .iter()
+            .any(|found| found.fault == Fault::Missing && found.seq == Some(6)),
+        "{:?}",
+        report.breaks
+    );
 }

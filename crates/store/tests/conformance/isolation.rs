@@ -18,7 +18,7 @@ conformance!(
     tenants_cannot_see_each_other,
     audit_sequences_are_contiguous_per_tenant,
     concurrent_commits_serialise,
-    audit_log_refuses_update_and_delete,
+    audit_trail_refuses_update_and_delete,
     postgres_runs_as_a_role_bound_by_row_level_security,
     sqlite_file_is_private,
 );
@@ -300,7 +300,7 @@ async fn concurrent_commits_serialise(store: Arc<dyn Store>, _raw: &Raw) {
     assert_eq!(seqs, (1..=expected_count).collect::<Vec<i64>>());
 }
 
-async fn audit_log_refuses_update_and_delete(store: Arc<dyn Store>, raw: &Raw) {
+async fn audit_trail_refuses_update_and_delete(store: Arc<dyn Store>, raw: &Raw) {
     let (a, _) = new_tenant(&store, "immutable").await;
     store
         .append_audit(&[audit(a, "read", "1"), audit(a, "read", "2")])
@@ -308,11 +308,14 @@ async fn audit_log_refuses_update_and_delete(store: Arc<dyn Store>, raw: &Raw) {
         .unwrap();
     let before = store.audit_records(a).await.unwrap();
 
+    // Without a retention marker nobody removes or changes a record, not even the owner.
     for statement in [
-        "UPDATE audit_log SET outcome = 'denied'",
-        "UPDATE audit_log SET record = '{}' WHERE seq = 1",
-        "DELETE FROM audit_log WHERE seq = 2",
-        "DELETE FROM audit_log",
+        "UPDATE audit_segments SET max_time_ms = 0",
+        "UPDATE audit_segments SET first_seq = 2",
+        "DELETE FROM audit_segments WHERE first_seq = 1",
+        "DELETE FROM audit_segments",
+        "UPDATE audit_keys SET key = 0",
+        "DELETE FROM audit_keys",
     ] {
         assert!(
             raw.execute_as_owner(statement).await.is_err(),
@@ -320,14 +323,26 @@ async fn audit_log_refuses_update_and_delete(store: Arc<dyn Store>, raw: &Raw) {
         );
     }
     if let Raw::Postgres { .. } = raw {
-        assert!(raw.execute_as_owner("TRUNCATE audit_log").await.is_err());
+        for statement in [
+            "TRUNCATE audit_segments",
+            "TRUNCATE audit_keys",
+            "TRUNCATE audit_retention",
+        ] {
+            assert!(
+                raw.execute_as_owner(statement).await.is_err(),
+                "{statement}"
+            );
+        }
     }
     if let Raw::Postgres { store: pg, .. } = raw {
         // The server's own role has no UPDATE or DELETE privilege at all.
         let pool = pg.pool_for_tests();
         for statement in [
-            "UPDATE audit_log SET outcome = 'denied'",
-            "DELETE FROM audit_log",
+            "UPDATE audit_segments SET max_time_ms = 0",
+            "DELETE FROM audit_segments",
+            "UPDATE audit_keys SET key = 0",
+            "DELETE FROM audit_keys",
+            "DELETE FROM audit_retention",
         ] {
             let error = sqlx::query(statement)
                 .execute(pool)
@@ -377,7 +392,8 @@ async fn postgres_runs_as_a_role_bound_by_row_level_security(store: Arc<dyn Stor
         "resource_current",
         "search_tokens",
         "search_dates",
-        "audit_log",
+        "audit_segments",
+        "audit_keys",
         "audit_heads",
     ] {
         let count_sql = match table {
@@ -385,7 +401,8 @@ async fn postgres_runs_as_a_role_bound_by_row_level_security(store: Arc<dyn Stor
             "resource_current" => "SELECT count(*) FROM resource_current",
             "search_tokens" => "SELECT count(*) FROM search_tokens",
             "search_dates" => "SELECT count(*) FROM search_dates",
-            "audit_log" => "SELECT count(*) FROM audit_log",
+            "audit_segments" => "SELECT count(*) FROM audit_segments",
+            "audit_keys" => "SELECT count(*) FROM audit_keys",
             _ => "SELECT count(*) FROM audit_heads",
         };
         // Without the tenant setting: nothing.

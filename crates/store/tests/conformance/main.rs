@@ -17,6 +17,10 @@ use sqlx::{Connection, Row};
 // Engines
 // ---------------------------------------------------------------------------------------------
 
+/// The number of stored audit records (each segment covers `first_seq..=last_seq`).
+const AUDIT_ROWS: &str =
+    "SELECT CAST(coalesce(sum(last_seq - first_seq + 1), 0) AS BIGINT) FROM audit_segments";
+
 /// Direct access to the database under the store, for checks the trait cannot express.
 enum Raw {
     Sqlite(PathBuf),
@@ -102,14 +106,14 @@ impl Raw {
         }
     }
 
-    /// Counts audit rows as the owner (PostgreSQL: a superuser, which row-level security does
+    /// Counts audit records as the owner (PostgreSQL: a superuser, which row-level security does
     /// not restrict).
     async fn audit_rows(&self) -> i64 {
         match self {
             Raw::Sqlite(path) => {
                 let url = format!("sqlite://{}", path.display());
                 let mut connection = sqlx::SqliteConnection::connect(&url).await.unwrap();
-                sqlx::query("SELECT count(*) FROM audit_log")
+                sqlx::query(AUDIT_ROWS)
                     .fetch_one(&mut connection)
                     .await
                     .unwrap()
@@ -117,7 +121,7 @@ impl Raw {
             }
             Raw::Postgres { owner_url, .. } => {
                 let mut connection = sqlx::PgConnection::connect(owner_url).await.unwrap();
-                sqlx::query("SELECT count(*) FROM audit_log")
+                sqlx::query(AUDIT_ROWS)
                     .fetch_one(&mut connection)
                     .await
                     .unwrap()
