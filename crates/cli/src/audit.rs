@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use carevault_crypto::VerifyingKey;
 use carevault_domain::audit::checkpoint::{Checkpoint, VerifiedCheckpoint};
+use carevault_domain::audit::retention::RetentionMarker;
 use carevault_domain::audit::search::MAX_PAGE;
 use carevault_domain::audit::storage::{AuditFilter, LinkQuery, StoredEntry};
 use carevault_domain::audit::verify::{Break, Fault, TenantReport, verify_chain};
@@ -65,6 +66,23 @@ pub enum AuditCommand {
     },
     /// Sign and write a checkpoint of every chain's head now.
     Checkpoint,
+    /// Remove old records: whole segments, oldest first, every record of them older than the
+    /// cut-off, leaving a marker signed with the signing key so `audit verify` still passes.
+    /// Refused for a chain that does not verify clean. The removal is itself recorded.
+    Retain {
+        /// Remove records older than this time (RFC 3339, e.g. 2020-01-01T00:00:00Z).
+        #[arg(long, conflicts_with = "older_than_days")]
+        before: Option<String>,
+        /// Remove records older than this many days.
+        #[arg(long)]
+        older_than_days: Option<u32>,
+        /// Only this tenant's chain (a UUID).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Report what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Search one tenant's trail, newest first (recorded in that trail as the operator's).
     Search {
         /// The tenant (a UUID; `carevault tenant list` shows them).
@@ -180,6 +198,20 @@ pub async fn run(data_dir: &Path, command: AuditCommand) -> anyhow::Result<()> {
                 limit,
             };
             search(&runtime, tenant, &filter, json).await
+        }
+        AuditCommand::Retain {
+            before,
+            older_than_days,
+            tenant,
+            dry_run,
+        } => {
+            let tenant = tenant.as_deref().map(parse_tenant).transpose()?;
+            let before_ms = match (before, older_than_days) {
+                (Some(text), None) => parse_time(&text)?,
+                (None, Some(days)) => runtime.now_ms() - i64::from(days) * 86_400_000,
+                _ => bail!("say which records to remove: --before <RFC 3339 time> or --older-than-days <N>"),
+            };
+            retain(&runtime, data_dir, tenant, before_ms, dry_run).await
         }
         AuditCommand::Checkpoint => {
             let mut checkpointer = Checkpointer::new(&runtime, data_dir)?;
@@ -498,7 +530,7 @@ async fn export(
     );
     let records: Vec<AuditRecord> = heads
         .iter()
-        .map(|(tenant, _)| export_record(*tenant, now, &detail))
+        .map(|(tenant, _)| operator_record(*tenant, now, "audit.export", &detail))
         .collect();
     runtime
         .store
@@ -568,7 +600,97 @@ async fn export(
     Ok(())
 }
 
-fn export_record(tenant: TenantId, now_ms: i64, detail: &str) -> AuditRecord {
+/// Removes what retention may remove from each chain (see [`AuditCommand::Retain`]).
+async fn retain(
+    runtime: &Runtime,
+    data_dir: &Path,
+    only: Option<TenantId>,
+    before_ms: i64,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let key = &runtime.signing_key;
+    let dir = checkpoints::checkpoint_dir(&runtime.config, data_dir)?;
+    let (checkpoints, invalid) = read_checkpoints(&dir, &key.verifying_key(), only)?;
+    let heads = runtime.store.audit_heads().await?;
+    let mut removed_total = 0;
+    for (tenant, _) in heads
+        .into_iter()
+        .filter(|(tenant, _)| only.is_none_or(|only| only == *tenant))
+    {
+        let Some(through) = runtime
+            .store
+            .audit_retention_boundary(tenant, before_ms)
+            .await?
+        else {
+            println!("tenant {tenant}: no segment is wholly older than the cut-off; nothing removed");
+            continue;
+        };
+        // Retention never launders a break: the chain must verify clean first.
+        let mine: Vec<VerifiedCheckpoint> = checkpoints
+            .iter()
+            .filter(|checkpoint| checkpoint.tenant == tenant)
+            .cloned()
+            .collect();
+        let report = verify_chain(
+            runtime.store.as_ref(),
+            tenant,
+            mine,
+            &key.verifying_key(),
+            &|_| {},
+        )
+        .await?;
+        let bad_lines = invalid
+            .iter()
+            .filter(|found| found.tenant.as_deref() == Some(tenant.to_string().as_str()))
+            .count();
+        if !report.breaks.is_empty() || bad_lines > 0 {
+            bail!(
+                "tenant {tenant}: the audit trail has {} breaks; retention removes nothing until \
+                 `carevault audit verify --tenant {tenant}` is clean",
+                report.breaks.len() + bad_lines
+            );
+        }
+        let hash = runtime
+            .store
+            .audit_hash_at(tenant, through)
+            .await?
+            .with_context(|| format!("tenant {tenant}: no stored hash at record {through}"))?;
+        if dry_run {
+            println!("tenant {tenant}: would remove the records up to number {through}");
+            continue;
+        }
+        let now = runtime.now_ms();
+        // The removal is recorded, durably, in the chain it shortens before anything goes.
+        runtime
+            .store
+            .append_audit(&[operator_record(
+                tenant,
+                now,
+                "audit.retain",
+                &format!("through_seq={through} before_ms={before_ms}"),
+            )])
+            .await
+            .context("recording the retention in the audit trail")?;
+        let marker = RetentionMarker::sign(tenant, through, &hash, now, key);
+        let removed = runtime
+            .store
+            .audit_retain(tenant, &marker)
+            .await
+            .with_context(|| format!("removing old records of tenant {tenant}"))?;
+        removed_total += removed;
+        println!(
+            "tenant {tenant}: removed {removed} records up to number {through}, behind a signed \
+             retention marker"
+        );
+    }
+    if !dry_run {
+        println!("retention removed {removed_total} records");
+    }
+    Ok(())
+}
+
+/// A record of the host operator's own action on a chain (export, retention).
+fn operator_record(tenant: TenantId, now_ms: i64, action: &str, detail: &str) -> AuditRecord {
     AuditRecord {
         v: AUDIT_RECORD_VERSION,
         seq: 0,
@@ -579,7 +701,7 @@ fn export_record(tenant: TenantId, now_ms: i64, detail: &str) -> AuditRecord {
         roles: vec!["platform_operator".to_owned()],
         auth_strength: AuthStrength::HostOperator.as_str().to_owned(),
         source: None,
-        action: "audit.export".to_owned(),
+        action: action.to_owned(),
         resource_type: None,
         resource_id: None,
         subjects: Vec::new(),

@@ -4,6 +4,7 @@
 mod at_rest;
 mod audit;
 mod audit_chain;
+mod audit_retention;
 mod audit_search;
 mod browser;
 mod common;
