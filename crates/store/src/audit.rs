@@ -61,7 +61,9 @@ pub(crate) const SELECT_SEGMENT_ENDING: &str = "SELECT first_seq, last_seq, prev
 pub(crate) const INSERT_MARKER: &str =
     "INSERT INTO audit_retention (tenant_id, through_seq, marker) VALUES ($1, $2, $3)";
 pub(crate) const DELETE_KEYS_THROUGH: &str =
-    "DELETE FROM audit_keys WHERE tenant_id = $1 AND first_seq <= $2";
+    "DELETE FROM audit_keys WHERE tenant_id = $1 AND bucket <= $3 AND first_seq <= $2";
+pub(crate) const SELECT_FIRST_SEQ: &str =
+    "SELECT min(first_seq) FROM audit_segments WHERE tenant_id = $1";
 pub(crate) const DELETE_SEGMENTS_THROUGH: &str =
     "DELETE FROM audit_segments WHERE tenant_id = $1 AND last_seq <= $2";
 pub(crate) const SELECT_LEGACY_TENANTS: &str = "SELECT DISTINCT tenant_id FROM audit_log_v5";
@@ -72,7 +74,16 @@ pub(crate) const DROP_LEGACY: &str = "DROP TABLE audit_log_v5";
 /// Segments read per round trip by a walk or a search.
 pub(crate) const SEGMENTS_PER_FETCH: i64 = 16;
 
-/// Rows per `audit_keys` INSERT (three values each).
+/// Search keys are grouped by the sequence numbers of their segments into buckets of
+/// `1 << BUCKET_SHIFT` records (`bucket = first_seq >> BUCKET_SHIFT`), the leading column of
+/// the key index after the tenant. An append's keys are random (digests of patient ids), so in
+/// one index ordered by key every commit would dirty a page per key all over a tree that grows
+/// with the trail; within the newest bucket they dirty a few dozen pages of a small subtree. A
+/// search seeks its key in each bucket, [`BUCKETS_PER_QUERY`] buckets per statement.
+pub(crate) const BUCKET_SHIFT: u32 = 13;
+pub(crate) const BUCKETS_PER_QUERY: i64 = 64;
+
+/// Rows per `audit_keys` INSERT (four values each).
 pub(crate) const KEYS_PER_INSERT: usize = 1_000;
 
 /// How an engine numbers placeholders in the multi-row INSERT.
@@ -85,23 +96,33 @@ pub(crate) enum Placeholders {
     Anonymous,
 }
 
-/// `INSERT INTO audit_keys … VALUES (…), (…)` for `rows` (tenant, key, first_seq) rows.
+/// `INSERT INTO audit_keys … VALUES (…), (…)` for `rows` (tenant, bucket, key, first_seq) rows.
 pub(crate) fn keys_statement(rows: usize, style: Placeholders) -> String {
-    let mut text = String::with_capacity(80 + rows * 24);
-    text.push_str("INSERT INTO audit_keys (tenant_id, key, first_seq) VALUES ");
+    let mut text = String::with_capacity(80 + rows * 32);
+    text.push_str("INSERT INTO audit_keys (tenant_id, bucket, key, first_seq) VALUES ");
     for row in 0..rows {
         if row > 0 {
             text.push_str(", ");
         }
         match style {
             Placeholders::Numbered => {
-                let base = 1 + row * 3;
-                text.push_str(&format!("(${base}, ${}, ${})", base + 1, base + 2));
+                let base = 1 + row * 4;
+                text.push_str(&format!(
+                    "(${base}, ${}, ${}, ${})",
+                    base + 1,
+                    base + 2,
+                    base + 3
+                ));
             }
-            Placeholders::Anonymous => text.push_str("(?, ?, ?)"),
+            Placeholders::Anonymous => text.push_str("(?, ?, ?, ?)"),
         }
     }
     text
+}
+
+/// The bucket of the segment starting at `first_seq`.
+pub(crate) fn bucket_of(first_seq: i64) -> i64 {
+    first_seq >> BUCKET_SHIFT
 }
 
 /// One segment to insert.
@@ -364,9 +385,10 @@ pub(crate) fn filter_keys(filter: &AuditFilter) -> Vec<i64> {
     .collect()
 }
 
-/// The candidate-segment statement for a search with `keys` (values: tenant, keys…, then
-/// `before_first_seq`, `since`, `until`, `limit`, in placeholder order).
-pub(crate) fn search_statement(keys: usize) -> String {
+/// The candidate-segment statement for a search with `keys` over `buckets` buckets. Values, in
+/// placeholder order: the tenant, the keys, the buckets (with keys), then `before_first_seq`,
+/// `since`, `until`, `limit`.
+pub(crate) fn search_statement(keys: usize, buckets: usize) -> String {
     if keys == 0 {
         return "SELECT s.first_seq, s.last_seq, s.prev_hash, s.body FROM audit_segments s \
                 WHERE s.tenant_id = $1 AND s.first_seq < $2 AND s.max_time_ms >= $3 \
@@ -381,11 +403,17 @@ pub(crate) fn search_statement(keys: usize) -> String {
     for index in 1..keys {
         text.push_str(&format!(
             " AND EXISTS (SELECT 1 FROM audit_keys k{index} WHERE k{index}.tenant_id = k.tenant_id \
-             AND k{index}.key = ${} AND k{index}.first_seq = k.first_seq)",
+             AND k{index}.bucket = k.bucket AND k{index}.key = ${} \
+             AND k{index}.first_seq = k.first_seq)",
             index + 2
         ));
     }
-    let next = keys + 2;
+    let first_bucket = keys + 2;
+    let list: Vec<String> = (0..buckets.max(1))
+        .map(|offset| format!("${}", first_bucket + offset))
+        .collect();
+    text.push_str(&format!(" AND k.bucket IN ({})", list.join(", ")));
+    let next = first_bucket + buckets.max(1);
     text.push_str(&format!(
         " AND k.first_seq < ${next} AND s.max_time_ms >= ${} AND s.min_time_ms < ${} \
          ORDER BY k.first_seq DESC LIMIT ${}",
@@ -487,13 +515,14 @@ macro_rules! implement_audit_store {
 
             use super::*;
             use crate::audit::{
-                ADVANCE_HEAD, DELETE_KEYS_THROUGH, DELETE_SEGMENTS_THROUGH, DROP_LEGACY,
-                INSERT_MARKER, INSERT_SEGMENT, KEYS_PER_INSERT, NewSegment, SEGMENTS_PER_FETCH,
-                SELECT_ALL_SEGMENTS, SELECT_HEAD, SELECT_LEGACY_ROWS, SELECT_LEGACY_TENANTS,
-                SELECT_MARKERS, SELECT_RETENTION_BOUNDARY, SELECT_SEGMENT_AT,
-                SELECT_SEGMENT_ENDING, SELECT_SEGMENTS_AFTER, SELECT_TENANT_IDS, SET_HEAD_HASH,
-                SegmentRow, build_segments, filter_keys, keys_statement, legacy_segments,
-                matching_records, search_statement,
+                ADVANCE_HEAD, BUCKETS_PER_QUERY, DELETE_KEYS_THROUGH, DELETE_SEGMENTS_THROUGH,
+                DROP_LEGACY, INSERT_MARKER, INSERT_SEGMENT, KEYS_PER_INSERT, NewSegment,
+                SEGMENTS_PER_FETCH, SELECT_ALL_SEGMENTS, SELECT_FIRST_SEQ, SELECT_HEAD,
+                SELECT_LEGACY_ROWS, SELECT_LEGACY_TENANTS, SELECT_MARKERS,
+                SELECT_RETENTION_BOUNDARY, SELECT_SEGMENT_AT, SELECT_SEGMENT_ENDING,
+                SELECT_SEGMENTS_AFTER, SELECT_TENANT_IDS, SET_HEAD_HASH, SegmentRow, bucket_of,
+                build_segments, filter_keys, keys_statement, legacy_segments, matching_records,
+                search_statement,
             };
             use crate::engine::{backend, parse_audit};
 
@@ -537,6 +566,7 @@ macro_rules! implement_audit_store {
                         for key in chunk {
                             query = query
                                 .bind(tenant.as_uuid())
+                                .bind(bucket_of(segment.first_seq))
                                 .bind(*key)
                                 .bind(segment.first_seq);
                         }
@@ -873,6 +903,7 @@ macro_rules! implement_audit_store {
                     sqlx::query(DELETE_KEYS_THROUGH)
                         .bind(tenant.as_uuid())
                         .bind(marker.through_seq)
+                        .bind(bucket_of(marker.through_seq))
                         .execute(&mut *tx)
                         .await
                         .map_err(backend)?;
@@ -894,16 +925,46 @@ macro_rules! implement_audit_store {
                 ) -> StoreResult<Vec<AuditRecord>> {
                     let tenant = scope.tenant();
                     let keys = filter_keys(filter);
-                    let statement = search_statement(keys.len());
                     let mut before = filter.before_seq.unwrap_or(i64::MAX);
                     let mut found = Vec::new();
                     let mut tx = self.begin_read(Some(tenant)).await?;
-                    while found.len() < filter.limit {
+                    let oldest: Option<i64> = sqlx::query(SELECT_FIRST_SEQ)
+                        .bind(tenant.as_uuid())
+                        .fetch_one(&mut *tx)
+                        .await
+                        .and_then(|row| row.try_get(0))
+                        .map_err(backend)?;
+                    let newest: Option<i64> = sqlx::query(SELECT_HEAD)
+                        .bind(tenant.as_uuid())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(backend)?
+                        .map(|row| get(&row, 0))
+                        .transpose()?;
+                    let (Some(oldest), Some(newest)) = (oldest, newest) else {
+                        tx.commit().await.map_err(backend)?;
+                        return Ok(found);
+                    };
+                    // Buckets from the newest that can hold a record before `before`, down.
+                    let mut top = bucket_of(newest.min(before.saturating_sub(1)));
+                    let bottom = bucket_of(oldest);
+                    while found.len() < filter.limit && top >= bottom {
+                        let buckets: Vec<i64> = if keys.is_empty() {
+                            Vec::new()
+                        } else {
+                            (bottom.max(top - BUCKETS_PER_QUERY + 1)..=top)
+                                .rev()
+                                .collect()
+                        };
+                        let statement = search_statement(keys.len(), buckets.len());
                         // Sound: the text is built only from fixed fragments and placeholders.
-                        let mut query = sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
-                            .bind(tenant.as_uuid());
+                        let mut query =
+                            sqlx::query(sqlx::AssertSqlSafe(statement)).bind(tenant.as_uuid());
                         for key in &keys {
                             query = query.bind(*key);
+                        }
+                        for bucket in &buckets {
+                            query = query.bind(*bucket);
                         }
                         let rows = query
                             .bind(before)
@@ -921,8 +982,14 @@ macro_rules! implement_audit_store {
                                 break;
                             }
                         }
-                        if i64::try_from(rows.len()).unwrap_or(0) < SEGMENTS_PER_FETCH {
-                            break;
+                        let exhausted = i64::try_from(rows.len()).unwrap_or(0) < SEGMENTS_PER_FETCH;
+                        if keys.is_empty() {
+                            if exhausted {
+                                break;
+                            }
+                        } else if exhausted {
+                            // These buckets have no more candidates: go on below them.
+                            top = buckets.last().copied().unwrap_or(bottom) - 1;
                         }
                     }
                     tx.commit().await.map_err(backend)?;
@@ -940,13 +1007,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_keys_statement_numbers_three_values_per_row() {
+    fn the_keys_statement_numbers_four_values_per_row() {
         assert_eq!(
             keys_statement(2, Placeholders::Numbered),
-            "INSERT INTO audit_keys (tenant_id, key, first_seq) VALUES ($1, $2, $3), ($4, $5, $6)"
+            "INSERT INTO audit_keys (tenant_id, bucket, key, first_seq) VALUES \
+             ($1, $2, $3, $4), ($5, $6, $7, $8)"
         );
         assert!(
-            keys_statement(2, Placeholders::Anonymous).ends_with("VALUES (?, ?, ?), (?, ?, ?)")
+            keys_statement(2, Placeholders::Anonymous)
+                .ends_with("VALUES (?, ?, ?, ?), (?, ?, ?, ?)")
         );
     }
 
@@ -967,15 +1036,16 @@ mod tests {
             ]
         );
         assert_eq!(
-            search_statement(2),
+            search_statement(2, 3),
             "SELECT s.first_seq, s.last_seq, s.prev_hash, s.body FROM audit_keys k \
              JOIN audit_segments s ON s.tenant_id = k.tenant_id AND s.first_seq = k.first_seq \
              WHERE k.tenant_id = $1 AND k.key = $2 AND EXISTS (SELECT 1 FROM audit_keys k1 \
-             WHERE k1.tenant_id = k.tenant_id AND k1.key = $3 AND k1.first_seq = k.first_seq) \
-             AND k.first_seq < $4 AND s.max_time_ms >= $5 AND s.min_time_ms < $6 \
-             ORDER BY k.first_seq DESC LIMIT $7"
+             WHERE k1.tenant_id = k.tenant_id AND k1.bucket = k.bucket AND k1.key = $3 \
+             AND k1.first_seq = k.first_seq) AND k.bucket IN ($4, $5, $6) \
+             AND k.first_seq < $7 AND s.max_time_ms >= $8 AND s.min_time_ms < $9 \
+             ORDER BY k.first_seq DESC LIMIT $10"
         );
-        assert!(search_statement(0).contains("FROM audit_segments s WHERE s.tenant_id = $1"));
+        assert!(search_statement(0, 0).contains("FROM audit_segments s WHERE s.tenant_id = $1"));
     }
 
     #[test]

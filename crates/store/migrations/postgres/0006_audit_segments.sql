@@ -30,9 +30,10 @@ ALTER TABLE audit_segments ALTER COLUMN body SET STORAGE EXTERNAL;
 
 CREATE TABLE audit_keys (
     tenant_id uuid   NOT NULL,
+    bucket    bigint NOT NULL,
     key       bigint NOT NULL,
     first_seq bigint NOT NULL,
-    PRIMARY KEY (tenant_id, key, first_seq)
+    PRIMARY KEY (tenant_id, bucket, key, first_seq)
 );
 
 CREATE TABLE audit_retention (

@@ -5,7 +5,8 @@
 -- span of its records, the chain hash before its first record, and the compressed body (every
 -- record's text, time and chain hash). audit_keys lists, once per segment, each search key of
 -- its records (a 64-bit digest of a patient, principal, session, source address, action or
--- outcome). audit_retention keeps the signed marker retention leaves in place of the segments
+-- outcome), grouped in buckets of 8,192 sequence numbers (`bucket = first_seq >> 13`) so that
+-- each commit's random keys land in one small subtree rather than all over the index. audit_retention keeps the signed marker retention leaves in place of the segments
 -- it removed.
 --
 -- Nothing may change a stored row. Deleting is refused unless a retention marker of the same
@@ -39,9 +40,10 @@ CREATE TABLE audit_segments (
 
 CREATE TABLE audit_keys (
     tenant_id BLOB    NOT NULL,
+    bucket    INTEGER NOT NULL,
     key       INTEGER NOT NULL,
     first_seq INTEGER NOT NULL,
-    PRIMARY KEY (tenant_id, key, first_seq)
+    PRIMARY KEY (tenant_id, bucket, key, first_seq)
 ) STRICT, WITHOUT ROWID;
 
 CREATE TABLE audit_retention (
