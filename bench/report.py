@@ -3,7 +3,8 @@
 
 Every figure is printed beside a baseline measured in the same run: the same server's /healthz
 rate at the same connections, the same operation in process without HTTP, and for the audit
-append an in-memory push. bench/notes.md (hand-written findings and profiles) is appended.
+trail an in-memory push and the hash chain alone (audit-trail-<engine>.json, written by
+`carevault-bench audit-trail`). bench/notes.md (hand-written findings and profiles) is appended.
 """
 import argparse
 import datetime
@@ -53,6 +54,104 @@ def phase_op(load_json, phase_name, op):
                 if entry["op"] == op:
                     return entry
     return None
+
+
+def audit_trail_section(w, run, load_engines):
+    """Issue #4 points 2 and 9: the trail at scale, and a read's cost with the durable trail."""
+    trails = {e: load(os.path.join(run, f"audit-trail-{e}.json")) for e in ("sqlite", "postgres")}
+    trails = {e: t for e, t in trails.items() if t}
+    costs = {}
+    for engine in load_engines:
+        inproc = load(os.path.join(run, engine, "inproc.json"))
+        if inproc and inproc.get("audit_cost"):
+            costs[engine] = inproc["audit_cost"]
+    if not trails and not costs:
+        return
+    w("## Audit trail")
+    w("")
+    if trails:
+        first = next(iter(trails.values()))
+        target = first["targets"]
+        scaled = any(t["records"] != target["records"] for t in trails.values())
+        w(f"`carevault-bench audit-trail`: {first['records']:,} synthetic audit records (about 300 "
+          f"staff and 10 clients, {first['patients']:,} patients, 70 % reads, 20 % searches, "
+          f"5 % creates, 5 % sign-ins and token issues, over 30 days) appended through "
+          f"`Store::append_audit` in batches of {first['batch']} (one shared commit each) into a "
+          "fresh database, then measured for size, search and verification. The baselines are "
+          "the same records pushed into a `Vec` (a bare in-memory append) and chained in memory "
+          "with `chain::extend` (the hash cost alone), in the same run. The append rate counts "
+          "only the time inside `append_audit` (a thread generates the next batch meanwhile). "
+          "Each search is the host operator's (`carevault audit search --patient`), so its time "
+          "includes appending the search's own audit record.")
+        w("")
+        if scaled:
+            w(f"The targets are for {target['records']:,} records; this run appended fewer, so "
+              "size and verification time are also shown scaled linearly to that many (the "
+              "verdict uses the scaled figure); append rate and search latency are as measured.")
+            w("")
+        names = list(trails)
+        w("| figure | target | " + " | ".join(names) + " |")
+        w("| --- | --- | " + " | ".join("---:" for _ in names) + " |")
+
+        def verdict(ok):
+            return "met" if ok else "**missed**"
+
+        def row(label, goal, cell):
+            w(f"| {label} | {goal} | " + " | ".join(cell(trails[n]) for n in names) + " |")
+
+        def scale(t, value):
+            return value * t["targets"]["records"] / t["records"]
+
+        row("append (inside `append_audit`), records/s", f"≥ {fmt(target['append_per_s'])}",
+            lambda t: f"{fmt(t['append']['per_s'])} ({verdict(t['append']['per_s'] >= t['targets']['append_per_s'])})")
+        row("append, wall clock, records/s", "", lambda t: fmt(t["append"]["wall_per_s"]))
+        row("baseline: `Vec` push, records/s", "", lambda t: fmt(t["baseline"]["vec_push_per_s"]))
+        row("baseline: `chain::extend` (hash only), records/s", "",
+            lambda t: fmt(t["baseline"]["chain_extend_per_s"]))
+        row(f"one commit of {first['batch']} records, p50 / p99 ms", "",
+            lambda t: f"{t['append']['commit_p50_ms']:.2f} / {t['append']['commit_p99_ms']:.2f}")
+
+        def size(t):
+            s = t["size"]
+            at = s["trail_bytes_at_target"]
+            text = f"{s['trail_bytes'] / 2**20:,.1f} MiB, {s['bytes_per_record']:.0f} B/record"
+            if t["records"] != t["targets"]["records"]:
+                text += f"; {at / 2**30:.2f} GiB scaled"
+            return f"{text} ({verdict(at < t['targets']['bytes'])})"
+        row("trail on disk", f"< {target['bytes'] / 2**30:.0f} GiB", size)
+        row("search by patient, p50 / p90 / p99 / max ms", f"p99 < {target['search_p99_ms']:.0f} ms",
+            lambda t: f"{t['search']['p50_ms']:.2f} / {t['search']['p90_ms']:.2f} / "
+                      f"{t['search']['p99_ms']:.2f} / {t['search']['max_ms']:.2f} "
+                      f"({verdict(t['search']['p99_ms'] < t['targets']['search_p99_ms'])})")
+        row("records per search by patient (limit 50), mean", "",
+            lambda t: f"{t['search']['mean_results']:.1f} of {t['search']['count']:,} searches")
+        row("one search by principal / by action and outcome, ms", "",
+            lambda t: f"{t['search']['by_principal_ms']:.2f} / {t['search']['by_action_outcome_ms']:.2f}")
+
+        def verify(t):
+            v = t["verify"]
+            text = f"{v['seconds']:.1f} s ({fmt(v['per_s'])} records/s)"
+            if t["records"] != t["targets"]["records"]:
+                text += f"; {v['seconds_at_target']:.1f} s scaled"
+            return f"{text} ({verdict(v['seconds_at_target'] < t['targets']['verify_s'])})"
+        row("verify the whole chain", f"< {target['verify_s']:.0f} s", verify)
+        row("store's chain head equals the in-memory chain", "",
+            lambda t: "yes" if t["head_matches_memory_chain"] else "**no**")
+        w("")
+    if costs:
+        w("A read with the durable trail against the same read with a bare in-memory append "
+          "(`carevault-bench inproc --audit both`: the domain read use case in process, its "
+          "audit records sent to the group committer and then to the database, or to a `Vec`; a "
+          "benchmark switch, not a server setting), same run and connections:")
+        w("")
+        w("| engine | durable trail req/s | p99 ms | in-memory append req/s | p99 ms | durable ÷ memory | target |")
+        w("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+        for engine, c in costs.items():
+            ok = c["share"] >= c["target_share"]
+            w(f"| {engine} | {fmt(c['durable_rps'])} | {c['durable_p99_ms']:.2f} | "
+              f"{fmt(c['memory_rps'])} | {c['memory_p99_ms']:.2f} | {c['share'] * 100:.1f} % | "
+              f"≥ {c['target_share'] * 100:.0f} % ({'met' if ok else '**missed**'}) |")
+        w("")
 
 
 def main():
@@ -197,6 +296,8 @@ def main():
             w(f"Database size at {args.patients:,} patients: {int(size) / 1024 / 1024:,.0f} MiB.")
             w("")
 
+    audit_trail_section(w, run, engines)
+
     # Criterion.
     crit = read_text(os.path.join(run, "criterion.txt"))
     results = []
@@ -235,6 +336,8 @@ def main():
     w(f"target/release/carevault-bench load --credentials D/bench-client.json --base http://127.0.0.1:8080 --patients {args.patients} --seed {args.seed} \\")
     w("    --connections 64 --duration 20s --solo read,nhs,family --mix read=60,nhs=15,family=10,create=10,transaction=3,history=2")
     w(f"target/release/carevault-bench inproc --data-dir D --credentials D/bench-client.json --base http://127.0.0.1:8080 --patients {args.patients}")
+    w("target/release/carevault-bench audit-trail --records 10000000 --json audit-trail-sqlite.json")
+    w("target/release/carevault-bench audit-trail --records 10000000 --database postgres://postgres@127.0.0.1:5432/postgres")
     w("cargo bench -p carevault-bench --bench hot_paths")
     w("```")
     w("")

@@ -18,6 +18,7 @@
 //! directory under `--dir`; PostgreSQL as `carevault_bench_audit_<random>` on the server that
 //! `--database` names.
 
+mod figures;
 mod traffic;
 
 use std::path::{Path, PathBuf};
@@ -38,10 +39,11 @@ use carevault_domain::keyring::Keyring;
 use carevault_domain::store::{Store, TenantRecord, TenantStatus};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::{Connection, Row};
 
 use crate::inproc::NoAssertions;
+use figures::Figures;
 use traffic::{Traffic, TrafficPlan, patient_id};
 
 /// The targets are stated for a trail of this many records.
@@ -544,217 +546,6 @@ async fn measure(
     Ok(figures.to_json())
 }
 
-struct Figures<'a> {
-    engine: &'static str,
-    records: u64,
-    options: &'a AuditTrailOptions,
-    baselines: Baselines,
-    append: Append,
-    empty_bytes: u64,
-    bytes: u64,
-    trail_bytes: u64,
-    searches: Searches,
-    verify_s: f64,
-    verified: u64,
-    head_matches: bool,
-}
-
-fn thousands(value: f64) -> String {
-    let digits = format!("{:.0}", value.max(0.0));
-    let mut out = String::new();
-    for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met { "met" } else { "missed" }
-}
-
-impl Figures<'_> {
-    fn append_per_s(&self) -> f64 {
-        self.records as f64 / self.append.inside.as_secs_f64().max(1e-9)
-    }
-
-    fn wall_per_s(&self) -> f64 {
-        self.records as f64 / self.append.wall.as_secs_f64().max(1e-9)
-    }
-
-    fn bytes_per_record(&self) -> f64 {
-        self.trail_bytes as f64 / self.records as f64
-    }
-
-    /// Linear in the number of records: the trail's size and the verification time.
-    fn at_target(&self, value: f64) -> f64 {
-        value * TARGET_RECORDS as f64 / self.records as f64
-    }
-
-    fn verify_per_s(&self) -> f64 {
-        self.verified as f64 / self.verify_s.max(1e-9)
-    }
-
-    fn print(&self) {
-        let scaled = self.records != TARGET_RECORDS;
-        let at = |text: String| {
-            if scaled {
-                format!("{text} (scaled to 10M)")
-            } else {
-                text
-            }
-        };
-        let search = &self.searches;
-        let p99 = ms_at(&search.by_patient, 0.99);
-        let projected_bytes = self.at_target(self.trail_bytes as f64);
-        let projected_verify = self.at_target(self.verify_s);
-        println!();
-        println!(
-            "audit trail on {}: {} records, batches of {}, {} patients",
-            self.engine,
-            thousands(self.records as f64),
-            self.options.batch,
-            thousands(self.options.patients as f64)
-        );
-        println!();
-        println!("| figure | this run | target at 10M records | verdict | same-run baseline |");
-        println!("| --- | ---: | ---: | --- | --- |");
-        println!(
-            "| append, time inside `append_audit` | {} records/s | ≥ 50,000 records/s | {} | `Vec` push {} records/s; `chain::extend` {} records/s |",
-            thousands(self.append_per_s()),
-            verdict(self.append_per_s() >= TARGET_APPEND_PER_S),
-            thousands(self.baselines.vec_push_per_s),
-            thousands(self.baselines.chain_extend_per_s)
-        );
-        println!(
-            "| append, wall clock (generator beside) | {} records/s | | | |",
-            thousands(self.wall_per_s())
-        );
-        println!(
-            "| one commit of {} records | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms | | | |",
-            self.options.batch,
-            ms_at(&self.append.commits, 0.5),
-            ms_at(&self.append.commits, 0.99),
-            self.append.commits.max() as f64 / 1_000.0
-        );
-        println!(
-            "| trail on disk | {:.1} MiB, {:.0} B/record | < 2 GiB | {} | {} |",
-            self.trail_bytes as f64 / (1 << 20) as f64,
-            self.bytes_per_record(),
-            verdict(projected_bytes < TARGET_BYTES as f64),
-            at(format!("{:.2} GiB", projected_bytes / (1u64 << 30) as f64)),
-        );
-        println!(
-            "| search by patient ({}, limit {SEARCH_LIMIT}) | p50 {:.2} / p90 {:.2} / p99 {:.2} / max {:.2} ms; {:.1} records each | p99 < 50 ms | {} | |",
-            search.by_patient.len(),
-            ms_at(&search.by_patient, 0.5),
-            ms_at(&search.by_patient, 0.9),
-            p99,
-            search.by_patient.max() as f64 / 1_000.0,
-            search.mean_results,
-            verdict(p99 < TARGET_SEARCH_MS),
-        );
-        println!(
-            "| search by principal (one) | {:.2} ms; {} records | | | |",
-            search.by_principal.0, search.by_principal.1
-        );
-        println!(
-            "| search by action and outcome (read, denied; one) | {:.2} ms; {} records | | | |",
-            search.by_action_outcome.0, search.by_action_outcome.1
-        );
-        println!(
-            "| verify {} records | {:.2} s, {} records/s | < 30 s | {} | {} |",
-            thousands(self.verified as f64),
-            self.verify_s,
-            thousands(self.verify_per_s()),
-            verdict(projected_verify < TARGET_VERIFY_S),
-            at(format!("{projected_verify:.1} s")),
-        );
-        println!();
-        println!(
-            "database: {} bytes after appending, {} bytes before; store head {} the in-memory chain",
-            self.bytes,
-            self.empty_bytes,
-            if self.head_matches {
-                "matches"
-            } else {
-                "DIFFERS FROM"
-            }
-        );
-        if scaled {
-            println!(
-                "(size and verification scale linearly to 10M records; append rate and search \
-                 latency are as measured at this size)"
-            );
-        }
-        println!(
-            "(each search is the host operator's, through Administration::search_audit: its \
-             time includes appending the search's own audit record)"
-        );
-    }
-
-    fn to_json(&self) -> Value {
-        let search = &self.searches;
-        json!({
-            "engine": self.engine,
-            "records": self.records,
-            "batch": self.options.batch,
-            "patients": self.options.patients,
-            "seed": self.options.seed,
-            "baseline": {
-                "vec_push_per_s": self.baselines.vec_push_per_s,
-                "chain_extend_per_s": self.baselines.chain_extend_per_s,
-            },
-            "append": {
-                "per_s": self.append_per_s(),
-                "wall_per_s": self.wall_per_s(),
-                "seconds_inside": self.append.inside.as_secs_f64(),
-                "seconds_wall": self.append.wall.as_secs_f64(),
-                "commit_p50_ms": ms_at(&self.append.commits, 0.5),
-                "commit_p99_ms": ms_at(&self.append.commits, 0.99),
-                "commit_max_ms": self.append.commits.max() as f64 / 1_000.0,
-            },
-            "size": {
-                "bytes": self.bytes,
-                "empty_bytes": self.empty_bytes,
-                "trail_bytes": self.trail_bytes,
-                "bytes_per_record": self.bytes_per_record(),
-                "trail_bytes_at_target": self.at_target(self.trail_bytes as f64),
-            },
-            "search": {
-                "count": search.by_patient.len(),
-                "limit": SEARCH_LIMIT,
-                "p50_ms": ms_at(&search.by_patient, 0.5),
-                "p90_ms": ms_at(&search.by_patient, 0.9),
-                "p99_ms": ms_at(&search.by_patient, 0.99),
-                "max_ms": search.by_patient.max() as f64 / 1_000.0,
-                "mean_results": search.mean_results,
-                "by_principal_ms": search.by_principal.0,
-                "by_principal_results": search.by_principal.1,
-                "by_action_outcome_ms": search.by_action_outcome.0,
-                "by_action_outcome_results": search.by_action_outcome.1,
-                "includes_own_audit_append": true,
-            },
-            "verify": {
-                "records": self.verified,
-                "seconds": self.verify_s,
-                "per_s": self.verify_per_s(),
-                "seconds_at_target": self.at_target(self.verify_s),
-            },
-            "head_matches_memory_chain": self.head_matches,
-            "targets": {
-                "records": TARGET_RECORDS,
-                "append_per_s": TARGET_APPEND_PER_S,
-                "search_p99_ms": TARGET_SEARCH_MS,
-                "verify_s": TARGET_VERIFY_S,
-                "bytes": TARGET_BYTES,
-            },
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -770,12 +561,5 @@ mod tests {
             Some("postgresql://db/x".to_owned())
         );
         assert_eq!(redacted("postgres://u:p@db/x"), "postgres://…@db/x");
-    }
-
-    #[test]
-    fn thousands_are_grouped() {
-        assert_eq!(thousands(1_234_567.4), "1,234,567");
-        assert_eq!(thousands(999.0), "999");
-        assert_eq!(thousands(0.2), "0");
     }
 }

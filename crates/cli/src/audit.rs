@@ -209,7 +209,9 @@ pub async fn run(data_dir: &Path, command: AuditCommand) -> anyhow::Result<()> {
             let before_ms = match (before, older_than_days) {
                 (Some(text), None) => parse_time(&text)?,
                 (None, Some(days)) => runtime.now_ms() - i64::from(days) * 86_400_000,
-                _ => bail!("say which records to remove: --before <RFC 3339 time> or --older-than-days <N>"),
+                _ => bail!(
+                    "say which records to remove: --before <RFC 3339 time> or --older-than-days <N>"
+                ),
             };
             retain(&runtime, data_dir, tenant, before_ms, dry_run).await
         }
@@ -622,7 +624,9 @@ async fn retain(
             .audit_retention_boundary(tenant, before_ms)
             .await?
         else {
-            println!("tenant {tenant}: no segment is wholly older than the cut-off; nothing removed");
+            println!(
+                "tenant {tenant}: no segment is wholly older than the cut-off; nothing removed"
+            );
             continue;
         };
         // Retention never launders a break: the chain must verify clean first.
@@ -649,6 +653,42 @@ async fn retain(
                  `carevault audit verify --tenant {tenant}` is clean",
                 report.breaks.len() + bad_lines
             );
+        }
+        // The boundary comes from the segments' time columns, which no hash covers: check
+        // the records themselves (their times are in their hashed texts, which verify checked).
+        let mut after = 0;
+        while after < through {
+            let page = runtime
+                .store
+                .audit_links(
+                    tenant,
+                    &LinkQuery {
+                        after_seq: after,
+                        since_ms: None,
+                        until_ms: None,
+                        limit: PAGE,
+                    },
+                )
+                .await?;
+            let before = after;
+            for entry in &page {
+                if let StoredEntry::Link(link) = entry
+                    && link.seq <= through
+                {
+                    if link.time_ms >= before_ms {
+                        bail!(
+                            "tenant {tenant}: record {} is not older than the cut-off although \
+                             its segment's time columns say so; retention removes nothing (the \
+                             columns were changed: keep this database for investigation)",
+                            link.seq
+                        );
+                    }
+                    after = link.seq;
+                }
+            }
+            if after == before {
+                break;
+            }
         }
         let hash = runtime
             .store

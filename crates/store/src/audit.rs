@@ -261,10 +261,13 @@ impl SegmentRow {
     }
 }
 
+/// A version-5 row: seq, time, record text, stored prev_hash and hash (NULL before hashing).
+pub(crate) type LegacyRow = (i64, i64, String, Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Runs of consecutive legacy rows (seq, time, text, hash) cut into segments: a gap in the
 /// sequence numbers ends a segment, so a record missing before the move stays missing after.
 pub(crate) fn legacy_segments(
-    rows: Vec<(i64, i64, String, Option<Vec<u8>>, Option<Vec<u8>>)>,
+    rows: Vec<LegacyRow>,
 ) -> Result<(Vec<NewSegment>, ChainHash), StoreError> {
     let mut segments = Vec::new();
     let mut running = chain::GENESIS;

@@ -4,9 +4,8 @@
 //! and /readyz says so.
 
 use serde_json::{Value, json};
-use sqlx::Row;
 
-use crate::common::{Client, Engine, Fhir, Server, engines, patient};
+use crate::common::{Client, Engine, Fhir, Server, audit_texts, engines, patient};
 
 #[tokio::test]
 async fn every_interaction_leaves_an_audit_record_without_names() {
@@ -22,92 +21,46 @@ async fn no_write_and_no_data_without_a_durable_audit_record() {
     }
 }
 
-enum Raw {
-    Sqlite(sqlx::SqlitePool),
-    Postgres(sqlx::PgPool),
+/// A statement run on the server's database behind its back, as its owner.
+async fn execute(server: &Server, statement: &str) {
+    match &server.pg {
+        None => {
+            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(server.sqlite_path());
+            let pool = sqlx::SqlitePool::connect_with(options)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned()))
+                .execute(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{statement}: {e}"));
+            pool.close().await;
+        }
+        Some(pg) => {
+            crate::common::psql(&pg.url, statement);
+        }
+    }
 }
 
-impl Raw {
-    async fn connect(server: &Server) -> Raw {
-        match &server.pg {
-            None => {
-                let options =
-                    sqlx::sqlite::SqliteConnectOptions::new().filename(server.sqlite_path());
-                Raw::Sqlite(
-                    sqlx::SqlitePool::connect_with(options)
-                        .await
-                        .unwrap_or_else(|e| panic!("{e}")),
-                )
-            }
-            Some(pg) => Raw::Postgres(
-                sqlx::PgPool::connect(&pg.url)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}")),
-            ),
-        }
-    }
-
-    /// Every audit row as (seq, record JSON text).
-    async fn rows(&self) -> Vec<(i64, String)> {
-        let sql = "SELECT seq, record FROM audit_log ORDER BY seq";
-        match self {
-            Raw::Sqlite(pool) => sqlx::query(sql)
-                .fetch_all(pool)
-                .await
-                .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect()),
-            Raw::Postgres(pool) => sqlx::query(sql)
-                .fetch_all(pool)
-                .await
-                .map(|rows| rows.iter().map(|r| (r.get(0), r.get(1))).collect()),
-        }
-        .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// The tenant's audit records, in sequence order.
-    async fn records(&self, tenant: &str) -> Vec<Value> {
-        let mut rows: Vec<(i64, Value)> = self
-            .rows()
-            .await
-            .into_iter()
-            .map(|(seq, text)| {
-                (
-                    seq,
-                    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
-                )
-            })
-            .filter(|(_, record): &(i64, Value)| record["tenant"] == tenant)
-            .collect();
-        rows.sort_by_key(|(seq, _)| *seq);
-        rows.into_iter().map(|(_, record)| record).collect()
-    }
-
-    async fn execute(&self, server: &Server, statement: &str) {
-        match self {
-            Raw::Sqlite(pool) => {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned()))
-                    .execute(pool)
-                    .await
-                    .unwrap_or_else(|e| panic!("{statement}: {e}"));
-            }
-            Raw::Postgres(_) => {
-                if let Some(pg) = &server.pg {
-                    crate::common::psql(&pg.url, statement);
-                }
-            }
-        }
-    }
+/// The tenant's audit records, in sequence order, read from the stored segments.
+async fn records(server: &Server, tenant: &str) -> Vec<Value> {
+    audit_texts(server)
+        .await
+        .into_iter()
+        .map(|text| serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
+        .filter(|record: &Value| record["tenant"] == tenant)
+        .collect()
 }
 
 /// Reads the records appended since the last call.
 struct Trail<'a> {
-    raw: &'a Raw,
+    server: &'a Server,
     tenant: String,
     seen: usize,
 }
 
 impl Trail<'_> {
     async fn new_records(&mut self) -> Vec<Value> {
-        let all = self.raw.records(&self.tenant).await;
+        let all = records(self.server, &self.tenant).await;
         let fresh = all[self.seen.min(all.len())..].to_vec();
         self.seen = all.len();
         fresh
@@ -178,9 +131,8 @@ async fn audit_cases(engine: Engine) {
     server.token(&mut reader, "system/*.rs").await;
     let fhir = Fhir::new(&server, &client);
     let read_only = Fhir::new(&server, &reader);
-    let raw = Raw::connect(&server).await;
     let mut trail = Trail {
-        raw: &raw,
+        server: &server,
         tenant: tenant.clone(),
         seen: 0,
     };
@@ -396,13 +348,7 @@ async fn audit_cases(engine: Engine) {
     check_common(&record, &client, &tenant, "invalid");
 
     // No names, birth dates or identifiers anywhere in the audit trail.
-    let everything: String = raw
-        .rows()
-        .await
-        .into_iter()
-        .map(|(_, text)| text)
-        .collect::<Vec<_>>()
-        .join("\n");
+    let everything: String = audit_texts(&server).await.join("\n");
     for secret in [
         "Auditwhistle",
         "auditwhis",
@@ -436,7 +382,6 @@ async fn audit_failure_cases(engine: Engine) {
     let server = Server::start(engine).await;
     let (tenant, client) = server.tenant_with_client("Failsafe Trust").await;
     let fhir = Fhir::new(&server, &client);
-    let raw = Raw::connect(&server).await;
     let existing = fhir
         .create(&patient("Failsafe", "Fern", "9434765919", "1955-05-05"))
         .await;
@@ -447,23 +392,23 @@ async fn audit_failure_cases(engine: Engine) {
         }))
         .await;
     assert_eq!(readyz(&server).await.0, 200);
-    let audited_before = raw.records(&tenant).await.len();
+    let audited_before = records(&server, &tenant).await.len();
 
     let (block, unblock) = match engine {
         Engine::Sqlite => (
-            "CREATE TRIGGER audit_block BEFORE INSERT ON audit_log \
+            "CREATE TRIGGER audit_block BEFORE INSERT ON audit_segments \
              BEGIN SELECT RAISE(ABORT, 'audit blocked by the test'); END;",
             "DROP TRIGGER audit_block;",
         ),
         Engine::Postgres => (
             "CREATE FUNCTION audit_block() RETURNS trigger LANGUAGE plpgsql AS $$ \
              BEGIN RAISE EXCEPTION 'audit blocked by the test'; END; $$; \
-             CREATE TRIGGER audit_block BEFORE INSERT ON audit_log \
+             CREATE TRIGGER audit_block BEFORE INSERT ON audit_segments \
              FOR EACH ROW EXECUTE FUNCTION audit_block();",
-            "DROP TRIGGER audit_block ON audit_log; DROP FUNCTION audit_block();",
+            "DROP TRIGGER audit_block ON audit_segments; DROP FUNCTION audit_block();",
         ),
     };
-    raw.execute(&server, block).await;
+    execute(&server, block).await;
 
     // A create cannot commit without its audit record: 5xx, and nothing written.
     let created = fhir
@@ -524,7 +469,7 @@ async fn audit_failure_cases(engine: Engine) {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["audit"], "failing", "{body}");
 
-    raw.execute(&server, unblock).await;
+    execute(&server, unblock).await;
     // Still not ready until an audit commit succeeds again.
     let (status, body) = readyz(&server).await;
     assert_eq!(
@@ -548,7 +493,7 @@ async fn audit_failure_cases(engine: Engine) {
     assert_eq!(read.body["name"][0]["given"][0], "Fern");
     // Nothing was audited while the trail was down (the failures could not be written either),
     // and every record since is there.
-    let records = raw.records(&tenant).await;
+    let records = records(&server, &tenant).await;
     assert_eq!(
         records.len(),
         audited_before + 2,

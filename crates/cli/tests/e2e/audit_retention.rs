@@ -33,24 +33,58 @@ async fn retention(engine: Engine) {
     server.cli(&["audit", "checkpoint"]);
     let search = |server: &Server| {
         server.cli(&[
-            "audit", "search", "--tenant", &tenant, "--patient", &id, "--limit", "100",
+            "audit",
+            "search",
+            "--tenant",
+            &tenant,
+            "--patient",
+            &id,
+            "--limit",
+            "100",
         ])
     };
     let before = count_records(&search(&server));
-    assert!(before >= 5, "a create and four reads are recorded: {before}");
+    assert!(
+        before >= 5,
+        "a create and four reads are recorded: {before}"
+    );
 
     // Nothing is a day old yet.
-    let out = server.cli(&["audit", "retain", "--tenant", &tenant, "--older-than-days", "1"]);
+    let out = server.cli(&[
+        "audit",
+        "retain",
+        "--tenant",
+        &tenant,
+        "--older-than-days",
+        "1",
+    ]);
     assert!(out.contains("nothing removed"), "{out}");
     let dry = server.cli(&[
-        "audit", "retain", "--tenant", &tenant, "--older-than-days", "0", "--dry-run",
+        "audit",
+        "retain",
+        "--tenant",
+        &tenant,
+        "--older-than-days",
+        "0",
+        "--dry-run",
     ]);
     assert!(dry.contains("would remove"), "{dry}");
-    assert_eq!(count_records(&search(&server)), before, "a dry run removes nothing");
+    assert_eq!(
+        count_records(&search(&server)),
+        before,
+        "a dry run removes nothing"
+    );
 
     // Everything recorded so far is older than now.
     std::thread::sleep(std::time::Duration::from_millis(20));
-    let out = server.cli(&["audit", "retain", "--tenant", &tenant, "--older-than-days", "0"]);
+    let out = server.cli(&[
+        "audit",
+        "retain",
+        "--tenant",
+        &tenant,
+        "--older-than-days",
+        "0",
+    ]);
     assert!(out.contains("behind a signed retention marker"), "{out}");
     let verified = server.cli_output(&["audit", "verify"]);
     assert!(
@@ -59,11 +93,23 @@ async fn retention(engine: Engine) {
         String::from_utf8_lossy(&verified.stdout),
         String::from_utf8_lossy(&verified.stderr)
     );
-    assert_eq!(count_records(&search(&server)), 0, "the removed reads are gone");
+    assert_eq!(
+        count_records(&search(&server)),
+        0,
+        "the removed reads are gone"
+    );
     let recorded = server.cli(&[
-        "audit", "search", "--tenant", &tenant, "--action", "audit.retain",
+        "audit",
+        "search",
+        "--tenant",
+        &tenant,
+        "--action",
+        "audit.retain",
     ]);
-    assert!(recorded.contains("audit.retain"), "the removal is recorded: {recorded}");
+    assert!(
+        recorded.contains("audit.retain"),
+        "the removal is recorded: {recorded}"
+    );
 
     // New records chain on after the marker and verify; a checkpoint of them too.
     assert_eq!(fhir.get(&format!("Patient/{id}")).await.status, 200);
@@ -83,7 +129,14 @@ async fn retention(engine: Engine) {
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(dir.join("zz-forged.jsonl"), forged).unwrap_or_else(|e| panic!("{e}"));
     std::thread::sleep(std::time::Duration::from_millis(20));
-    let refused = server.cli_output(&["audit", "retain", "--tenant", &tenant, "--older-than-days", "0"]);
+    let refused = server.cli_output(&[
+        "audit",
+        "retain",
+        "--tenant",
+        &tenant,
+        "--older-than-days",
+        "0",
+    ]);
     assert!(!refused.status.success());
     let message = String::from_utf8_lossy(&refused.stderr);
     assert!(message.contains("retention removes nothing"), "{message}");

@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use carevault_store::audit_segment::decode;
 use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_carevault");
@@ -336,6 +337,39 @@ impl Server {
     pub fn sqlite_path(&self) -> PathBuf {
         self.data_dir().join("db").join("carevault.sqlite")
     }
+}
+
+/// Every stored audit record's canonical text, tenant by tenant in sequence order, read the
+/// way an auditor with access to the database would: the rows of `audit_segments` opened with
+/// the store's own decoder. A segment that does not open fails the test.
+pub async fn audit_texts(server: &Server) -> Vec<String> {
+    const BODIES: &str = "SELECT body FROM audit_segments ORDER BY tenant_id, first_seq";
+    let bodies: Vec<Vec<u8>> = match &server.pg {
+        None => {
+            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(server.sqlite_path());
+            let pool = sqlx::SqlitePool::connect_with(options)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let bodies = sqlx::query_scalar(BODIES).fetch_all(&pool).await;
+            pool.close().await;
+            bodies
+        }
+        // The test URL's user is a superuser: row-level security does not apply to it.
+        Some(pg) => {
+            let pool = sqlx::PgPool::connect(&pg.url)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let bodies = sqlx::query_scalar(BODIES).fetch_all(&pool).await;
+            pool.close().await;
+            bodies
+        }
+    }
+    .unwrap_or_else(|e| panic!("{BODIES}: {e}"));
+    bodies
+        .iter()
+        .flat_map(|body| decode(body).unwrap_or_else(|e| panic!("{e}")))
+        .map(|record| record.text)
+        .collect()
 }
 
 impl Drop for Server {

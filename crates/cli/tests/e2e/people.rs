@@ -7,7 +7,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use crate::common::{Engine, Fhir, Page, Server, WebClient, current_step, patient, totp_code};
+use crate::common::{
+    Engine, Fhir, Page, Server, WebClient, audit_texts, current_step, patient, totp_code,
+};
 
 const FAMILY: &str = "Quixotewell";
 const GIVEN: &str = "Persephone";
@@ -495,7 +497,7 @@ async fn roles_and_care_relationships_hold_on_fhir_with_a_session() {
         "break-glass opens the record: {}",
         read.body
     );
-    let audit = sqlite_texts(server, "SELECT record FROM audit_log").await;
+    let audit = audit_texts(server).await;
     assert!(
         audit
             .iter()
@@ -651,7 +653,7 @@ async fn supplier_staff_reach_a_tenant_only_under_an_approved_grant() {
         "grants are read-only: {}",
         write.body
     );
-    let audit = sqlite_texts(server, "SELECT record FROM audit_log").await;
+    let audit = audit_texts(server).await;
     assert!(
         audit
             .iter()
@@ -773,7 +775,7 @@ async fn home_entry_details_are_sealed_apart_and_revealed_to_todays_carer() {
         .submit(&page, &format!("/visits/{}/entry", w.in_team), &[])
         .await;
     assert_eq!(refused.status, 404, "{}", refused.body);
-    let audit = sqlite_texts(server, "SELECT record FROM audit_log").await;
+    let audit = audit_texts(server).await;
     assert!(
         audit
             .iter()

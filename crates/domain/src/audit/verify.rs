@@ -55,7 +55,9 @@ pub enum Fault {
     /// A retention marker is forged, edited or signed by another key.
     MarkerInvalid { reason: String },
     /// A signed checkpoint names a sequence number past the last record: records were cut off.
-    CheckpointPastEnd { last_seq: i64, origin: String },
+    CheckpointPastEnd { chain_end: i64, origin: String },
+    /// The record's stored time differs from the time in its (hashed) text.
+    TimeChanged { recorded: i64 },
     /// A signed checkpoint names a sequence number whose record is missing.
     CheckpointOnMissing { origin: String },
     /// A checkpoint line is forged, edited, unreadable or signed by another key.
@@ -87,9 +89,13 @@ impl Fault {
                 "the chain here differs from the signed checkpoint ({origin}): records up to \
                  here were changed and the chain rebuilt"
             ),
-            Fault::CheckpointPastEnd { last_seq, origin } => format!(
+            Fault::CheckpointPastEnd { chain_end, origin } => format!(
                 "a signed checkpoint ({origin}) names this record, but the chain ends at \
-                 {last_seq}: the newest records were cut off"
+                 {chain_end}: the newest records were cut off"
+            ),
+            Fault::TimeChanged { recorded } => format!(
+                "the time stored beside the record differs from its own ({recorded}): it was \
+                 changed to move the record in or out of time-bounded searches"
             ),
             Fault::CheckpointOnMissing { origin } => {
                 format!("a signed checkpoint ({origin}) names this record, which is missing")
@@ -116,6 +122,7 @@ impl Fault {
                 | (Fault::WrongTenant { .. }, Fault::WrongTenant { .. })
                 | (Fault::Unreadable, Fault::Unreadable)
                 | (Fault::Unhashed, Fault::Unhashed)
+                | (Fault::TimeChanged { .. }, Fault::TimeChanged { .. })
         )
     }
 }
@@ -175,6 +182,7 @@ pub struct TenantReport {
 #[derive(Deserialize)]
 struct RecordIdentity<'a> {
     seq: i64,
+    time_ms: i64,
     #[serde(borrow)]
     tenant: &'a str,
 }
@@ -379,6 +387,14 @@ impl ChainCheck {
                         },
                     );
                 }
+                if record.time_ms != row.time_ms {
+                    self.report(
+                        row.seq,
+                        Fault::TimeChanged {
+                            recorded: record.time_ms,
+                        },
+                    );
+                }
                 if TenantId::parse(record.tenant) != Some(self.tenant) {
                     self.report(
                         row.seq,
@@ -453,7 +469,7 @@ impl ChainCheck {
                 Some(self.tenant),
                 Some(checkpoint.seq),
                 Fault::CheckpointPastEnd {
-                    last_seq,
+                    chain_end: last_seq,
                     origin: checkpoint.origin.clone(),
                 },
             ));
@@ -466,7 +482,10 @@ impl ChainCheck {
             let mut gap = Break::new(Some(self.tenant), Some(last_seq + 1), Fault::Missing);
             gap.last_seq = Some(head.seq);
             self.breaks.push(gap);
-        } else if head.seq < last_seq || head.hash.is_some_and(|hash| hash != self.running) {
+        } else if head.seq < last_seq
+            || (!self.resync && head.hash.is_some_and(|hash| hash != self.running))
+        {
+            // (After a damaged last segment the running hash is unknown: nothing to compare.)
             self.breaks.push(Break::new(
                 Some(self.tenant),
                 Some(last_seq),
@@ -520,7 +539,7 @@ mod tests {
             .into_iter()
             .map(|chained| StoredLink {
                 seq: chained.seq,
-                time_ms: 0,
+                time_ms: 1_700_000_000_000,
                 text: chained.text,
                 prev_hash: Some(chained.prev_hash.to_vec()),
                 hash: Some(chained.hash.to_vec()),
@@ -579,6 +598,7 @@ mod tests {
             Fault::Unhashed => "unhashed",
             Fault::CheckpointMismatch { .. } => "cp-mismatch",
             Fault::CheckpointPastEnd { .. } => "cp-past-end",
+            Fault::TimeChanged { .. } => "time",
             Fault::CheckpointOnMissing { .. } => "cp-on-missing",
             Fault::CheckpointInvalid { .. } => "cp-invalid",
             Fault::MarkerInvalid { .. } => "marker-invalid",
@@ -630,7 +650,7 @@ mod tests {
             .into_iter()
             .map(|c| StoredLink {
                 seq: c.seq,
-                time_ms: 0,
+                time_ms: 1_700_000_000_000,
                 text: c.text,
                 prev_hash: Some(c.prev_hash.to_vec()),
                 hash: Some(c.hash.to_vec()),
@@ -695,7 +715,7 @@ mod tests {
             5,
             StoredLink {
                 seq: 6,
-                time_ms: 0,
+                time_ms: 1_700_000_000_000,
                 text: forged[0].text.clone(),
                 prev_hash: Some(forged[0].prev_hash.to_vec()),
                 hash: Some(forged[0].hash.to_vec()),
