@@ -388,7 +388,9 @@ pub(crate) fn filter_keys(filter: &AuditFilter) -> Vec<i64> {
     .collect()
 }
 
-/// The candidate-segment statement for a search with `keys` over `buckets` buckets. Values, in
+/// The candidate-segment statement for a search with `keys` over `buckets` buckets. The key
+/// index drives (SQLite's `CROSS JOIN` fixes the join order: left to itself its planner walks
+/// every segment and probes the keys, a scan that grows with the trail). Values, in
 /// placeholder order: the tenant, the keys, the buckets (with keys), then `before_first_seq`,
 /// `since`, `until`, `limit`.
 pub(crate) fn search_statement(keys: usize, buckets: usize) -> String {
@@ -400,8 +402,9 @@ pub(crate) fn search_statement(keys: usize, buckets: usize) -> String {
     }
     let mut text = String::from(
         "SELECT s.first_seq, s.last_seq, s.prev_hash, s.body FROM audit_keys k \
-         JOIN audit_segments s ON s.tenant_id = k.tenant_id AND s.first_seq = k.first_seq \
-         WHERE k.tenant_id = $1 AND k.key = $2",
+         CROSS JOIN audit_segments s \
+         WHERE s.tenant_id = k.tenant_id AND s.first_seq = k.first_seq \
+         AND k.tenant_id = $1 AND k.key = $2",
     );
     for index in 1..keys {
         text.push_str(&format!(
@@ -1041,8 +1044,9 @@ mod tests {
         assert_eq!(
             search_statement(2, 3),
             "SELECT s.first_seq, s.last_seq, s.prev_hash, s.body FROM audit_keys k \
-             JOIN audit_segments s ON s.tenant_id = k.tenant_id AND s.first_seq = k.first_seq \
-             WHERE k.tenant_id = $1 AND k.key = $2 AND EXISTS (SELECT 1 FROM audit_keys k1 \
+             CROSS JOIN audit_segments s \
+             WHERE s.tenant_id = k.tenant_id AND s.first_seq = k.first_seq \
+             AND k.tenant_id = $1 AND k.key = $2 AND EXISTS (SELECT 1 FROM audit_keys k1 \
              WHERE k1.tenant_id = k.tenant_id AND k1.bucket = k.bucket AND k1.key = $3 \
              AND k1.first_seq = k.first_seq) AND k.bucket IN ($4, $5, $6) \
              AND k.first_seq < $7 AND s.max_time_ms >= $8 AND s.min_time_ms < $9 \
