@@ -503,7 +503,7 @@ async fn measure(
     let expected = options.records + searches.made;
     let bar = progress(expected, "verify", options.quiet);
     let started = Instant::now();
-    let report = verify_chain(store.as_ref(), tenant, Vec::new(), &key, &|n| bar.inc(n))
+    let report = verify_chain(store.clone(), tenant, Vec::new(), &key, &|n| bar.inc(n))
         .await
         .context("verifying the chain")?;
     let verify_s = started.elapsed().as_secs_f64();

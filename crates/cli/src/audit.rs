@@ -446,7 +446,7 @@ async fn verify(
     }
     for (tenant, checkpoints) in tenants {
         let mut report = verify_chain(
-            runtime.store.as_ref(),
+            runtime.store.clone(),
             tenant,
             checkpoints,
             key,
@@ -636,7 +636,7 @@ async fn retain(
             .cloned()
             .collect();
         let report = verify_chain(
-            runtime.store.as_ref(),
+            runtime.store.clone(),
             tenant,
             mine,
             &key.verifying_key(),

@@ -25,6 +25,6 @@ pub use data_key::{DataKey, sealed_key_version};
 pub use error::CryptoError;
 pub use index_key::IndexKey;
 pub use kek::{Kek, KeyEncryptionKey};
-pub use primitives::{constant_time_eq, random_bytes, sha256};
+pub use primitives::{constant_time_eq, random_bytes, sha256, sha256_parts};
 pub use secret::SecretKey;
 pub use signing::{SigningKey, VerifyingKey};

@@ -32,6 +32,18 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// SHA-256 of the concatenation of `parts`, without copying them together.
+#[must_use]
+pub fn sha256_parts(parts: &[&[u8]]) -> [u8; 32] {
+    let mut context = digest::Context::new(&digest::SHA256);
+    for part in parts {
+        context.update(part);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(context.finish().as_ref());
+    out
+}
+
 /// Compares two byte strings in time that depends only on their lengths.
 /// Different lengths compare unequal (the lengths are not secret).
 #[must_use]

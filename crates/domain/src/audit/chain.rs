@@ -8,7 +8,7 @@
 //! every later hash; signed checkpoints of the head (see [`super::checkpoint`]) pin the chain so
 //! that rewriting it from the break onwards, or cutting off its newest records, is found too.
 
-use carevault_crypto::sha256;
+use carevault_crypto::sha256_parts;
 
 use super::AuditRecord;
 
@@ -33,11 +33,7 @@ pub fn canonical_text(record: &AuditRecord, seq: i64) -> Result<String, serde_js
 /// The hash after appending the record whose canonical text is `text` to a chain ending in
 /// `previous`.
 pub fn link(previous: &ChainHash, text: &[u8]) -> ChainHash {
-    let mut input = Vec::with_capacity(LINK_LABEL.len() + previous.len() + text.len());
-    input.extend_from_slice(LINK_LABEL);
-    input.extend_from_slice(previous);
-    input.extend_from_slice(text);
-    sha256(&input)
+    sha256_parts(&[LINK_LABEL, previous, text])
 }
 
 /// Reads a stored hash column: exactly 32 bytes.

@@ -22,8 +22,11 @@
 //! check is itself a break, and then the records it claims to have removed count as missing.
 //! [`verify_chain`] runs the whole check of one tenant against a store.
 
+use std::sync::Arc;
+
 use carevault_crypto::VerifyingKey;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
 use super::chain::{ChainHash, GENESIS, hash_from_bytes, link};
 use super::checkpoint::VerifiedCheckpoint;
@@ -193,9 +196,10 @@ const PAGE: usize = 8_192;
 /// Checks one tenant's stored chain: from its newest valid retention marker (or the genesis
 /// hash), through every stored record, against its head row and `checkpoints` (already
 /// verified, any tenant's: only this one's are used). `progress` is told how many records each
-/// page held.
+/// page held. The next page is read (and its segments opened) by a task of its own while this
+/// one checks the current page, so reading and hashing run side by side.
 pub async fn verify_chain(
-    store: &dyn AuditStore,
+    store: Arc<dyn AuditStore>,
     tenant: TenantId,
     checkpoints: Vec<VerifiedCheckpoint>,
     key: &VerifyingKey,
@@ -223,35 +227,67 @@ pub async fn verify_chain(
     if let Some(marker) = &start {
         check.start_after(marker);
     }
-    loop {
-        let before = check.last_seq();
-        let entries = store
-            .audit_links(
-                tenant,
-                &LinkQuery {
-                    after_seq: before,
-                    since_ms: None,
-                    until_ms: None,
-                    limit: PAGE,
-                },
-            )
-            .await?;
-        if entries.is_empty() {
-            break;
-        }
+    let (pages, mut next_page) = mpsc::channel::<StoreResult<Vec<StoredEntry>>>(2);
+    let reader = tokio::spawn(read_pages(store.clone(), tenant, check.last_seq(), pages));
+    while let Some(page) = next_page.recv().await {
+        let entries = page?;
         for entry in &entries {
             check.push_entry(entry);
         }
         progress(u64::try_from(entries.len()).unwrap_or(0));
-        if check.last_seq() <= before {
-            // A store that returns nothing new would otherwise be asked forever.
-            break;
-        }
     }
+    // The reader has ended (its channel closed); a panic in it is a failed walk.
+    reader.await.map_err(|error| {
+        crate::store::StoreError::Backend(format!("audit walk failed: {error}"))
+    })?;
     let head = store.audit_head(tenant).await?;
     let mut report = check.finish(head);
     report.breaks.splice(0..0, marker_breaks);
     Ok(report)
+}
+
+/// Sends the pages of a walk after `after_seq`, in order, until the trail ends, the store fails
+/// (the error is the last message) or nobody listens.
+async fn read_pages(
+    store: Arc<dyn AuditStore>,
+    tenant: TenantId,
+    mut after_seq: i64,
+    pages: mpsc::Sender<StoreResult<Vec<StoredEntry>>>,
+) {
+    loop {
+        let query = LinkQuery {
+            after_seq,
+            since_ms: None,
+            until_ms: None,
+            limit: PAGE,
+        };
+        let entries = match store.audit_links(tenant, &query).await {
+            Ok(entries) => entries,
+            Err(error) => {
+                let _ = pages.send(Err(error)).await;
+                return;
+            }
+        };
+        let last = entries
+            .iter()
+            .map(|entry| match entry {
+                StoredEntry::Link(link) => link.seq,
+                StoredEntry::Damaged { last_seq, .. } => *last_seq,
+            })
+            .max();
+        // An empty page ends the walk; so does one that does not move on (a store that returned
+        // nothing new would otherwise be asked forever).
+        let Some(last) = last.filter(|last| *last > after_seq) else {
+            if !entries.is_empty() {
+                let _ = pages.send(Ok(entries)).await;
+            }
+            return;
+        };
+        after_seq = last;
+        if pages.send(Ok(entries)).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The running check of one tenant's chain.

@@ -220,7 +220,7 @@ async fn retention_removes_whole_segments_behind_a_signed_marker(store: Arc<dyn 
 
     // The shortened chain verifies from its marker.
     let verifying = key.verifying_key();
-    let report = verify_chain(store.as_ref(), a, Vec::new(), &verifying, &|_| {})
+    let report = verify_chain(store.clone(), a, Vec::new(), &verifying, &|_| {})
         .await
         .unwrap();
     assert!(report.breaks.is_empty(), "{:?}", report.breaks);
@@ -258,7 +258,7 @@ async fn retention_removes_whole_segments_behind_a_signed_marker(store: Arc<dyn 
         let statement = format!("DELETE FROM {table} WHERE tenant_id = {tenant_literal}");
         raw.execute_as_owner(statement.leak()).await.unwrap();
     }
-    let report = verify_chain(store.as_ref(), a, Vec::new(), &verifying, &|_| {})
+    let report = verify_chain(store.clone(), a, Vec::new(), &verifying, &|_| {})
         .await
         .unwrap();
     let kinds: Vec<String> = report
