@@ -182,15 +182,48 @@ impl AuditTrail {
     }
 }
 
+/// Under load, how many scheduling rounds the committer lets a batch fill for.
+const LINGER_ROUNDS: usize = 8;
+/// A commit that took this long (a flush to disk) is worth lingering for; a cheaper one (or a
+/// sink without a flush) is not delayed at all (and the timer's 1 ms grain would dwarf it).
+const COSTLY_COMMIT: std::time::Duration = std::time::Duration::from_micros(200);
+/// A batch this large is committed at once.
+const FULL_ENOUGH: usize = 128;
+
 async fn run_committer(
     sink: Arc<dyn AuditSink>,
     mut receiver: mpsc::Receiver<Pending>,
     healthy: Arc<AtomicBool>,
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    let mut busy = false;
+    let mut last_commit = std::time::Duration::ZERO;
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // Each commit costs a flush and a fixed round of statements whatever its size. When the
+        // last commit was shared (others were waiting), more records are on their way: let the
+        // batch fill for as long as the last commit took (at most LINGER) before paying that
+        // cost again, so a costly commit is paid by more records and a cheap one is not delayed.
+        // A lone request (an idle server) is committed at once.
+        if busy && last_commit >= COSTLY_COMMIT {
+            // Let the tasks that are ready run first (they are about to add records), as long
+            // as each round brings more, instead of sleeping on a timer.
+            for _ in 0..LINGER_ROUNDS {
+                if batch.len() >= FULL_ENOUGH {
+                    break;
+                }
+                tokio::task::yield_now().await;
+                let room = MAX_BATCH - batch.len();
+                let more = received_now(receiver.recv_many(&mut batch, room));
+                if more == 0 {
+                    break;
+                }
+            }
+        }
+        busy = batch.len() > 1;
         let records: Vec<AuditRecord> = batch.iter().map(|(record, _)| record.clone()).collect();
+        let started = std::time::Instant::now();
         let result = sink.append(&records).await;
+        last_commit = started.elapsed();
         let outcome = match &result {
             Ok(()) => Ok(()),
             Err(error) => {
@@ -203,6 +236,17 @@ async fn run_committer(
             // A caller that gave up (its request was cancelled) no longer listens; that is fine.
             let _ = done.send(outcome.clone());
         }
+    }
+}
+
+/// Polls `future` once: its output if ready, else 0 (nothing received now).
+fn received_now(future: impl std::future::Future<Output = usize>) -> usize {
+    let mut future = std::pin::pin!(future);
+    let waker = std::task::Waker::noop();
+    let mut context = std::task::Context::from_waker(waker);
+    match future.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(received) => received,
+        std::task::Poll::Pending => 0,
     }
 }
 

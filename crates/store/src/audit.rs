@@ -9,7 +9,7 @@
 //! verifier uses), stores them as one segment (split past [`MAX_RECORDS`]) with its search keys,
 //! and moves the head's hash forward: all in the transaction that carries the write, so a record
 //! and its link commit together or not at all. That is four statements per tenant per commit,
-//! however many records it carries.
+//! however many records it carries, each with a fixed text (prepared once per connection).
 //!
 //! Retention ([`AuditStore::audit_retain`]) stores a signed marker and then deletes whole
 //! segments up to it; the database's triggers refuse any other delete.
@@ -83,40 +83,18 @@ pub(crate) const SEGMENTS_PER_FETCH: i64 = 16;
 pub(crate) const BUCKET_SHIFT: u32 = 13;
 pub(crate) const BUCKETS_PER_QUERY: i64 = 64;
 
-/// Rows per `audit_keys` INSERT (four values each).
-pub(crate) const KEYS_PER_INSERT: usize = 1_000;
-
-/// How an engine numbers placeholders in the multi-row INSERT.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Placeholders {
-    /// `$1`, `$2`, … (PostgreSQL).
-    Numbered,
-    /// Anonymous `?`. SQLite resolves a numbered placeholder's position by a linear scan per
-    /// parameter, which makes binding a long statement quadratic; anonymous ones bind in order.
-    Anonymous,
-}
-
-/// `INSERT INTO audit_keys … VALUES (…), (…)` for `rows` (tenant, bucket, key, first_seq) rows.
-pub(crate) fn keys_statement(rows: usize, style: Placeholders) -> String {
-    let mut text = String::with_capacity(80 + rows * 32);
-    text.push_str("INSERT INTO audit_keys (tenant_id, bucket, key, first_seq) VALUES ");
-    for row in 0..rows {
-        if row > 0 {
-            text.push_str(", ");
+/// A segment's search keys as one JSON array, for SQLite's `json_each` (see
+/// `sqlite::INSERT_KEYS`): one statement text whatever the number of keys, so it is prepared once.
+pub(crate) fn keys_json(keys: &[i64]) -> String {
+    let mut text = String::with_capacity(2 + keys.len() * 21);
+    text.push('[');
+    for (index, key) in keys.iter().enumerate() {
+        if index > 0 {
+            text.push(',');
         }
-        match style {
-            Placeholders::Numbered => {
-                let base = 1 + row * 4;
-                text.push_str(&format!(
-                    "(${base}, ${}, ${}, ${})",
-                    base + 1,
-                    base + 2,
-                    base + 3
-                ));
-            }
-            Placeholders::Anonymous => text.push_str("(?, ?, ?, ?)"),
-        }
+        text.push_str(&key.to_string());
     }
+    text.push(']');
     text
 }
 
@@ -505,7 +483,15 @@ fn matches(record: &AuditRecord, filter: &AuditFilter) -> bool {
 /// the engine methods `implement_store!` relies on, it needs `begin_owner(tenant)`: a write
 /// transaction as the schema owner (retention deletes, which the server's role may not).
 macro_rules! implement_audit_store {
-    ($store:ty, $db:ty, $connection:ty, $row:ty, $placeholders:expr, $legacy_exists:expr) => {
+    (
+        $store:ty,
+        $db:ty,
+        $connection:ty,
+        $row:ty,
+        $insert_keys:expr,
+        $keys_value:expr,
+        $legacy_exists:expr
+    ) => {
         pub(crate) mod audit_implementation {
             use async_trait::async_trait;
             use carevault_domain::audit::AuditRecord;
@@ -522,13 +508,12 @@ macro_rules! implement_audit_store {
             use super::*;
             use crate::audit::{
                 ADVANCE_HEAD, BUCKETS_PER_QUERY, DELETE_KEYS_THROUGH, DELETE_SEGMENTS_THROUGH,
-                DROP_LEGACY, INSERT_MARKER, INSERT_SEGMENT, KEYS_PER_INSERT, NewSegment,
-                SEGMENTS_PER_FETCH, SELECT_ALL_SEGMENTS, SELECT_FIRST_SEQ, SELECT_HEAD,
-                SELECT_LEGACY_ROWS, SELECT_LEGACY_TENANTS, SELECT_MARKERS,
-                SELECT_RETENTION_BOUNDARY, SELECT_SEGMENT_AT, SELECT_SEGMENT_ENDING,
-                SELECT_SEGMENTS_AFTER, SELECT_TENANT_IDS, SET_HEAD_HASH, SegmentRow, bucket_of,
-                build_segments, filter_keys, keys_statement, legacy_segments, matching_records,
-                search_statement,
+                DROP_LEGACY, INSERT_MARKER, INSERT_SEGMENT, NewSegment, SEGMENTS_PER_FETCH,
+                SELECT_ALL_SEGMENTS, SELECT_FIRST_SEQ, SELECT_HEAD, SELECT_LEGACY_ROWS,
+                SELECT_LEGACY_TENANTS, SELECT_MARKERS, SELECT_RETENTION_BOUNDARY,
+                SELECT_SEGMENT_AT, SELECT_SEGMENT_ENDING, SELECT_SEGMENTS_AFTER, SELECT_TENANT_IDS,
+                SET_HEAD_HASH, SegmentRow, bucket_of, build_segments, filter_keys, legacy_segments,
+                matching_records, search_statement,
             };
             use crate::engine::{backend, parse_audit};
 
@@ -565,18 +550,15 @@ macro_rules! implement_audit_store {
                         .execute(&mut *connection)
                         .await
                         .map_err(backend)?;
-                    for chunk in segment.keys.chunks(KEYS_PER_INSERT) {
-                        // Sound: the text is built only from fixed fragments and placeholders.
-                        let statement = keys_statement(chunk.len(), $placeholders);
-                        let mut query = sqlx::query(sqlx::AssertSqlSafe(statement));
-                        for key in chunk {
-                            query = query
-                                .bind(tenant.as_uuid())
-                                .bind(bucket_of(segment.first_seq))
-                                .bind(*key)
-                                .bind(segment.first_seq);
-                        }
-                        query.execute(&mut *connection).await.map_err(backend)?;
+                    if !segment.keys.is_empty() {
+                        sqlx::query($insert_keys)
+                            .bind(tenant.as_uuid())
+                            .bind(bucket_of(segment.first_seq))
+                            .bind(segment.first_seq)
+                            .bind(($keys_value)(&segment.keys))
+                            .execute(&mut *connection)
+                            .await
+                            .map_err(backend)?;
                     }
                 }
                 Ok(())
@@ -1013,16 +995,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_keys_statement_numbers_four_values_per_row() {
-        assert_eq!(
-            keys_statement(2, Placeholders::Numbered),
-            "INSERT INTO audit_keys (tenant_id, bucket, key, first_seq) VALUES \
-             ($1, $2, $3, $4), ($5, $6, $7, $8)"
-        );
-        assert!(
-            keys_statement(2, Placeholders::Anonymous)
-                .ends_with("VALUES (?, ?, ?, ?), (?, ?, ?, ?)")
-        );
+    fn keys_go_to_sqlite_as_one_json_array() {
+        assert_eq!(keys_json(&[1, -2, i64::MAX]), "[1,-2,9223372036854775807]");
+        assert_eq!(keys_json(&[]), "[]");
     }
 
     #[test]

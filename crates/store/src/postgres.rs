@@ -26,6 +26,10 @@ pub const APP_ROLE: &str = "carevault_app";
 
 const POOL_SIZE: u32 = 16;
 
+/// A segment's search keys, from one array.
+const INSERT_KEYS: &str = "INSERT INTO audit_keys (tenant_id, bucket, key, first_seq) \
+     SELECT $1, $2, k, $3 FROM unnest($4::bigint[]) AS k";
+
 /// Serialises concurrent `migrate` runs on one database (grants race otherwise).
 const MIGRATE_LOCK: i64 = 0x6361_7265_7661_756c; // "carevaul"
 
@@ -236,7 +240,8 @@ implement_audit_store!(
     Postgres,
     PgConnection,
     PgRow,
-    crate::audit::Placeholders::Numbered,
+    INSERT_KEYS,
+    |keys: &[i64]| keys.to_vec(),
     "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() \
      AND tablename = 'audit_log_v5'"
 );

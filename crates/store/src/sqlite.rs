@@ -23,6 +23,10 @@ use crate::engine::{backend, implement_store};
 use crate::migrations;
 use crate::people::implement_people_store;
 
+/// A segment's search keys, from one JSON array of integers.
+const INSERT_KEYS: &str = "INSERT INTO audit_keys (tenant_id, bucket, key, first_seq) \
+     SELECT $1, $2, value, $3 FROM json_each($4)";
+
 /// How long a statement waits for a lock held by another process (a backup, the CLI).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read connections; reads run in parallel with the single writer under WAL.
@@ -166,6 +170,7 @@ implement_audit_store!(
     Sqlite,
     SqliteConnection,
     SqliteRow,
-    crate::audit::Placeholders::Anonymous,
+    INSERT_KEYS,
+    crate::audit::keys_json,
     "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'audit_log_v5'"
 );
