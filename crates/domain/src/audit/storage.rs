@@ -46,8 +46,9 @@ pub enum StoredEntry {
     Damaged { first_seq: i64, last_seq: i64 },
 }
 
-/// A page of one tenant's rows in sequence order: `seq > after_seq`, at most `limit`, and,
-/// when given, `since_ms <= time_ms < until_ms`.
+/// A page of one tenant's records in sequence order: `seq > after_seq` and, when given,
+/// `since_ms <= time_ms < until_ms`; about `limit` of them (a store returns whole segments, so
+/// a page may run past `limit` to the end of its last segment).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct LinkQuery {
     pub after_seq: i64,
@@ -91,7 +92,7 @@ pub trait AuditStore: Send + Sync {
     async fn audit_hash_at(&self, tenant: TenantId, seq: i64) -> StoreResult<Option<ChainHash>>;
 
     /// Stored records of one chain, in sequence order (a damaged segment as one entry). An empty
-    /// page means the walk is over; a page may hold fewer than `limit` entries before the end.
+    /// page means the walk is over.
     async fn audit_links(
         &self,
         tenant: TenantId,
