@@ -584,9 +584,14 @@ async fn export(
                     StoredEntry::Damaged {
                         first_seq,
                         last_seq,
+                    }
+                    | StoredEntry::TimesChanged {
+                        first_seq,
+                        last_seq,
                     } => bail!(
                         "the stored records {first_seq} to {last_seq} of tenant {tenant} are \
-                         damaged and cannot be exported; run `carevault audit verify` for the \
+                         damaged (or their time span was changed) and cannot be exported \
+                         faithfully; run `carevault audit verify` for the \
                          full report"
                     ),
                 }

@@ -40,14 +40,14 @@ pub(crate) const INSERT_SEGMENT: &str = "INSERT INTO audit_segments \
      (tenant_id, first_seq, last_seq, min_time_ms, max_time_ms, prev_hash, body) \
      VALUES ($1, $2, $3, $4, $5, $6, $7)";
 /// The segment holding `$2`, if any.
-pub(crate) const SELECT_SEGMENT_AT: &str = "SELECT first_seq, last_seq, prev_hash, body \
+pub(crate) const SELECT_SEGMENT_AT: &str = "SELECT first_seq, last_seq, min_time_ms, max_time_ms, prev_hash, body \
      FROM audit_segments WHERE tenant_id = $1 AND first_seq <= $2 \
      ORDER BY first_seq DESC LIMIT 1";
 /// Segments after sequence number `$2` overlapping the time window `[$3, $4)`, oldest first.
-pub(crate) const SELECT_SEGMENTS_AFTER: &str = "SELECT first_seq, last_seq, prev_hash, body \
+pub(crate) const SELECT_SEGMENTS_AFTER: &str = "SELECT first_seq, last_seq, min_time_ms, max_time_ms, prev_hash, body \
      FROM audit_segments WHERE tenant_id = $1 AND last_seq > $2 \
      AND max_time_ms >= $3 AND min_time_ms < $4 ORDER BY first_seq LIMIT $5";
-pub(crate) const SELECT_ALL_SEGMENTS: &str = "SELECT first_seq, last_seq, prev_hash, body \
+pub(crate) const SELECT_ALL_SEGMENTS: &str = "SELECT first_seq, last_seq, min_time_ms, max_time_ms, prev_hash, body \
      FROM audit_segments WHERE tenant_id = $1 ORDER BY first_seq";
 pub(crate) const SELECT_MARKERS: &str =
     "SELECT marker FROM audit_retention WHERE tenant_id = $1 ORDER BY through_seq";
@@ -56,7 +56,7 @@ pub(crate) const SELECT_RETENTION_BOUNDARY: &str = "SELECT max(last_seq) FROM au
      WHERE tenant_id = $1 AND max_time_ms < $2 AND last_seq < coalesce(\
        (SELECT min(first_seq) FROM audit_segments WHERE tenant_id = $1 AND max_time_ms >= $2), \
        9223372036854775807)";
-pub(crate) const SELECT_SEGMENT_ENDING: &str = "SELECT first_seq, last_seq, prev_hash, body \
+pub(crate) const SELECT_SEGMENT_ENDING: &str = "SELECT first_seq, last_seq, min_time_ms, max_time_ms, prev_hash, body \
      FROM audit_segments WHERE tenant_id = $1 AND last_seq = $2";
 pub(crate) const INSERT_MARKER: &str =
     "INSERT INTO audit_retention (tenant_id, through_seq, marker) VALUES ($1, $2, $3)";
@@ -190,6 +190,8 @@ pub(crate) fn build_segments(
 pub(crate) struct SegmentRow {
     pub first_seq: i64,
     pub last_seq: i64,
+    pub min_time_ms: i64,
+    pub max_time_ms: i64,
     pub prev_hash: Vec<u8>,
     pub body: Vec<u8>,
 }
@@ -213,7 +215,9 @@ impl SegmentRow {
     }
 
     /// Appends the segment's records after `after_seq` and within `[since, until)` as
-    /// entries of a walk (each with the hash before it), or one `Damaged` entry.
+    /// entries of a walk (each with the hash before it), or one `Damaged` entry. When the time
+    /// span columns (which searches, exports and retention use to skip segments, and which no
+    /// hash covers) disagree with the records' own times, a `TimesChanged` entry comes first.
     pub fn push_entries(&self, after_seq: i64, since: i64, until: i64, out: &mut Vec<StoredEntry>) {
         let Some(records) = self.open() else {
             out.push(StoredEntry::Damaged {
@@ -222,6 +226,16 @@ impl SegmentRow {
             });
             return;
         };
+        let min = records.iter().map(|(_, record)| record.time_ms).min();
+        let max = records.iter().map(|(_, record)| record.time_ms).max();
+        if (min, max) != (Some(self.min_time_ms), Some(self.max_time_ms))
+            && self.last_seq > after_seq
+        {
+            out.push(StoredEntry::TimesChanged {
+                first_seq: self.first_seq,
+                last_seq: self.last_seq,
+            });
+        }
         let mut previous = self.prev_hash.clone();
         for (seq, record) in records {
             let hash = record.hash.to_vec();
@@ -373,13 +387,13 @@ pub(crate) fn filter_keys(filter: &AuditFilter) -> Vec<i64> {
 /// `since`, `until`, `limit`.
 pub(crate) fn search_statement(keys: usize, buckets: usize) -> String {
     if keys == 0 {
-        return "SELECT s.first_seq, s.last_seq, s.prev_hash, s.body FROM audit_segments s \
+        return "SELECT s.first_seq, s.last_seq, s.min_time_ms, s.max_time_ms, s.prev_hash, s.body FROM audit_segments s \
                 WHERE s.tenant_id = $1 AND s.first_seq < $2 AND s.max_time_ms >= $3 \
                 AND s.min_time_ms < $4 ORDER BY s.first_seq DESC LIMIT $5"
             .to_owned();
     }
     let mut text = String::from(
-        "SELECT s.first_seq, s.last_seq, s.prev_hash, s.body FROM audit_keys k \
+        "SELECT s.first_seq, s.last_seq, s.min_time_ms, s.max_time_ms, s.prev_hash, s.body FROM audit_keys k \
          CROSS JOIN audit_segments s \
          WHERE s.tenant_id = k.tenant_id AND s.first_seq = k.first_seq \
          AND k.tenant_id = $1 AND k.key = $2",
@@ -528,8 +542,10 @@ macro_rules! implement_audit_store {
                 Ok(SegmentRow {
                     first_seq: get(row, 0)?,
                     last_seq: get(row, 1)?,
-                    prev_hash: get(row, 2)?,
-                    body: get(row, 3)?,
+                    min_time_ms: get(row, 2)?,
+                    max_time_ms: get(row, 3)?,
+                    prev_hash: get(row, 4)?,
+                    body: get(row, 5)?,
                 })
             }
 
@@ -1018,7 +1034,7 @@ mod tests {
         );
         assert_eq!(
             search_statement(2, 3),
-            "SELECT s.first_seq, s.last_seq, s.prev_hash, s.body FROM audit_keys k \
+            "SELECT s.first_seq, s.last_seq, s.min_time_ms, s.max_time_ms, s.prev_hash, s.body FROM audit_keys k \
              CROSS JOIN audit_segments s \
              WHERE s.tenant_id = k.tenant_id AND s.first_seq = k.first_seq \
              AND k.tenant_id = $1 AND k.key = $2 AND EXISTS (SELECT 1 FROM audit_keys k1 \
@@ -1054,12 +1070,33 @@ mod tests {
         let first = SegmentRow {
             first_seq: 1,
             last_seq: 2,
+            min_time_ms: 10,
+            max_time_ms: 11,
             prev_hash: segments[0].prev_hash.to_vec(),
             body: segments[0].body.clone(),
         };
         let opened = first.open().unwrap_or_default();
         assert_eq!(opened[0].1.hash, chain::link(&chain::GENESIS, b"a"));
         assert_eq!(opened[1].1.hash, [7u8; 32]);
+
+        // A walk yields the records; a changed time span is reported before them.
+        let mut entries = Vec::new();
+        first.push_entries(0, i64::MIN, i64::MAX, &mut entries);
+        assert_eq!(entries.len(), 2);
+        let moved = SegmentRow {
+            max_time_ms: 1_000,
+            ..first
+        };
+        let mut entries = Vec::new();
+        moved.push_entries(0, i64::MIN, i64::MAX, &mut entries);
+        assert_eq!(
+            entries.first(),
+            Some(&StoredEntry::TimesChanged {
+                first_seq: 1,
+                last_seq: 2
+            })
+        );
+        assert_eq!(entries.len(), 3);
     }
 }
 

@@ -327,11 +327,14 @@ impl Trail {
             .join(" ")
     }
 
-    /// Record `seq` with another time in its text (a 9 in front of the number: still a valid
-    /// record), its stored hash kept.
-    fn change_time(&mut self, seq: i64) {
+    /// Record `seq` with another authentication strength in its text (still a valid record),
+    /// its stored hash kept.
+    fn change_field(&mut self, seq: i64) {
         let record = self.record_mut(seq);
-        let changed = record.text.replacen("\"time_ms\":", "\"time_ms\":9", 1);
+        let changed =
+            record
+                .text
+                .replacen("\"auth_strength\":\"", "\"auth_strength\":\"forged-", 1);
         assert_ne!(changed, record.text);
         record.text = changed;
     }
@@ -632,14 +635,14 @@ async fn tamper_cases(engine: Engine) {
     let before = raw.trail(&tenant("changed")).await;
     let changed = before.bundle().first_seq + 1;
     let mut after = before.clone();
-    after.change_time(changed);
+    after.change_field(changed);
     raw.rewrite(&tenant("changed"), &before, &after).await;
 
     // A changed field with every later hash, prev_hash and the head recomputed, across segment
     // boundaries and through the Bundle's body: only the checkpoints see it.
     let before = raw.trail(&tenant("rebuilt")).await;
     let mut after = before.clone();
-    after.change_time(3);
+    after.change_field(3);
     after.rebuild_from(3);
     raw.rewrite(&tenant("rebuilt"), &before, &after).await;
 

@@ -38,12 +38,22 @@ pub struct StoredLink {
     pub hash: Option<Vec<u8>>,
 }
 
-/// One entry of a walk through the stored trail: a record, or a stored segment that cannot be
-/// read at all (its bytes were damaged), named by the sequence numbers it claims.
+/// One entry of a walk through the stored trail: a record, a stored segment that cannot be
+/// read at all (its bytes were damaged), or a segment whose time span was changed, named by the
+/// sequence numbers it claims.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum StoredEntry {
     Link(StoredLink),
-    Damaged { first_seq: i64, last_seq: i64 },
+    Damaged {
+        first_seq: i64,
+        last_seq: i64,
+    },
+    /// The segment's stored time span disagrees with its records' own times (the records
+    /// follow as links): someone moved them in or out of time-bounded searches.
+    TimesChanged {
+        first_seq: i64,
+        last_seq: i64,
+    },
 }
 
 /// A page of one tenant's records in sequence order: `seq > after_seq` and, when given,

@@ -61,6 +61,8 @@ pub enum Fault {
     CheckpointPastEnd { chain_end: i64, origin: String },
     /// The record's stored time differs from the time in its (hashed) text.
     TimeChanged { recorded: i64 },
+    /// A segment's stored time span differs from its records' times.
+    SegmentTimesChanged,
     /// A signed checkpoint names a sequence number whose record is missing.
     CheckpointOnMissing { origin: String },
     /// A checkpoint line is forged, edited, unreadable or signed by another key.
@@ -96,6 +98,10 @@ impl Fault {
                 "a signed checkpoint ({origin}) names this record, but the chain ends at \
                  {chain_end}: the newest records were cut off"
             ),
+            Fault::SegmentTimesChanged => "the time span stored for these records differs from \
+                                           their own times: it was changed to move them in or \
+                                           out of time-bounded searches and retention"
+                .to_owned(),
             Fault::TimeChanged { recorded } => format!(
                 "the time stored beside the record differs from its own ({recorded}): it was \
                  changed to move the record in or out of time-bounded searches"
@@ -273,6 +279,7 @@ async fn read_pages(
             .map(|entry| match entry {
                 StoredEntry::Link(link) => link.seq,
                 StoredEntry::Damaged { last_seq, .. } => *last_seq,
+                StoredEntry::TimesChanged { first_seq, .. } => *first_seq,
             })
             .max();
         // An empty page ends the walk; so does one that does not move on (a store that returned
@@ -369,6 +376,18 @@ impl ChainCheck {
                 first_seq,
                 last_seq,
             } => self.push_damaged(*first_seq, *last_seq),
+            StoredEntry::TimesChanged {
+                first_seq,
+                last_seq,
+            } => {
+                let mut changed = Break::new(
+                    Some(self.tenant),
+                    Some(*first_seq),
+                    Fault::SegmentTimesChanged,
+                );
+                changed.last_seq = Some(*last_seq);
+                self.breaks.push(changed);
+            }
         }
     }
 
@@ -635,6 +654,7 @@ mod tests {
             Fault::CheckpointMismatch { .. } => "cp-mismatch",
             Fault::CheckpointPastEnd { .. } => "cp-past-end",
             Fault::TimeChanged { .. } => "time",
+            Fault::SegmentTimesChanged => "segment-times",
             Fault::CheckpointOnMissing { .. } => "cp-on-missing",
             Fault::CheckpointInvalid { .. } => "cp-invalid",
             Fault::MarkerInvalid { .. } => "marker-invalid",

@@ -12,6 +12,7 @@ use carevault_domain::audit::storage::{LinkQuery, StoredEntry, StoredLink};
 use carevault_domain::audit::verify::{ChainCheck, Fault, TenantReport, verify_chain};
 use carevault_domain::ids::TenantId;
 use carevault_domain::store::Store;
+use carevault_store::audit_segment;
 
 use crate::Raw;
 use crate::fixtures::*;
@@ -19,6 +20,7 @@ use crate::fixtures::*;
 conformance!(
     every_append_extends_the_tenant_chain,
     retention_removes_whole_segments_behind_a_signed_marker,
+    moved_times_are_reported,
 );
 
 /// The records of a walk, every entry readable.
@@ -278,4 +280,89 @@ async fn retention_removes_whole_segments_behind_a_signed_marker(store: Arc<dyn 
         "{:?}",
         report.breaks
     );
+}
+
+/// Times stored beside the records (each record's, and each segment's span, which searches,
+/// exports and retention use to skip segments) are checked against the records' hashed texts.
+async fn moved_times_are_reported(store: Arc<dyn Store>, raw: &Raw) {
+    let (a, _) = new_tenant(&store, "moved times").await;
+    store
+        .append_audit(&[audit(a, "read", "1"), audit(a, "read", "2")])
+        .await
+        .unwrap();
+    store.append_audit(&[audit(a, "read", "3")]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::create_file(&dir.path().join("signing.key")).unwrap();
+    let verifying = key.verifying_key();
+    let clean = verify_chain(store.clone(), a, Vec::new(), &verifying, &|_| {})
+        .await
+        .unwrap();
+    assert!(clean.breaks.is_empty(), "{:?}", clean.breaks);
+
+    // The first segment's stored time of record 2 moved ten years on, its span with it; the
+    // second segment's span alone moved.
+    let tenant_literal = match raw {
+        Raw::Sqlite(_) => format!("X'{}'", a.as_uuid().simple()),
+        Raw::Postgres { .. } => format!("'{a}'::uuid"),
+    };
+    let statement = format!(
+        "SELECT body FROM audit_segments WHERE tenant_id = {tenant_literal} AND first_seq = 1"
+    );
+    let body = raw.bytes_as_owner(statement.leak()).await.remove(0);
+    let mut records = audit_segment::decode(&body).unwrap();
+    records[1].time_ms += 315_360_000_000;
+    let moved = audit_segment::encode(&records).unwrap();
+    let hex: String = moved.iter().map(|b| format!("{b:02x}")).collect();
+    let body_literal = match raw {
+        Raw::Sqlite(_) => format!("X'{hex}'"),
+        Raw::Postgres { .. } => format!("'\\x{hex}'::bytea"),
+    };
+    let (off, on) = match raw {
+        Raw::Sqlite(_) => (
+            "DROP TRIGGER audit_segments_no_update".to_owned(),
+            "CREATE TRIGGER audit_segments_no_update BEFORE UPDATE ON audit_segments \
+             BEGIN SELECT RAISE(ABORT, 'audit records cannot be changed'); END"
+                .to_owned(),
+        ),
+        Raw::Postgres { .. } => (
+            "ALTER TABLE audit_segments DISABLE TRIGGER audit_segments_no_update".to_owned(),
+            "ALTER TABLE audit_segments ENABLE TRIGGER audit_segments_no_update".to_owned(),
+        ),
+    };
+    raw.execute_as_owner(off.leak()).await.unwrap();
+    for statement in [
+        format!(
+            "UPDATE audit_segments SET body = {body_literal}, max_time_ms = max_time_ms + \
+             315360000000 WHERE tenant_id = {tenant_literal} AND first_seq = 1"
+        ),
+        format!(
+            "UPDATE audit_segments SET min_time_ms = 0 WHERE tenant_id = {tenant_literal} \
+             AND first_seq = 3"
+        ),
+    ] {
+        raw.execute_as_owner(statement.leak()).await.unwrap();
+    }
+    raw.execute_as_owner(on.leak()).await.unwrap();
+
+    let report = verify_chain(store.clone(), a, Vec::new(), &verifying, &|_| {})
+        .await
+        .unwrap();
+    let found: Vec<(Option<i64>, Option<i64>, bool)> = report
+        .breaks
+        .iter()
+        .map(|b| {
+            (
+                b.seq,
+                b.last_seq,
+                matches!(b.fault, Fault::TimeChanged { .. }),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        vec![(Some(2), Some(2), true), (Some(3), Some(3), false)],
+        "{:?}",
+        report.breaks
+    );
+    assert_eq!(report.breaks[1].fault, Fault::SegmentTimesChanged);
 }
