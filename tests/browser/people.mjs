@@ -44,6 +44,16 @@ function totp(secret, step) {
 
 const currentStep = () => Math.floor(Date.now() / 1000 / 30);
 
+// The current step, once at least 8 seconds of it remain: a code computed now must still be
+// inside the server's window (±1 step) when it arrives, even on a loaded machine.
+async function settledStep() {
+  const intoStep = (Date.now() / 1000) % 30;
+  if (intoStep > 22) {
+    await new Promise((resolve) => setTimeout(resolve, (30 - intoStep + 0.5) * 1000));
+  }
+  return currentStep();
+}
+
 async function newPage(browser, violations) {
   const context = await browser.newContext();
   const page = await context.newPage();
@@ -134,7 +144,7 @@ async function totpFlow(browser, violations) {
   const secret = await page.locator("#totp-secret").getAttribute("data-secret");
   check(secret && secret.length >= 16, "the secret is shown for manual entry");
   // The previous step's code (accepted, ±1 step) leaves the current one for signing in.
-  await page.getByLabel("Code from the app").fill(totp(secret, currentStep() - 1));
+  await page.getByLabel("Code from the app").fill(totp(secret, (await settledStep()) - 1));
   await page.getByRole("button", { name: "Confirm" }).click();
   await page.locator("#recovery-codes li").first().waitFor();
   await page.getByRole("link", { name: "I have saved my codes" }).click();
@@ -151,7 +161,7 @@ async function totpFlow(browser, violations) {
     check(page.url().endsWith("/signin/second-factor"), `${path} sends a password-only session to the second factor`);
     check(!(await page.content()).includes(args.family), `${path} shows no patient data`);
   }
-  const code = totp(secret, currentStep());
+  const code = totp(secret, await settledStep());
   await page.getByLabel("Code from your authenticator app").fill(code);
   await page.getByRole("button", { name: "Continue" }).click();
   await page.waitForURL(`${args.base}/`);
