@@ -1,0 +1,190 @@
+//! The security officer's search over segments: which search keys a filter has, the statement
+//! that walks the key index bucket by bucket for candidate segments, and the exact re-check of
+//! every record a candidate segment holds.
+
+use carevault_domain::audit::storage::AuditFilter;
+use carevault_domain::audit::{AuditRecord, Outcome};
+use carevault_domain::store::StoreError;
+
+use super::SegmentRow;
+use crate::audit_segment::{KeyKind, search_key};
+
+/// How a search finds candidate segments: by up to six search keys (the first drives the walk,
+/// the others must be present in the same segment), newest first.
+pub(crate) fn filter_keys(filter: &AuditFilter) -> Vec<i64> {
+    [
+        filter
+            .patient
+            .as_deref()
+            .map(|value| (KeyKind::Patient, value)),
+        filter
+            .session
+            .as_deref()
+            .map(|value| (KeyKind::Session, value)),
+        filter
+            .principal
+            .as_deref()
+            .map(|value| (KeyKind::Principal, value)),
+        filter
+            .source
+            .as_deref()
+            .map(|value| (KeyKind::Source, value)),
+        filter
+            .outcome
+            .map(|value| (KeyKind::Outcome, value.as_str())),
+        filter
+            .action
+            .as_deref()
+            .map(|value| (KeyKind::Action, value)),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|(kind, value)| search_key(kind, value))
+    .collect()
+}
+
+/// The candidate-segment statement for a search with `keys` over `buckets` buckets. The key
+/// index drives (SQLite's `CROSS JOIN` fixes the join order: left to itself its planner walks
+/// every segment and probes the keys, a scan that grows with the trail). Values, in
+/// placeholder order: the tenant, the keys, the buckets (with keys), then `before_first_seq`,
+/// `since`, `until`, `limit`.
+pub(crate) fn search_statement(keys: usize, buckets: usize) -> String {
+    if keys == 0 {
+        return "SELECT s.first_seq, s.last_seq, s.min_time_ms, s.max_time_ms, s.prev_hash, s.body FROM audit_segments s \
+                WHERE s.tenant_id = $1 AND s.first_seq < $2 AND s.max_time_ms >= $3 \
+                AND s.min_time_ms < $4 ORDER BY s.first_seq DESC LIMIT $5"
+            .to_owned();
+    }
+    let mut text = String::from(
+        "SELECT s.first_seq, s.last_seq, s.min_time_ms, s.max_time_ms, s.prev_hash, s.body FROM audit_keys k \
+         CROSS JOIN audit_segments s \
+         WHERE s.tenant_id = k.tenant_id AND s.first_seq = k.first_seq \
+         AND k.tenant_id = $1 AND k.key = $2",
+    );
+    for index in 1..keys {
+        text.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM audit_keys k{index} WHERE k{index}.tenant_id = k.tenant_id \
+             AND k{index}.bucket = k.bucket AND k{index}.key = ${} \
+             AND k{index}.first_seq = k.first_seq)",
+            index + 2
+        ));
+    }
+    let first_bucket = keys + 2;
+    let list: Vec<String> = (0..buckets.max(1))
+        .map(|offset| format!("${}", first_bucket + offset))
+        .collect();
+    text.push_str(&format!(" AND k.bucket IN ({})", list.join(", ")));
+    let next = first_bucket + buckets.max(1);
+    text.push_str(&format!(
+        " AND k.first_seq < ${next} AND s.max_time_ms >= ${} AND s.min_time_ms < ${} \
+         ORDER BY k.first_seq DESC LIMIT ${}",
+        next + 1,
+        next + 2,
+        next + 3
+    ));
+    text
+}
+
+/// The strings every matching record's text must contain (a cheap test before parsing it).
+fn needles(filter: &AuditFilter) -> Vec<String> {
+    [
+        filter.patient.as_ref(),
+        filter.session.as_ref(),
+        filter.principal.as_ref(),
+        filter.source.as_ref(),
+        filter.action.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|value| serde_json::to_string(value).ok())
+    .collect()
+}
+
+/// The records of an opened segment that match `filter`, newest first. A damaged segment
+/// cannot be searched: it is an error, for the operator's `audit verify` to locate.
+pub(crate) fn matching_records(
+    segment: &SegmentRow,
+    filter: &AuditFilter,
+    out: &mut Vec<AuditRecord>,
+) -> Result<(), StoreError> {
+    let records = segment.open().ok_or_else(|| {
+        StoreError::Backend(format!(
+            "audit records {} to {} are damaged; run `carevault audit verify`",
+            segment.first_seq, segment.last_seq
+        ))
+    })?;
+    let needles = needles(filter);
+    for (seq, stored) in records.into_iter().rev() {
+        if out.len() >= filter.limit {
+            break;
+        }
+        if filter.before_seq.is_some_and(|before| seq >= before)
+            || filter.since_ms.is_some_and(|since| stored.time_ms < since)
+            || filter.until_ms.is_some_and(|until| stored.time_ms >= until)
+            || !needles
+                .iter()
+                .all(|needle| stored.text.contains(needle.as_str()))
+        {
+            continue;
+        }
+        let record: AuditRecord = serde_json::from_str(&stored.text).map_err(|error| {
+            StoreError::Backend(format!("stored audit record unreadable: {error}"))
+        })?;
+        if record.seq == seq && matches(&record, filter) {
+            out.push(record);
+        }
+    }
+    Ok(())
+}
+
+fn matches(record: &AuditRecord, filter: &AuditFilter) -> bool {
+    let same = |wanted: Option<&String>, actual: Option<&str>| {
+        wanted.is_none_or(|wanted| Some(wanted.as_str()) == actual)
+    };
+    filter
+        .patient
+        .as_ref()
+        .is_none_or(|patient| record.subjects.contains(patient))
+        && same(filter.principal.as_ref(), Some(&record.principal))
+        && same(filter.session.as_ref(), record.session.as_deref())
+        && same(filter.source.as_ref(), record.source.as_deref())
+        && same(filter.action.as_ref(), Some(&record.action))
+        && filter
+            .outcome
+            .is_none_or(|outcome: Outcome| outcome == record.outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_search_walks_the_first_key_and_requires_the_others_in_the_same_segment() {
+        let filter = AuditFilter {
+            patient: Some("p1".to_owned()),
+            principal: Some("person/a".to_owned()),
+            limit: 10,
+            ..AuditFilter::default()
+        };
+        let keys = filter_keys(&filter);
+        assert_eq!(
+            keys,
+            vec![
+                search_key(KeyKind::Patient, "p1"),
+                search_key(KeyKind::Principal, "person/a")
+            ]
+        );
+        assert_eq!(
+            search_statement(2, 3),
+            "SELECT s.first_seq, s.last_seq, s.min_time_ms, s.max_time_ms, s.prev_hash, s.body FROM audit_keys k \
+             CROSS JOIN audit_segments s \
+             WHERE s.tenant_id = k.tenant_id AND s.first_seq = k.first_seq \
+             AND k.tenant_id = $1 AND k.key = $2 AND EXISTS (SELECT 1 FROM audit_keys k1 \
+             WHERE k1.tenant_id = k.tenant_id AND k1.bucket = k.bucket AND k1.key = $3 \
+             AND k1.first_seq = k.first_seq) AND k.bucket IN ($4, $5, $6) \
+             AND k.first_seq < $7 AND s.max_time_ms >= $8 AND s.min_time_ms < $9 \
+             ORDER BY k.first_seq DESC LIMIT $10"
+        );
+        assert!(search_statement(0, 0).contains("FROM audit_segments s WHERE s.tenant_id = $1"));
+    }
+}
