@@ -748,7 +748,10 @@ macro_rules! implement_audit_store {
                             .map_err(backend)?;
                         for row in &rows {
                             let segment = segment_row(row)?;
-                            matching_records(&segment, filter, &mut found)?;
+                            let in_window: bool = get(row, 6)?;
+                            if in_window {
+                                matching_records(&segment, filter, &mut found)?;
+                            }
                             before = before.min(segment.first_seq);
                             if found.len() >= filter.limit {
                                 break;

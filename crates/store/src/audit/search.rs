@@ -43,23 +43,28 @@ pub(crate) fn filter_keys(filter: &AuditFilter) -> Vec<i64> {
     .collect()
 }
 
-/// The candidate-segment statement for a search with `keys` over `buckets` buckets. The key
-/// index drives (SQLite's `CROSS JOIN` fixes the join order: left to itself its planner walks
-/// every segment and probes the keys, a scan that grows with the trail). Values, in
+/// The candidate-segment statement for a search with `keys` over `buckets` buckets. Values, in
 /// placeholder order: the tenant, the keys, the buckets (with keys), then `before_first_seq`,
-/// `since`, `until`, `limit`.
+/// `since`, `until`, `limit`. Each row is a segment and, last, whether its time span overlaps
+/// `[since, until)` (a segment outside it need not be opened).
+///
+/// With keys, the key index drives: the candidates are chosen from `audit_keys` alone in a
+/// materialised CTE, newest first, and only then joined to their segments. Left to themselves,
+/// both planners may walk every segment of the tenant and probe the keys for each (SQLite always,
+/// PostgreSQL before its first ANALYZE of the tables), a scan that grows with the trail. The time
+/// window is therefore not a filter here but the last column, so that a page of fewer than
+/// `limit` candidates still means the buckets are exhausted.
 pub(crate) fn search_statement(keys: usize, buckets: usize) -> String {
     if keys == 0 {
-        return "SELECT s.first_seq, s.last_seq, s.min_time_ms, s.max_time_ms, s.prev_hash, s.body FROM audit_segments s \
+        return "SELECT s.first_seq, s.last_seq, s.min_time_ms, s.max_time_ms, s.prev_hash, \
+                s.body, (s.max_time_ms >= $3 AND s.min_time_ms < $4) FROM audit_segments s \
                 WHERE s.tenant_id = $1 AND s.first_seq < $2 AND s.max_time_ms >= $3 \
                 AND s.min_time_ms < $4 ORDER BY s.first_seq DESC LIMIT $5"
             .to_owned();
     }
     let mut text = String::from(
-        "SELECT s.first_seq, s.last_seq, s.min_time_ms, s.max_time_ms, s.prev_hash, s.body FROM audit_keys k \
-         CROSS JOIN audit_segments s \
-         WHERE s.tenant_id = k.tenant_id AND s.first_seq = k.first_seq \
-         AND k.tenant_id = $1 AND k.key = $2",
+        "WITH c AS MATERIALIZED (SELECT k.first_seq FROM audit_keys k \
+         WHERE k.tenant_id = $1 AND k.key = $2",
     );
     for index in 1..keys {
         text.push_str(&format!(
@@ -74,13 +79,14 @@ pub(crate) fn search_statement(keys: usize, buckets: usize) -> String {
         .map(|offset| format!("${}", first_bucket + offset))
         .collect();
     text.push_str(&format!(" AND k.bucket IN ({})", list.join(", ")));
-    let next = first_bucket + buckets.max(1);
+    let before = first_bucket + buckets.max(1);
+    let (since, until, limit) = (before + 1, before + 2, before + 3);
     text.push_str(&format!(
-        " AND k.first_seq < ${next} AND s.max_time_ms >= ${} AND s.min_time_ms < ${} \
-         ORDER BY k.first_seq DESC LIMIT ${}",
-        next + 1,
-        next + 2,
-        next + 3
+        " AND k.first_seq < ${before} ORDER BY k.first_seq DESC LIMIT ${limit}) \
+         SELECT s.first_seq, s.last_seq, s.min_time_ms, s.max_time_ms, s.prev_hash, s.body, \
+         (s.max_time_ms >= ${since} AND s.min_time_ms < ${until}) \
+         FROM c CROSS JOIN audit_segments s \
+         WHERE s.tenant_id = $1 AND s.first_seq = c.first_seq ORDER BY s.first_seq DESC"
     ));
     text
 }
@@ -176,14 +182,15 @@ mod tests {
         );
         assert_eq!(
             search_statement(2, 3),
-            "SELECT s.first_seq, s.last_seq, s.min_time_ms, s.max_time_ms, s.prev_hash, s.body FROM audit_keys k \
-             CROSS JOIN audit_segments s \
-             WHERE s.tenant_id = k.tenant_id AND s.first_seq = k.first_seq \
-             AND k.tenant_id = $1 AND k.key = $2 AND EXISTS (SELECT 1 FROM audit_keys k1 \
+            "WITH c AS MATERIALIZED (SELECT k.first_seq FROM audit_keys k \
+             WHERE k.tenant_id = $1 AND k.key = $2 AND EXISTS (SELECT 1 FROM audit_keys k1 \
              WHERE k1.tenant_id = k.tenant_id AND k1.bucket = k.bucket AND k1.key = $3 \
              AND k1.first_seq = k.first_seq) AND k.bucket IN ($4, $5, $6) \
-             AND k.first_seq < $7 AND s.max_time_ms >= $8 AND s.min_time_ms < $9 \
-             ORDER BY k.first_seq DESC LIMIT $10"
+             AND k.first_seq < $7 ORDER BY k.first_seq DESC LIMIT $10) \
+             SELECT s.first_seq, s.last_seq, s.min_time_ms, s.max_time_ms, s.prev_hash, s.body, \
+             (s.max_time_ms >= $8 AND s.min_time_ms < $9) \
+             FROM c CROSS JOIN audit_segments s \
+             WHERE s.tenant_id = $1 AND s.first_seq = c.first_seq ORDER BY s.first_seq DESC"
         );
         assert!(search_statement(0, 0).contains("FROM audit_segments s WHERE s.tenant_id = $1"));
     }
