@@ -106,28 +106,10 @@ impl Raw {
         }
     }
 
-    /// Counts audit records as the owner (PostgreSQL: a superuser, which row-level security does
-    /// not restrict).
+    /// Counts stored audit records as the owner (PostgreSQL: a superuser, which row-level
+    /// security does not restrict).
     async fn audit_rows(&self) -> i64 {
-        match self {
-            Raw::Sqlite(path) => {
-                let url = format!("sqlite://{}", path.display());
-                let mut connection = sqlx::SqliteConnection::connect(&url).await.unwrap();
-                sqlx::query(AUDIT_ROWS)
-                    .fetch_one(&mut connection)
-                    .await
-                    .unwrap()
-                    .get(0)
-            }
-            Raw::Postgres { owner_url, .. } => {
-                let mut connection = sqlx::PgConnection::connect(owner_url).await.unwrap();
-                sqlx::query(AUDIT_ROWS)
-                    .fetch_one(&mut connection)
-                    .await
-                    .unwrap()
-                    .get(0)
-            }
-        }
+        self.count_as_owner(AUDIT_ROWS).await
     }
 }
 
