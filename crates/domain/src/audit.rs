@@ -212,9 +212,14 @@ async fn run_committer(
                     break;
                 }
                 tokio::task::yield_now().await;
-                let room = MAX_BATCH - batch.len();
-                let more = received_now(receiver.recv_many(&mut batch, room));
-                if more == 0 {
+                let waiting = batch.len();
+                while batch.len() < MAX_BATCH {
+                    match receiver.try_recv() {
+                        Ok(pending) => batch.push(pending),
+                        Err(_) => break,
+                    }
+                }
+                if batch.len() == waiting {
                     break;
                 }
             }
@@ -236,17 +241,6 @@ async fn run_committer(
             // A caller that gave up (its request was cancelled) no longer listens; that is fine.
             let _ = done.send(outcome.clone());
         }
-    }
-}
-
-/// Polls `future` once: its output if ready, else 0 (nothing received now).
-fn received_now(future: impl std::future::Future<Output = usize>) -> usize {
-    let mut future = std::pin::pin!(future);
-    let waker = std::task::Waker::noop();
-    let mut context = std::task::Context::from_waker(waker);
-    match future.as_mut().poll(&mut context) {
-        std::task::Poll::Ready(received) => received,
-        std::task::Poll::Pending => 0,
     }
 }
 

@@ -657,14 +657,12 @@ macro_rules! implement_audit_store {
                     if stored != Some(hash) {
                         return refuse("the marker's hash is not the stored hash there");
                     }
-                    let earlier: Option<i64> = sqlx::query(
-                        "SELECT min(first_seq) FROM audit_segments WHERE tenant_id = $1",
-                    )
-                    .bind(tenant.as_uuid())
-                    .fetch_one(&mut *tx)
-                    .await
-                    .and_then(|row| row.try_get(0))
-                    .map_err(backend)?;
+                    let earlier: Option<i64> = sqlx::query(SELECT_FIRST_SEQ)
+                        .bind(tenant.as_uuid())
+                        .fetch_one(&mut *tx)
+                        .await
+                        .and_then(|row| row.try_get(0))
+                        .map_err(backend)?;
                     sqlx::query(INSERT_MARKER)
                         .bind(tenant.as_uuid())
                         .bind(marker.through_seq)
