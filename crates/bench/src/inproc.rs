@@ -221,7 +221,7 @@ pub async fn run(
     let memory_audit_records = Arc::new(Records::new(
         store.clone(),
         keyring,
-        AuditTrail::start_with(Arc::new(MemorySink::default())),
+        AuditTrail::inline(Arc::new(MemorySink::default())),
     ));
     let authority = Authority::new(store.clone(), audit, Arc::new(NoAssertions), 300);
     let clock = SystemClock;

@@ -1,12 +1,17 @@
 //! The [`Store`](carevault_domain::store::Store) implementation, written once and instantiated
 //! for each engine by [`implement_store!`]. The SQL is shared (see `sql.rs`); what differs per
-//! engine lives in the engine's own module as four inherent methods:
+//! engine lives in the engine's own module as inherent methods:
 //!
 //! - `read_pool(&self) -> &Pool<DB>`: single-statement reads of platform records;
 //! - `write_pool(&self) -> &Pool<DB>`: single-statement writes of platform records;
 //! - `begin_read(&self, Option<TenantId>)` / `begin_write(&self, Option<TenantId>)`: a
 //!   transaction, already bound to the tenant when one is given (PostgreSQL sets the
 //!   row-level-security tenant; SQLite takes the write lock up front);
+//! - `read_one` / `read_all(&self, TenantId, Query)`: one statement on a tenant's data as its
+//!   own read transaction (SQLite runs it alone, saving the `BEGIN`/`COMMIT` round trips to
+//!   the connection's thread; PostgreSQL binds the tenant first);
+//! - `append_audit_fast(&self, &[AuditRecord])`: the engine's own shared audit append, or
+//!   `None` to use the transaction below (SQLite appends in one round trip, `sqlite_audit.rs`);
 //! - `enter_tenant(&mut Connection, TenantId)`: rebinds an open transaction to another tenant
 //!   (used by `append_audit`, whose batch may span tenants).
 //!
@@ -509,15 +514,11 @@ macro_rules! implement_store {
                     resource_type: &str,
                     id: &str,
                 ) -> StoreResult<Option<StoredVersion>> {
-                    let mut tx = self.begin_read(Some(scope.tenant())).await?;
-                    let row = sqlx::query(sql::SELECT_CURRENT)
+                    let query = sqlx::query(sql::SELECT_CURRENT)
                         .bind(scope.tenant().as_uuid())
                         .bind(resource_type.to_owned())
-                        .bind(id.to_owned())
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(backend)?;
-                    tx.commit().await.map_err(backend)?;
+                        .bind(id.to_owned());
+                    let row = self.read_one(scope.tenant(), query).await?;
                     row.map(|row| version_from(&row, 0)).transpose()
                 }
 
@@ -528,16 +529,12 @@ macro_rules! implement_store {
                     id: &str,
                     version: i64,
                 ) -> StoreResult<Option<StoredVersion>> {
-                    let mut tx = self.begin_read(Some(scope.tenant())).await?;
-                    let row = sqlx::query(sql::SELECT_VERSION)
+                    let query = sqlx::query(sql::SELECT_VERSION)
                         .bind(scope.tenant().as_uuid())
                         .bind(resource_type.to_owned())
                         .bind(id.to_owned())
-                        .bind(version)
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(backend)?;
-                    tx.commit().await.map_err(backend)?;
+                        .bind(version);
+                    let row = self.read_one(scope.tenant(), query).await?;
                     row.map(|row| version_from(&row, 0)).transpose()
                 }
 
@@ -579,12 +576,7 @@ macro_rules! implement_store {
                         return Ok(Vec::new());
                     }
                     let statement = sql::history(scope.tenant(), query);
-                    let mut tx = self.begin_read(Some(scope.tenant())).await?;
-                    let rows = dynamic(&statement)
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(backend)?;
-                    tx.commit().await.map_err(backend)?;
+                    let rows = self.read_all(scope.tenant(), dynamic(&statement)).await?;
                     rows.iter().map(|row| version_from(row, 0)).collect()
                 }
 
@@ -597,12 +589,7 @@ macro_rules! implement_store {
                         return Ok(Vec::new());
                     }
                     let statement = sql::search(scope.tenant(), query);
-                    let mut tx = self.begin_read(Some(scope.tenant())).await?;
-                    let rows = dynamic(&statement)
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(backend)?;
-                    tx.commit().await.map_err(backend)?;
+                    let rows = self.read_all(scope.tenant(), dynamic(&statement)).await?;
                     rows.iter()
                         .map(|row| {
                             Ok(Candidate {
@@ -636,6 +623,9 @@ macro_rules! implement_store {
                 }
 
                 async fn append_audit(&self, records: &[AuditRecord]) -> StoreResult<()> {
+                    if let Some(appended) = self.append_audit_fast(records).await {
+                        return appended;
+                    }
                     let groups = group_by_tenant(records);
                     let Some((first, _)) = groups.first() else {
                         return Ok(());

@@ -17,6 +17,7 @@ mod people_sql;
 mod postgres;
 mod sql;
 mod sqlite;
+mod sqlite_audit;
 
 use std::path::Path;
 use std::sync::Arc;

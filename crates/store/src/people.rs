@@ -763,14 +763,10 @@ macro_rules! implement_people_store {
                     scope: &TenantScope,
                     patient: &str,
                 ) -> StoreResult<Option<HomeEntryRecord>> {
-                    let mut tx = self.begin_read(Some(scope.tenant())).await?;
-                    let row = sqlx::query(sql::SELECT_HOME_ENTRY)
+                    let query = sqlx::query(sql::SELECT_HOME_ENTRY)
                         .bind(scope.tenant().as_uuid())
-                        .bind(patient.to_owned())
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(backend)?;
-                    tx.commit().await.map_err(backend)?;
+                        .bind(patient.to_owned());
+                    let row = self.read_one(scope.tenant(), query).await?;
                     row.as_ref().map(home_entry_from).transpose()
                 }
             }

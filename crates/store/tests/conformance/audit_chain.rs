@@ -19,6 +19,8 @@ use crate::fixtures::*;
 
 conformance!(
     every_append_extends_the_tenant_chain,
+    appends_from_two_stores_on_one_database_chain_on,
+    a_failed_append_writes_nothing_and_the_next_one_works,
     retention_removes_whole_segments_behind_a_signed_marker,
     moved_times_are_reported,
 );
@@ -150,6 +152,79 @@ async fn every_append_extends_the_tenant_chain(store: Arc<dyn Store>, _raw: &Raw
             .unwrap(),
     );
     assert_eq!(window.iter().map(|l| l.seq).collect::<Vec<_>>(), vec![2]);
+}
+
+/// Each store may remember the chain head of its last append (SQLite does, to append in one
+/// round trip); another process, or a write transaction, moves the head under it. Every append
+/// must still continue the chain exactly.
+async fn appends_from_two_stores_on_one_database_chain_on(store: Arc<dyn Store>, raw: &Raw) {
+    let (a, scope_a) = new_tenant(&store, "two stores").await;
+    let other = raw.second_store().await;
+    let mut expected = Vec::new();
+    for round in 0..4 {
+        for (name, appender) in [("first", &store), ("second", &other)] {
+            let detail = format!("{name}-{round}");
+            appender
+                .append_audit(&[audit(a, "read", &detail)])
+                .await
+                .unwrap();
+            expected.push(detail);
+        }
+        // A write transaction of the first store appends its record in the same commit.
+        let detail = format!("write-{round}");
+        store
+            .commit(
+                &scope_a,
+                &[create("Patient", &format!("p{round}"), T0)],
+                &[audit(a, "create", &detail)],
+            )
+            .await
+            .unwrap();
+        expected.push(detail);
+    }
+    let report = verify(&store, a, 5).await;
+    assert!(report.breaks.is_empty(), "{:?}", report.breaks);
+    assert_eq!(report.records, expected.len() as u64);
+    let details: Vec<String> = store
+        .audit_records(a)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|record| record.detail.unwrap())
+        .collect();
+    assert_eq!(details, expected);
+}
+
+/// A segment squatting on the next sequence number (written past the store) makes the next
+/// append of that tenant fail: the whole batch, every tenant in it, is written or none of it,
+/// and the store goes on appending for others.
+async fn a_failed_append_writes_nothing_and_the_next_one_works(store: Arc<dyn Store>, raw: &Raw) {
+    let (a, _) = new_tenant(&store, "squatted").await;
+    let (b, _) = new_tenant(&store, "bystander").await;
+    store.append_audit(&[audit(a, "read", "a1")]).await.unwrap();
+    raw.execute_as_owner(
+        "INSERT INTO audit_segments \
+         (tenant_id, first_seq, last_seq, min_time_ms, max_time_ms, prev_hash, body) \
+         SELECT tenant_id, 2, 2, min_time_ms, max_time_ms, prev_hash, body \
+         FROM audit_segments WHERE first_seq = 1",
+    )
+    .await
+    .unwrap();
+
+    let failed = store
+        .append_audit(&[audit(b, "read", "b1"), audit(a, "read", "a2")])
+        .await;
+    assert!(failed.is_err(), "an append onto a squatted seq succeeded");
+    assert_eq!(store.audit_head(b).await.unwrap(), None);
+    assert_eq!(store.audit_head(a).await.unwrap().unwrap().seq, 1);
+
+    // Nothing is left half-done on the store's connection.
+    store.append_audit(&[audit(b, "read", "b2")]).await.unwrap();
+    let records_b = store.audit_records(b).await.unwrap();
+    assert_eq!(records_b.len(), 1);
+    assert_eq!(records_b[0].detail.as_deref(), Some("b2"));
+    assert_eq!(records_b[0].seq, 1);
+    assert!(store.append_audit(&[audit(a, "read", "a3")]).await.is_err());
 }
 
 async fn retention_removes_whole_segments_behind_a_signed_marker(store: Arc<dyn Store>, raw: &Raw) {

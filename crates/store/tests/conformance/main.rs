@@ -106,6 +106,14 @@ impl Raw {
         }
     }
 
+    /// A second store on the same database, as another server process or the CLI would open.
+    async fn second_store(&self) -> Arc<dyn Store> {
+        match self {
+            Raw::Sqlite(path) => Arc::new(SqliteStore::open(path).await.unwrap()),
+            Raw::Postgres { owner_url, .. } => Arc::new(PgStore::connect(owner_url).await.unwrap()),
+        }
+    }
+
     /// Counts stored audit records as the owner (PostgreSQL: a superuser, which row-level
     /// security does not restrict).
     async fn audit_rows(&self) -> i64 {
