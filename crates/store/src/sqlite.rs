@@ -32,7 +32,7 @@ const INSERT_KEYS: &str = "INSERT INTO audit_keys (tenant_id, bucket, key, first
 /// How long a statement waits for a lock held by another process (a backup, the CLI).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read connections; reads run in parallel with the single writer under WAL.
-const READERS: u32 = 4;
+const READERS: u32 = 8;
 /// The writer's page cache, in KiB (negative: a size rather than a page count).
 const WRITER_CACHE: &str = "-32768";
 /// WAL pages before the writer checkpoints (SQLite's default is 1,000): fewer, larger
