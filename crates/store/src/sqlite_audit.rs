@@ -113,10 +113,12 @@ pub(crate) async fn append(
             Err(error) => {
                 // The statements stop at the first failure with the transaction still open.
                 let _ = sqlx::query("ROLLBACK").execute(&mut *connection).await;
+                // Remember the heads as they are now: the retry starts from them.
                 let mut moved = false;
                 for part in &parts {
                     heads.forget(part.tenant);
                     let now = read_head(connection, part.tenant).await?;
+                    heads.set(part.tenant, now);
                     moved |= now != part.from;
                 }
                 if moved && !retried {
