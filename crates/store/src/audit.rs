@@ -450,7 +450,7 @@ macro_rules! implement_audit_store {
                 tx.commit().await.map_err(backend)
             }
 
-            async fn head_on(
+            pub(crate) async fn head_on(
                 connection: &mut $connection,
                 tenant: TenantId,
             ) -> StoreResult<Option<ChainHead>> {

@@ -11,7 +11,7 @@
 //!   own read transaction (SQLite runs it alone, saving the `BEGIN`/`COMMIT` round trips to
 //!   the connection's thread; PostgreSQL binds the tenant first);
 //! - `append_audit_fast(&self, &[AuditRecord])`: the engine's own shared audit append, or
-//!   `None` to use the transaction below (SQLite appends in one round trip, `sqlite_audit.rs`);
+//!   `None` to use the transaction below (SQLite appends in one round trip, `sqlite/audit_append.rs`);
 //! - `enter_tenant(&mut Connection, TenantId)`: rebinds an open transaction to another tenant
 //!   (used by `append_audit`, whose batch may span tenants).
 //!
@@ -89,7 +89,7 @@ macro_rules! implement_store {
             type Query = sqlx::query::Query<'static, $db, <$db as sqlx::Database>::Arguments>;
 
             /// A statement built from static fragments by [`Sql`], with its values bound.
-            fn dynamic(statement: &Sql) -> Query {
+            pub(crate) fn dynamic(statement: &Sql) -> Query {
                 // Sound: `Sql` text is made only of `&'static str` fragments and placeholders.
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(statement.text().to_owned()));
                 for value in statement.values() {

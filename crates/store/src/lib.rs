@@ -17,7 +17,6 @@ mod people_sql;
 mod postgres;
 mod sql;
 mod sqlite;
-mod sqlite_audit;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -153,9 +153,9 @@ impl PgStore {
             .connect_with(options.clone())
             .await
             .map_err(backend)?;
-        let mut tx = pool.begin().await.map_err(backend)?;
-        PgStore::enter_tenant(&mut tx, tenant).await?;
-        Ok(tx)
+        pool.begin_with(begin_statement("BEGIN", Some(tenant)))
+            .await
+            .map_err(backend)
     }
 
     /// Binds the open transaction to `tenant` for row-level security (until it ends).

@@ -23,7 +23,10 @@ use crate::audit::implement_audit_store;
 use crate::engine::{backend, implement_store};
 use crate::migrations;
 use crate::people::implement_people_store;
-use crate::sqlite_audit::{self, HeadCache};
+
+mod audit_append;
+
+use audit_append::HeadCache;
 
 /// A segment's search keys, from one JSON array of integers.
 const INSERT_KEYS: &str = "INSERT INTO audit_keys (tenant_id, bucket, key, first_seq) \
@@ -44,7 +47,7 @@ type TenantQuery<'q> = sqlx::query::Query<'q, Sqlite, <Sqlite as sqlx::Database>
 pub struct SqliteStore {
     reader: SqlitePool,
     writer: SqlitePool,
-    /// Chain heads left by this store's shared audit appends (see `sqlite_audit.rs`).
+    /// Chain heads left by this store's shared audit appends (see `sqlite/audit_append.rs`).
     heads: HeadCache,
 }
 
@@ -133,7 +136,7 @@ impl SqliteStore {
             Ok(connection) => connection,
             Err(error) => return Some(Err(backend(error))),
         };
-        Some(sqlite_audit::append(&mut connection, &self.heads, records).await)
+        Some(audit_append::append(&mut connection, &self.heads, records).await)
     }
 
     async fn begin_write(

@@ -18,14 +18,17 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use carevault_domain::audit::AuditRecord;
-use carevault_domain::audit::chain::{ChainHash, GENESIS, hash_from_bytes};
+use carevault_domain::audit::chain::{ChainHash, GENESIS};
+use carevault_domain::audit::storage::ChainHead;
 use carevault_domain::ids::TenantId;
 use carevault_domain::store::{StoreError, StoreResult};
-use sqlx::sqlite::{SqliteArguments, SqliteConnection};
-use sqlx::{Arguments as _, Row as _};
+use sqlx::sqlite::SqliteConnection;
 
-use crate::audit::{NewSegment, SELECT_HEAD, bucket_of, build_segments, keys_json};
+use super::audit_implementation::head_on;
+use super::shared_implementation::dynamic;
+use crate::audit::{NewSegment, bucket_of, build_segments, keys_json};
 use crate::engine::{backend, group_by_tenant};
+use crate::sql::{Sql, Value, tenant_value};
 
 /// A tenant's chain head as this store last wrote or read it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -98,11 +101,7 @@ pub(crate) async fn append(
                 segments,
             });
         }
-        let (text, arguments) = statement(&parts)?;
-        // Sound: the text is made only of the constant fragments below and numbered placeholders.
-        let result = sqlx::query_with(sqlx::AssertSqlSafe(text), arguments)
-            .execute(&mut *connection)
-            .await;
+        let result = dynamic(&statement(&parts)).execute(&mut *connection).await;
         match result {
             Ok(_) => {
                 for part in &parts {
@@ -132,103 +131,92 @@ pub(crate) async fn append(
 }
 
 async fn read_head(connection: &mut SqliteConnection, tenant: TenantId) -> StoreResult<Head> {
-    let row = sqlx::query(SELECT_HEAD)
-        .bind(tenant.as_uuid())
-        .fetch_optional(&mut *connection)
-        .await
-        .map_err(backend)?;
-    let Some(row) = row else {
-        return Ok(Head {
+    Ok(match head_on(connection, tenant).await? {
+        None => Head {
             seq: 0,
             hash: GENESIS,
             stored: false,
-        });
-    };
-    let seq: i64 = row.try_get(0).map_err(backend)?;
-    let hash: Option<Vec<u8>> = row.try_get(1).map_err(backend)?;
-    let hash = match hash {
-        Some(bytes) => hash_from_bytes(&bytes)
-            .ok_or_else(|| StoreError::Backend("stored audit head hash is not valid".to_owned()))?,
-        None if seq == 0 => GENESIS,
-        None => {
+        },
+        Some(ChainHead {
+            seq,
+            hash: Some(hash),
+        }) => Head {
+            seq,
+            hash,
+            stored: true,
+        },
+        Some(ChainHead { hash: None, .. }) => {
             return Err(StoreError::Backend(
                 "the audit head has no hash: its records were not moved into segments".to_owned(),
             ));
         }
-    };
-    Ok(Head {
-        seq,
-        hash,
-        stored: true,
     })
 }
 
-/// The whole transaction as one text, with its arguments.
-fn statement(parts: &[Part]) -> StoreResult<(String, SqliteArguments)> {
-    let mut text = String::from("BEGIN IMMEDIATE;\n");
-    let mut arguments = SqliteArguments::default();
-    let mut next = 0usize;
-    let mut add = |arguments: &mut SqliteArguments, value: Value| -> StoreResult<usize> {
-        next += 1;
-        let bound = match value {
-            Value::Uuid(uuid) => arguments.add(uuid),
-            Value::Int(number) => arguments.add(number),
-            Value::Bytes(bytes) => arguments.add(bytes),
-            Value::Text(text) => arguments.add(text),
-        };
-        bound.map_err(|error| StoreError::Backend(error.to_string()))?;
-        Ok(next)
-    };
+/// The whole transaction as one statement.
+fn statement(parts: &[Part]) -> Sql {
+    let mut sql = Sql::new();
+    sql.push("BEGIN IMMEDIATE;\n");
     for part in parts {
-        let tenant = add(&mut arguments, Value::Uuid(part.tenant.as_uuid()))?;
-        let seq = add(&mut arguments, Value::Int(part.to.seq))?;
-        let hash = add(&mut arguments, Value::Bytes(part.to.hash.to_vec()))?;
+        let tenant = sql.preset(tenant_value(part.tenant));
         if part.from.stored {
-            let old = add(&mut arguments, Value::Int(part.from.seq))?;
-            text.push_str(&format!(
-                "UPDATE audit_heads SET seq = ${seq}, hash = ${hash} \
-                 WHERE tenant_id = ${tenant} AND seq = ${old};\n"
-            ));
+            sql.push("UPDATE audit_heads SET seq = ")
+                .bind(Value::Int(part.to.seq))
+                .push(", hash = ")
+                .bind(Value::Bytes(part.to.hash.to_vec()))
+                .push(" WHERE tenant_id = ")
+                .again(tenant)
+                .push(" AND seq = ")
+                .bind(Value::Int(part.from.seq))
+                .push(";\n");
         } else {
-            text.push_str(&format!(
-                "INSERT INTO audit_heads (tenant_id, seq, hash) VALUES (${tenant}, ${seq}, ${hash});\n"
-            ));
+            sql.push("INSERT INTO audit_heads (tenant_id, seq, hash) VALUES (")
+                .again(tenant)
+                .push(", ")
+                .bind(Value::Int(part.to.seq))
+                .push(", ")
+                .bind(Value::Bytes(part.to.hash.to_vec()))
+                .push(");\n");
         }
         for (index, segment) in part.segments.iter().enumerate() {
-            let first = add(&mut arguments, Value::Int(segment.first_seq))?;
-            let last = add(&mut arguments, Value::Int(segment.last_seq))?;
-            let min = add(&mut arguments, Value::Int(segment.min_time_ms))?;
-            let max = add(&mut arguments, Value::Int(segment.max_time_ms))?;
-            let prev = add(&mut arguments, Value::Bytes(segment.prev_hash.to_vec()))?;
-            let body = add(&mut arguments, Value::Bytes(segment.body.clone()))?;
-            // Only the first segment follows the head statement; `changes()` is its row count.
-            let first_value = if index == 0 {
-                format!("CASE WHEN changes() = 1 THEN ${first} END")
-            } else {
-                format!("${first}")
-            };
-            text.push_str(&format!(
+            sql.push(
                 "INSERT INTO audit_segments \
                  (tenant_id, first_seq, last_seq, min_time_ms, max_time_ms, prev_hash, body) \
-                 VALUES (${tenant}, {first_value}, ${last}, ${min}, ${max}, ${prev}, ${body});\n"
-            ));
+                 VALUES (",
+            )
+            .again(tenant)
+            .push(", ");
+            // Only the first segment follows the head statement; `changes()` is its row count.
+            if index == 0 {
+                sql.push("CASE WHEN changes() = 1 THEN ")
+                    .bind(Value::Int(segment.first_seq))
+                    .push(" END");
+            } else {
+                sql.bind(Value::Int(segment.first_seq));
+            }
+            let first = sql.last();
+            sql.push(", ")
+                .bind_list([
+                    Value::Int(segment.last_seq),
+                    Value::Int(segment.min_time_ms),
+                    Value::Int(segment.max_time_ms),
+                    Value::Bytes(segment.prev_hash.to_vec()),
+                    Value::Bytes(segment.body.clone()),
+                ])
+                .push(");\n");
             if !segment.keys.is_empty() {
-                let bucket = add(&mut arguments, Value::Int(bucket_of(segment.first_seq)))?;
-                let keys = add(&mut arguments, Value::Text(keys_json(&segment.keys)))?;
-                text.push_str(&format!(
-                    "INSERT INTO audit_keys (tenant_id, bucket, key, first_seq) \
-                     SELECT ${tenant}, ${bucket}, value, ${first} FROM json_each(${keys});\n"
-                ));
+                sql.push("INSERT INTO audit_keys (tenant_id, bucket, key, first_seq) SELECT ")
+                    .again(tenant)
+                    .push(", ")
+                    .bind(Value::Int(bucket_of(segment.first_seq)))
+                    .push(", value, ")
+                    .again(first)
+                    .push(" FROM json_each(")
+                    .bind(Value::Text(keys_json(&segment.keys)))
+                    .push(");\n");
             }
         }
     }
-    text.push_str("COMMIT;");
-    Ok((text, arguments))
-}
-
-enum Value {
-    Uuid(uuid::Uuid),
-    Int(i64),
-    Bytes(Vec<u8>),
-    Text(String),
+    sql.push("COMMIT;");
+    sql
 }
