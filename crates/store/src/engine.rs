@@ -81,22 +81,37 @@ macro_rules! implement_store {
             use sqlx::Row;
 
             use super::*;
-            use crate::engine::{
-                backend, corrupt, duplicate_or_backend, group_by_tenant, is_unique_violation,
-            };
+            use crate::engine::{backend, corrupt, duplicate_or_backend, group_by_tenant};
             use crate::sql::{self, Sql, Value};
 
             type Query = sqlx::query::Query<'static, $db, <$db as sqlx::Database>::Arguments>;
 
             /// A statement built from static fragments by [`Sql`], with its values bound.
             pub(crate) fn dynamic(statement: &Sql) -> Query {
+                with_values(statement.text().to_owned(), statement)
+            }
+
+            /// One multi-row statement of a commit's writes, its placeholders numbered for the
+            /// engine (see [`Sql::sqlite_text`]) and not kept in the connection's statement
+            /// cache: its text changes with the number of rows.
+            fn batch(statement: &Sql) -> Query {
+                let text = if $engine == "sqlite" {
+                    statement.sqlite_text()
+                } else {
+                    statement.text().to_owned()
+                };
+                with_values(text, statement).persistent(false)
+            }
+
+            fn with_values(text: String, statement: &Sql) -> Query {
                 // Sound: `Sql` text is made only of `&'static str` fragments and placeholders.
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(statement.text().to_owned()));
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(text));
                 for value in statement.values() {
                     query = match value {
                         Value::Uuid(uuid) => query.bind(*uuid),
                         Value::Text(text) => query.bind(text.clone()),
                         Value::Int(number) => query.bind(*number),
+                        Value::Bool(flag) => query.bind(*flag),
                         Value::Bytes(bytes) => query.bind(bytes.clone()),
                     };
                 }
@@ -169,97 +184,118 @@ macro_rules! implement_store {
                 super::audit_implementation::append_chained(connection, tenant, records).await
             }
 
-            /// Applies one write inside the committing transaction.
-            async fn apply_write(
+            /// Applies `writes`, in order, inside the committing transaction. A run of creates
+            /// is written together, a few multi-row statements for the whole run (one round trip
+            /// each to the writer, not four or more per resource). Any other write checks its
+            /// precondition alone first, so two writes to one resource in one commit see each
+            /// other.
+            async fn apply_writes(
+                connection: &mut $connection,
+                tenant: TenantId,
+                writes: &[ResourceWrite],
+            ) -> StoreResult<()> {
+                // A create of version 1 needs no look-up: every resource has a version 1 once
+                // it exists (versions are never removed), so the primary key of
+                // `resource_versions` refuses a create of an existing id, and a new id has no
+                // search rows to replace.
+                let creates = |write: &ResourceWrite| {
+                    write.precondition == Precondition::Absent && write.version.version == 1
+                };
+                let mut rest = writes;
+                while let Some(first) = rest.first() {
+                    let run = if creates(first) {
+                        rest.iter().take_while(|write| creates(write)).count()
+                    } else {
+                        check_precondition(connection, tenant, first).await?;
+                        1
+                    };
+                    let (now, later) = rest.split_at(run);
+                    insert_writes(connection, tenant, now).await?;
+                    rest = later;
+                }
+                Ok(())
+            }
+
+            fn conflict(version: &StoredVersion) -> StoreError {
+                StoreError::Conflict {
+                    resource_type: version.resource_type.clone(),
+                    id: version.id.clone(),
+                }
+            }
+
+            /// Checks a write's precondition against the current version and clears the
+            /// search rows its new version replaces.
+            async fn check_precondition(
                 connection: &mut $connection,
                 tenant: TenantId,
                 write: &ResourceWrite,
             ) -> StoreResult<()> {
                 let version = &write.version;
-                let conflict = || StoreError::Conflict {
-                    resource_type: version.resource_type.clone(),
-                    id: version.id.clone(),
+                let current: Option<i64> = match sqlx::query(sql::SELECT_CURRENT_VERSION_NUMBER)
+                    .bind(tenant.as_uuid())
+                    .bind(version.resource_type.clone())
+                    .bind(version.id.clone())
+                    .fetch_optional(&mut *connection)
+                    .await
+                    .map_err(backend)?
+                {
+                    Some(row) => Some(get(&row, 0)?),
+                    None => None,
                 };
-                // A create of version 1 needs no look-up: every resource has a version 1 once
-                // it exists (versions are never removed), so the primary key of
-                // `resource_versions` refuses a create of an existing id, and a new id has no
-                // search rows to replace.
-                let creating = write.precondition == Precondition::Absent && version.version == 1;
-                if !creating {
-                    let current: Option<i64> = match sqlx::query(sql::SELECT_CURRENT_VERSION_NUMBER)
+                let holds = match write.precondition {
+                    Precondition::Absent => current.is_none(),
+                    Precondition::CurrentVersion(expected) => current == Some(expected),
+                };
+                if !holds {
+                    return Err(conflict(version));
+                }
+                for statement in [sql::DELETE_TOKENS, sql::DELETE_DATES] {
+                    sqlx::query(statement)
                         .bind(tenant.as_uuid())
                         .bind(version.resource_type.clone())
                         .bind(version.id.clone())
-                        .fetch_optional(&mut *connection)
-                        .await
-                        .map_err(backend)?
-                    {
-                        Some(row) => Some(get(&row, 0)?),
-                        None => None,
-                    };
-                    let holds = match write.precondition {
-                        Precondition::Absent => current.is_none(),
-                        Precondition::CurrentVersion(expected) => current == Some(expected),
-                    };
-                    if !holds {
-                        return Err(conflict());
-                    }
-                }
-                // A concurrent writer that passed the same check inserts the same version
-                // number first; the primary key turns the race into a conflict.
-                sqlx::query(sql::INSERT_VERSION)
-                    .bind(tenant.as_uuid())
-                    .bind(version.resource_type.clone())
-                    .bind(version.id.clone())
-                    .bind(version.version)
-                    .bind(version.last_updated_ms)
-                    .bind(version.deleted)
-                    .bind(version.body.clone())
-                    .execute(&mut *connection)
-                    .await
-                    .map_err(|error| {
-                        if is_unique_violation(&error) {
-                            conflict()
-                        } else {
-                            backend(error)
-                        }
-                    })?;
-                sqlx::query(sql::UPSERT_CURRENT)
-                    .bind(tenant.as_uuid())
-                    .bind(version.resource_type.clone())
-                    .bind(version.id.clone())
-                    .bind(version.version)
-                    .bind(version.last_updated_ms)
-                    .bind(version.deleted)
-                    .execute(&mut *connection)
-                    .await
-                    .map_err(backend)?;
-                if !creating {
-                    for statement in [sql::DELETE_TOKENS, sql::DELETE_DATES] {
-                        sqlx::query(statement)
-                            .bind(tenant.as_uuid())
-                            .bind(version.resource_type.clone())
-                            .bind(version.id.clone())
-                            .execute(&mut *connection)
-                            .await
-                            .map_err(backend)?;
-                    }
-                }
-                if version.deleted {
-                    return Ok(());
-                }
-                for chunk in write.tokens.chunks(sql::SEARCH_ROWS_PER_INSERT) {
-                    let statement =
-                        sql::insert_tokens(tenant, &version.resource_type, &version.id, chunk);
-                    dynamic(&statement)
                         .execute(&mut *connection)
                         .await
                         .map_err(backend)?;
                 }
-                for chunk in write.dates.chunks(sql::SEARCH_ROWS_PER_INSERT) {
-                    let statement =
-                        sql::insert_dates(tenant, &version.resource_type, &version.id, chunk);
-                    dynamic(&statement)
+                Ok(())
+            }
+
+            /// Inserts the new versions of `writes`, points the current rows at them and
+            /// writes their search rows. A version that exists already (a concurrent writer
+            /// that passed the same check inserted it first, or a create of an existing id)
+            /// is a conflict naming that resource.
+            async fn insert_writes(
+                connection: &mut $connection,
+                tenant: TenantId,
+                writes: &[ResourceWrite],
+            ) -> StoreResult<()> {
+                let versions: Vec<&StoredVersion> =
+                    writes.iter().map(|write| &write.version).collect();
+                for chunk in versions.chunks(sql::ROWS_PER_INSERT) {
+                    let rows = batch(&sql::insert_versions(tenant, chunk))
+                        .fetch_all(&mut *connection)
+                        .await
+                        .map_err(backend)?;
+                    if rows.len() != chunk.len() {
+                        let mut inserted = std::collections::HashSet::new();
+                        for row in &rows {
+                            inserted.insert((get::<String>(row, 0)?, get::<String>(row, 1)?));
+                        }
+                        // The first of two writes of one key in the chunk took the row.
+                        let refused = chunk.iter().find(|version| {
+                            !inserted.remove(&(version.resource_type.clone(), version.id.clone()))
+                        });
+                        return Err(conflict(refused.unwrap_or(&chunk[0])));
+                    }
+                    batch(&sql::upsert_current(tenant, chunk))
+                        .execute(&mut *connection)
+                        .await
+                        .map_err(backend)?;
+                }
+                let writes: Vec<&ResourceWrite> = writes.iter().collect();
+                for statement in sql::insert_search_rows(tenant, &writes) {
+                    batch(&statement)
                         .execute(&mut *connection)
                         .await
                         .map_err(backend)?;
@@ -613,10 +649,8 @@ macro_rules! implement_store {
                         ));
                     }
                     let mut tx = self.begin_write(Some(tenant)).await?;
-                    for write in writes {
-                        // On error the transaction is dropped, which rolls it back.
-                        apply_write(&mut *tx, tenant, write).await?;
-                    }
+                    // On error the transaction is dropped, which rolls it back.
+                    apply_writes(&mut *tx, tenant, writes).await?;
                     let records: Vec<&AuditRecord> = audit.iter().collect();
                     append_group(&mut *tx, tenant, &records).await?;
                     tx.commit().await.map_err(backend)

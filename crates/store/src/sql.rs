@@ -6,7 +6,9 @@
 //! SQL, which is what makes the `AssertSqlSafe` at execution sound.
 
 use carevault_domain::ids::TenantId;
-use carevault_domain::store::{CandidateFilter, CandidateQuery, DateEntry, HistoryQuery, SortBy};
+use carevault_domain::store::{
+    CandidateFilter, CandidateQuery, DateEntry, HistoryQuery, ResourceWrite, SortBy, StoredVersion,
+};
 use carevault_fhir::DateCondition;
 use uuid::Uuid;
 
@@ -18,6 +20,7 @@ pub(crate) enum Value {
     Uuid(Uuid),
     Text(String),
     Int(i64),
+    Bool(bool),
     Bytes(Vec<u8>),
 }
 
@@ -77,6 +80,26 @@ impl Sql {
 
     pub(crate) fn text(&self) -> &str {
         &self.text
+    }
+
+    /// The text with `?n` placeholders instead of `$n`, for a single SQLite statement that
+    /// refers to every value. SQLite treats `$n` as a name and looks each one up among the
+    /// statement's names in turn, quadratic in a multi-row INSERT of thousands of values (it
+    /// was 15 % of the writer's time during an import); `?n` is a plain number. Not for
+    /// several statements in one text: sqlx fills the numbers a statement skips from the
+    /// values in order, which only works for names.
+    pub(crate) fn sqlite_text(&self) -> String {
+        let mut text = String::with_capacity(self.text.len());
+        let mut chars = self.text.chars().peekable();
+        while let Some(c) = chars.next() {
+            // Fragments are static and hold no `$` before a digit except placeholders.
+            if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+                text.push('?');
+            } else {
+                text.push(c);
+            }
+        }
+        text
     }
 
     pub(crate) fn values(&self) -> &[Value] {
@@ -145,77 +168,190 @@ pub(crate) const SELECT_VERSION: &str = "SELECT v.resource_type, v.id, v.version
      WHERE v.tenant_id = $1 AND v.resource_type = $2 AND v.id = $3 AND v.version = $4";
 pub(crate) const SELECT_CURRENT_VERSION_NUMBER: &str = "SELECT version FROM resource_current \
      WHERE tenant_id = $1 AND resource_type = $2 AND id = $3";
-pub(crate) const INSERT_VERSION: &str = "INSERT INTO resource_versions \
-     (tenant_id, resource_type, id, version, last_updated_ms, deleted, body) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7)";
-pub(crate) const UPSERT_CURRENT: &str = "INSERT INTO resource_current \
-     (tenant_id, resource_type, id, version, last_updated_ms, deleted) \
-     VALUES ($1, $2, $3, $4, $5, $6) \
-     ON CONFLICT (tenant_id, resource_type, id) DO UPDATE SET \
-       version = excluded.version, last_updated_ms = excluded.last_updated_ms, \
-       deleted = excluded.deleted";
 pub(crate) const DELETE_TOKENS: &str =
     "DELETE FROM search_tokens WHERE tenant_id = $1 AND resource_type = $2 AND id = $3";
 pub(crate) const DELETE_DATES: &str =
     "DELETE FROM search_dates WHERE tenant_id = $1 AND resource_type = $2 AND id = $3";
 
-/// Rows per multi-row search-row INSERT: a resource's tokens or dates go in one statement
-/// (one round trip to the writer), chunked so the bound values stay far under both engines'
-/// limits (SQLite 32,766; PostgreSQL 65,535).
-pub(crate) const SEARCH_ROWS_PER_INSERT: usize = 500;
+/// Rows per multi-row INSERT: the rows of many resources go in one statement (one round trip
+/// to the writer), chunked so the bound values stay far under both engines' limits (SQLite
+/// 32,766; PostgreSQL 65,535): at most seven values a row.
+pub(crate) const ROWS_PER_INSERT: usize = 500;
 
-/// `INSERT INTO search_tokens … VALUES ($1, $2, $3, $4), ($1, $2, $3, $5), …`: the tenant, type
-/// and id bound once, then one value per token.
-pub(crate) fn insert_tokens(
-    tenant: TenantId,
-    resource_type: &str,
-    id: &str,
-    tokens: &[[u8; 16]],
-) -> Sql {
+/// `INSERT INTO resource_versions … VALUES (…), (…) ON CONFLICT DO NOTHING RETURNING id`: new
+/// versions of several resources. A version whose key exists already is skipped, and its id is
+/// missing from the rows returned, so the caller can name the resource that conflicted.
+pub(crate) fn insert_versions(tenant: TenantId, versions: &[&StoredVersion]) -> Sql {
     let mut sql = Sql::new();
-    sql.preset(tenant_value(tenant));
-    sql.preset(Value::Text(resource_type.to_owned()));
-    sql.preset(Value::Text(id.to_owned()));
-    sql.push("INSERT INTO search_tokens (tenant_id, resource_type, id, token) VALUES ");
-    for (position, token) in tokens.iter().enumerate() {
+    let tenant = sql.preset(tenant_value(tenant));
+    sql.push(
+        "INSERT INTO resource_versions \
+         (tenant_id, resource_type, id, version, last_updated_ms, deleted, body) VALUES ",
+    );
+    for (position, version) in versions.iter().enumerate() {
         if position > 0 {
             sql.push(", ");
         }
-        sql.push("($1, $2, $3, ")
-            .bind(Value::Bytes(token.to_vec()))
-            .push(")");
+        sql.push("(").again(tenant).push(", ");
+        sql.bind_list([
+            Value::Text(version.resource_type.clone()),
+            Value::Text(version.id.clone()),
+            Value::Int(version.version),
+            Value::Int(version.last_updated_ms),
+            Value::Bool(version.deleted),
+            Value::Bytes(version.body.clone()),
+        ])
+        .push(")");
     }
-    sql.push(" ON CONFLICT DO NOTHING");
+    sql.push(" ON CONFLICT DO NOTHING RETURNING resource_type, id");
     sql
 }
 
-/// `INSERT INTO search_dates … VALUES ($1, $2, $3, $4, $5, $6), …`: the tenant, type and id
-/// bound once, then (param, low, high) per date.
-pub(crate) fn insert_dates(
-    tenant: TenantId,
-    resource_type: &str,
-    id: &str,
-    dates: &[DateEntry],
-) -> Sql {
+/// `INSERT INTO resource_current … VALUES (…), (…) ON CONFLICT … DO UPDATE`: points several
+/// resources at their new versions.
+pub(crate) fn upsert_current(tenant: TenantId, versions: &[&StoredVersion]) -> Sql {
     let mut sql = Sql::new();
-    sql.preset(tenant_value(tenant));
-    sql.preset(Value::Text(resource_type.to_owned()));
-    sql.preset(Value::Text(id.to_owned()));
-    sql.push("INSERT INTO search_dates (tenant_id, resource_type, id, param, low, high) VALUES ");
-    for (position, date) in dates.iter().enumerate() {
+    let tenant = sql.preset(tenant_value(tenant));
+    sql.push(
+        "INSERT INTO resource_current \
+         (tenant_id, resource_type, id, version, last_updated_ms, deleted) VALUES ",
+    );
+    for (position, version) in versions.iter().enumerate() {
         if position > 0 {
             sql.push(", ");
         }
-        sql.push("($1, $2, $3, ")
-            .bind(Value::Text(date.param.clone()))
-            .push(", ")
-            .bind(Value::Int(date.low))
-            .push(", ")
-            .bind(Value::Int(date.high))
-            .push(")");
+        sql.push("(").again(tenant).push(", ");
+        sql.bind_list([
+            Value::Text(version.resource_type.clone()),
+            Value::Text(version.id.clone()),
+            Value::Int(version.version),
+            Value::Int(version.last_updated_ms),
+            Value::Bool(version.deleted),
+        ])
+        .push(")");
     }
-    sql.push(" ON CONFLICT DO NOTHING");
+    sql.push(
+        " ON CONFLICT (tenant_id, resource_type, id) DO UPDATE SET \
+           version = excluded.version, last_updated_ms = excluded.last_updated_ms, \
+           deleted = excluded.deleted",
+    );
     sql
+}
+
+/// Multi-row INSERTs of search rows of several resources, at most [`ROWS_PER_INSERT`] rows
+/// each: the tenant is bound once a statement, a resource's type and id once per resource and
+/// statement, then `row` binds the rest of each row.
+struct SearchRows<'a, T> {
+    tenant: TenantId,
+    table: &'static str,
+    row: fn(&mut Sql, &T),
+    statements: Vec<Sql>,
+    current: Option<(Sql, usize, usize)>,
+    resource: Option<(&'a str, &'a str)>,
+    rows: usize,
+}
+
+impl<'a, T> SearchRows<'a, T> {
+    fn new(tenant: TenantId, table: &'static str, row: fn(&mut Sql, &T)) -> SearchRows<'a, T> {
+        SearchRows {
+            tenant,
+            table,
+            row,
+            statements: Vec::new(),
+            current: None,
+            resource: None,
+            rows: 0,
+        }
+    }
+
+    fn resource(&mut self, resource_type: &'a str, id: &'a str) {
+        self.resource = Some((resource_type, id));
+        // The next row binds this resource's type and id afresh.
+        if let Some((_, type_at, _)) = self.current.as_mut() {
+            *type_at = 0;
+        }
+    }
+
+    fn add(&mut self, value: &T) {
+        let Some((resource_type, id)) = self.resource else {
+            return;
+        };
+        if self.rows == ROWS_PER_INSERT {
+            self.finish();
+        }
+        let (tenant, table, row) = (self.tenant, self.table, self.row);
+        let (sql, type_at, id_at) = self.current.get_or_insert_with(|| {
+            let mut sql = Sql::new();
+            sql.preset(tenant_value(tenant));
+            sql.push(table);
+            (sql, 0, 0)
+        });
+        if *type_at == 0 {
+            *type_at = sql.preset(Value::Text(resource_type.to_owned()));
+            *id_at = sql.preset(Value::Text(id.to_owned()));
+        }
+        if self.rows > 0 {
+            sql.push(", ");
+        }
+        sql.push("($1, ")
+            .again(*type_at)
+            .push(", ")
+            .again(*id_at)
+            .push(", ");
+        row(sql, value);
+        sql.push(")");
+        self.rows += 1;
+    }
+
+    fn finish(&mut self) {
+        if let Some((mut sql, _, _)) = self.current.take() {
+            sql.push(" ON CONFLICT DO NOTHING");
+            self.statements.push(sql);
+        }
+        self.rows = 0;
+    }
+
+    fn into_statements(mut self) -> Vec<Sql> {
+        self.finish();
+        self.statements
+    }
+}
+
+/// The search rows (blind tokens, then dates) of `writes`, as multi-row INSERTs. Tombstones
+/// have none.
+pub(crate) fn insert_search_rows(tenant: TenantId, writes: &[&ResourceWrite]) -> Vec<Sql> {
+    let mut tokens = SearchRows::new(
+        tenant,
+        "INSERT INTO search_tokens (tenant_id, resource_type, id, token) VALUES ",
+        |sql, token: &[u8; 16]| {
+            sql.bind(Value::Bytes(token.to_vec()));
+        },
+    );
+    let mut dates = SearchRows::new(
+        tenant,
+        "INSERT INTO search_dates (tenant_id, resource_type, id, param, low, high) VALUES ",
+        |sql, date: &DateEntry| {
+            sql.bind_list([
+                Value::Text(date.param.clone()),
+                Value::Int(date.low),
+                Value::Int(date.high),
+            ]);
+        },
+    );
+    for write in writes.iter().filter(|write| !write.version.deleted) {
+        let version = &write.version;
+        tokens.resource(&version.resource_type, &version.id);
+        dates.resource(&version.resource_type, &version.id);
+        for token in &write.tokens {
+            tokens.add(token);
+        }
+        for date in &write.dates {
+            dates.add(date);
+        }
+    }
+    let mut statements = tokens.into_statements();
+    statements.extend(dates.into_statements());
+    statements
 }
 
 /// The most (type, id) pairs one `current_many` statement carries.

@@ -6,12 +6,16 @@ use carevault_domain::store::{
     CandidateFilter, HistoryQuery, Precondition, ResourceWrite, Store, StoreError,
 };
 
+use carevault_fhir::{DateCondition, DatePrefix};
+
 use crate::Raw;
 use crate::fixtures::*;
 
 conformance!(
     commit_checks_preconditions,
     conflict_rolls_back_the_whole_commit,
+    a_large_commit_writes_every_resource_and_its_search_rows,
+    a_commit_naming_one_id_twice_conflicts_and_writes_nothing,
     tombstones_are_current_but_not_searchable,
     history_is_newest_first_and_pages,
 );
@@ -363,4 +367,151 @@ async fn history_is_newest_first_and_pages(store: Arc<dyn Store>, _raw: &Raw) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// A blind token unique to `index`.
+fn token_of(index: usize) -> [u8; 16] {
+    let mut token = [0xAB; 16];
+    token[..8].copy_from_slice(&(index as u64).to_be_bytes());
+    token
+}
+
+/// More creates than one multi-row statement carries, with an update between them: every
+/// resource, its current row and its search rows are written, across the statements' seams.
+async fn a_large_commit_writes_every_resource_and_its_search_rows(
+    store: Arc<dyn Store>,
+    _raw: &Raw,
+) {
+    let (tenant, scope) = new_tenant(&store, "large commit").await;
+    store
+        .commit(&scope, &[create("Patient", "existing", T0)], &[])
+        .await
+        .unwrap();
+    let count = 1_203;
+    let creates: Vec<ResourceWrite> = (0..count)
+        .map(|index| {
+            let mut write = create("Observation", &format!("o{index}"), T0 + index as i64);
+            write.tokens = vec![token(7), token_of(index), token(8)];
+            write.dates = vec![date("date", index as i64 * 10, index as i64 * 10 + 5)];
+            write
+        })
+        .collect();
+    let mut writes = creates[..700].to_vec();
+    let mut changed = update("Patient", "existing", 2, T0 + 1);
+    changed.tokens = vec![token(9)];
+    writes.push(changed);
+    writes.extend_from_slice(&creates[700..]);
+    store
+        .commit(&scope, &writes, &[audit(tenant, "create", "many")])
+        .await
+        .unwrap();
+
+    for index in [0, 499, 500, 699, 700, 999, 1_000, count - 1] {
+        let id = format!("o{index}");
+        assert_eq!(
+            store.current(&scope, "Observation", &id).await.unwrap(),
+            Some(creates[index].version.clone()),
+            "{id}"
+        );
+        let by_token = CandidateFilter::AnyToken(vec![token_of(index)]);
+        assert_eq!(
+            search_ids(&store, &scope, &query("Observation", vec![by_token])).await,
+            vec![id.clone()],
+            "{id}"
+        );
+        let by_date = CandidateFilter::AnyDate {
+            param: "date".to_owned(),
+            conditions: vec![DateCondition {
+                prefix: DatePrefix::Eq,
+                low: index as i64 * 10,
+                high: index as i64 * 10 + 5,
+            }],
+        };
+        assert_eq!(
+            search_ids(&store, &scope, &query("Observation", vec![by_date])).await,
+            vec![id.clone()],
+            "{id}"
+        );
+    }
+    // Every resource carries the shared tokens: page through all of them.
+    let mut shared = query(
+        "Observation",
+        vec![CandidateFilter::AnyToken(vec![token(8)])],
+    );
+    let mut found = 0;
+    loop {
+        let page = store.search(&scope, &shared).await.unwrap();
+        found += page.len();
+        match page.last() {
+            Some(last) if page.len() == shared.limit => {
+                shared.after = Some((last.sort_value, last.version.id.clone()));
+            }
+            _ => break,
+        }
+    }
+    assert_eq!(found, count);
+    assert_eq!(
+        search_ids(
+            &store,
+            &scope,
+            &query("Patient", vec![CandidateFilter::AnyToken(vec![token(9)])])
+        )
+        .await,
+        strings(&["existing"])
+    );
+}
+
+/// A commit that creates one id twice, or creates an id that exists in a later statement's
+/// chunk, is a conflict naming that id, and writes nothing.
+async fn a_commit_naming_one_id_twice_conflicts_and_writes_nothing(
+    store: Arc<dyn Store>,
+    raw: &Raw,
+) {
+    let (tenant, scope) = new_tenant(&store, "twice").await;
+    store
+        .commit(&scope, &[create("Patient", "taken", T0)], &[])
+        .await
+        .unwrap();
+    let rows_before = raw.audit_rows().await;
+
+    let mut twice = vec![create("Patient", "p1", T0), create("Patient", "p2", T0)];
+    twice[1].tokens = vec![token(4)];
+    twice.push(create("Patient", "p1", T0 + 1));
+    let outcome = store
+        .commit(&scope, &twice, &[audit(tenant, "create", "twice")])
+        .await;
+    assert!(
+        matches!(outcome, Err(StoreError::Conflict { ref id, .. }) if id == "p1"),
+        "{outcome:?}"
+    );
+
+    let mut late: Vec<ResourceWrite> = (0..800)
+        .map(|index| create("Patient", &format!("n{index}"), T0))
+        .collect();
+    late[650] = create("Patient", "taken", T0 + 2);
+    let outcome = store
+        .commit(&scope, &late, &[audit(tenant, "create", "late")])
+        .await;
+    assert!(
+        matches!(outcome, Err(StoreError::Conflict { ref id, .. }) if id == "taken"),
+        "{outcome:?}"
+    );
+
+    for id in ["p1", "p2", "n0", "n499", "n799"] {
+        assert_eq!(
+            store.current(&scope, "Patient", id).await.unwrap(),
+            None,
+            "{id}"
+        );
+    }
+    assert!(
+        search_ids(
+            &store,
+            &scope,
+            &query("Patient", vec![CandidateFilter::AnyToken(vec![token(4)])])
+        )
+        .await
+        .is_empty()
+    );
+    assert_eq!(raw.audit_rows().await, rows_before);
 }
