@@ -286,15 +286,17 @@ macro_rules! implement_store {
                         let refused = chunk.iter().find(|version| {
                             !inserted.remove(&(version.resource_type.clone(), version.id.clone()))
                         });
-                        return Err(conflict(refused.unwrap_or(&chunk[0])));
+                        return Err(refused.or(chunk.first()).map_or_else(
+                            || StoreError::Backend("an empty insert was refused".to_owned()),
+                            |version| conflict(version),
+                        ));
                     }
                     batch(&sql::upsert_current(tenant, chunk))
                         .execute(&mut *connection)
                         .await
                         .map_err(backend)?;
                 }
-                let writes: Vec<&ResourceWrite> = writes.iter().collect();
-                for statement in sql::insert_search_rows(tenant, &writes) {
+                for statement in sql::insert_search_rows(tenant, writes) {
                     batch(&statement)
                         .execute(&mut *connection)
                         .await
@@ -624,7 +626,25 @@ macro_rules! implement_store {
                     if query.limit == 0 {
                         return Ok(Vec::new());
                     }
-                    let statement = sql::search(scope.tenant(), query);
+                    let driver = match sql::token_filter_sizes(scope.tenant(), query) {
+                        None => None,
+                        Some((sizes, positions)) => {
+                            match self.read_one(scope.tenant(), dynamic(&sizes)).await? {
+                                None => None,
+                                Some(row) => {
+                                    let mut smallest: Option<(i64, usize)> = None;
+                                    for (index, position) in positions.iter().enumerate() {
+                                        let size: i64 = get(&row, index)?;
+                                        if smallest.is_none_or(|(least, _)| size < least) {
+                                            smallest = Some((size, *position));
+                                        }
+                                    }
+                                    smallest.map(|(_, position)| position)
+                                }
+                            }
+                        }
+                    };
+                    let statement = sql::search(scope.tenant(), query, driver);
                     let rows = self.read_all(scope.tenant(), dynamic(&statement)).await?;
                     rows.iter()
                         .map(|row| {

@@ -319,7 +319,7 @@ impl<'a, T> SearchRows<'a, T> {
 
 /// The search rows (blind tokens, then dates) of `writes`, as multi-row INSERTs. Tombstones
 /// have none.
-pub(crate) fn insert_search_rows(tenant: TenantId, writes: &[&ResourceWrite]) -> Vec<Sql> {
+pub(crate) fn insert_search_rows(tenant: TenantId, writes: &[ResourceWrite]) -> Vec<Sql> {
     let mut tokens = SearchRows::new(
         tenant,
         "INSERT INTO search_tokens (tenant_id, resource_type, id, token) VALUES ",
@@ -426,7 +426,57 @@ pub(crate) fn history(tenant: TenantId, query: &HistoryQuery) -> Sql {
 
 /// A candidate search. See [`CandidateQuery`]: every filter must match; ordered by sort value
 /// then id; keyset-paged strictly after `after`.
-pub(crate) fn search(tenant: TenantId, query: &CandidateQuery) -> Sql {
+/// How far [`token_filter_sizes`] counts a filter's rows.
+const FILTER_SIZE_BOUND: i64 = 100;
+
+/// With two or more token filters: one row counting (up to a bound) the search rows each token
+/// filter matches, and the filters' positions in the query. A search drives from the smallest
+/// (see [`search`]): SQLite's planner cannot tell a family name shared by thousands of patients
+/// from a birth date shared by three, and drove from whichever filter came first.
+pub(crate) fn token_filter_sizes(
+    tenant: TenantId,
+    query: &CandidateQuery,
+) -> Option<(Sql, Vec<usize>)> {
+    let positions: Vec<usize> = query
+        .filters
+        .iter()
+        .enumerate()
+        .filter(
+            |(_, filter)| matches!(filter, CandidateFilter::AnyToken(tokens) if !tokens.is_empty()),
+        )
+        .map(|(position, _)| position)
+        .collect();
+    if positions.len() < 2 {
+        return None;
+    }
+    let mut sql = Sql::new();
+    sql.preset(tenant_value(tenant));
+    sql.preset(Value::Text(query.resource_type.clone()));
+    let bound = sql.preset(Value::Int(FILTER_SIZE_BOUND));
+    sql.push("SELECT ");
+    for (index, position) in positions.iter().enumerate() {
+        let CandidateFilter::AnyToken(tokens) = &query.filters[*position] else {
+            continue;
+        };
+        if index > 0 {
+            sql.push(", ");
+        }
+        sql.push(
+            "(SELECT count(*) FROM (SELECT 1 FROM search_tokens t \
+             WHERE t.tenant_id = $1 AND t.resource_type = $2 AND t.token IN (",
+        )
+        .bind_list(tokens.iter().map(|token| Value::Bytes(token.to_vec())))
+        .push(") LIMIT ")
+        .again(bound)
+        .push(") AS bounded)");
+    }
+    Some((sql, positions))
+}
+
+/// The candidates of `query`. With `driver`, that token filter selects the candidates and every
+/// other token filter is a membership probe on each of them (one look-up in the token table's
+/// primary key); without, every token filter is a set the planner may start from.
+pub(crate) fn search(tenant: TenantId, query: &CandidateQuery, driver: Option<usize>) -> Sql {
     let mut sql = Sql::new();
     // $1 and $2 are reused by every fragment below.
     sql.preset(tenant_value(tenant));
@@ -452,9 +502,22 @@ pub(crate) fn search(tenant: TenantId, query: &CandidateQuery) -> Sql {
         " AS sort_value, c.id AS id, c.version AS version FROM resource_current c \
          WHERE c.tenant_id = $1 AND c.resource_type = $2 AND c.deleted = FALSE",
     );
-    for filter in &query.filters {
+    for (position, filter) in query.filters.iter().enumerate() {
         sql.push(" AND ");
-        push_filter(&mut sql, filter);
+        match filter {
+            CandidateFilter::AnyToken(tokens)
+                if !tokens.is_empty() && driver.is_some_and(|driver| driver != position) =>
+            {
+                sql.push(
+                    "EXISTS (SELECT 1 FROM search_tokens t \
+                     WHERE t.tenant_id = $1 AND t.resource_type = $2 AND t.id = c.id \
+                       AND t.token IN (",
+                )
+                .bind_list(tokens.iter().map(|token| Value::Bytes(token.to_vec())))
+                .push("))");
+            }
+            _ => push_filter(&mut sql, filter),
+        }
     }
     sql.push(
         ") s JOIN resource_versions v ON v.tenant_id = $1 AND v.resource_type = $2 \

@@ -10,6 +10,7 @@ use crate::fixtures::*;
 
 conformance!(
     search_by_tokens,
+    several_token_filters_match_their_intersection_whichever_is_smaller,
     search_by_date_follows_fhir_prefixes,
     search_by_last_updated_and_ids,
     search_sorts_and_pages,
@@ -397,4 +398,83 @@ async fn search_sorts_and_pages(store: Arc<dyn Store>, _raw: &Raw) {
         .await
         .is_empty()
     );
+}
+
+/// Two or more token filters: the store drives from the filter with the fewest rows and probes
+/// the others. The answer is the same intersection whichever filter is the small one, in
+/// whichever order the filters come, with a filter of several tokens, and across pages.
+async fn several_token_filters_match_their_intersection_whichever_is_smaller(
+    store: Arc<dyn Store>,
+    _raw: &Raw,
+) {
+    let (_, scope) = new_tenant(&store, "intersection").await;
+    // Token 1 on every patient (common), token 2 on every tenth (rare), token 3 on every
+    // fourth, token 4 on patient 7 only.
+    let writes: Vec<ResourceWrite> = (0..1_500)
+        .map(|index: usize| {
+            let mut write = create("Patient", &format!("p{index:04}"), T0 + index as i64);
+            write.tokens.push(token(1));
+            if index.is_multiple_of(10) {
+                write.tokens.push(token(2));
+            }
+            if index.is_multiple_of(4) {
+                write.tokens.push(token(3));
+            }
+            if index == 7 {
+                write.tokens.push(token(4));
+            }
+            write
+        })
+        .collect();
+    store.commit(&scope, &writes, &[]).await.unwrap();
+    let any = |bytes: &[u8]| CandidateFilter::AnyToken(bytes.iter().map(|b| token(*b)).collect());
+    let expected = |keep: &dyn Fn(usize) -> bool| -> Vec<String> {
+        (0..1_500)
+            .filter(|index| keep(*index))
+            .map(|index| format!("p{index:04}"))
+            .collect()
+    };
+    let all_pages = |filters: Vec<CandidateFilter>| {
+        let store = store.clone();
+        let scope = scope.clone();
+        async move {
+            let mut query = query("Patient", filters);
+            query.limit = 40;
+            let mut ids = Vec::new();
+            loop {
+                let page = store.search(&scope, &query).await.unwrap();
+                ids.extend(page.iter().map(|candidate| candidate.version.id.clone()));
+                match page.last() {
+                    Some(last) if page.len() == query.limit => {
+                        query.after = Some((last.sort_value, last.version.id.clone()));
+                    }
+                    _ => break,
+                }
+            }
+            ids
+        }
+    };
+    let common_and_rare = expected(&|index| index % 10 == 0);
+    assert_eq!(all_pages(vec![any(&[1]), any(&[2])]).await, common_and_rare);
+    assert_eq!(all_pages(vec![any(&[2]), any(&[1])]).await, common_and_rare);
+    let rare_and_quarter = expected(&|index| index % 20 == 0);
+    assert_eq!(
+        all_pages(vec![any(&[3]), any(&[2])]).await,
+        rare_and_quarter
+    );
+    assert_eq!(
+        all_pages(vec![any(&[1]), any(&[3]), any(&[2])]).await,
+        rare_and_quarter
+    );
+    // A filter of several tokens matches any of them.
+    assert_eq!(
+        all_pages(vec![any(&[2, 4]), any(&[1])]).await,
+        expected(&|index| index % 10 == 0 || index == 7)
+    );
+    assert_eq!(
+        all_pages(vec![any(&[1]), any(&[4])]).await,
+        strings(&["p0007"])
+    );
+    assert!(all_pages(vec![any(&[1]), any(&[9])]).await.is_empty());
+    assert!(all_pages(vec![any(&[4]), any(&[2])]).await.is_empty());
 }
