@@ -626,24 +626,20 @@ macro_rules! implement_store {
                     if query.limit == 0 {
                         return Ok(Vec::new());
                     }
-                    let driver = match sql::token_filter_sizes(scope.tenant(), query) {
-                        None => None,
-                        Some((sizes, positions)) => {
-                            match self.read_one(scope.tenant(), dynamic(&sizes)).await? {
-                                None => None,
-                                Some(row) => {
-                                    let mut smallest: Option<(i64, usize)> = None;
-                                    for (index, position) in positions.iter().enumerate() {
-                                        let size: i64 = get(&row, index)?;
-                                        if smallest.is_none_or(|(least, _)| size < least) {
-                                            smallest = Some((size, *position));
-                                        }
-                                    }
-                                    smallest.map(|(_, position)| position)
-                                }
+                    let mut driver = None;
+                    if let Some((sizes, positions)) = sql::token_filter_sizes(scope.tenant(), query)
+                        && let Some(row) = self.read_one(scope.tenant(), dynamic(&sizes)).await?
+                    {
+                        // The filter with the fewest rows; the first of equals.
+                        let mut least = i64::MAX;
+                        for (index, position) in positions.iter().enumerate() {
+                            let size: i64 = get(&row, index)?;
+                            if size < least {
+                                least = size;
+                                driver = Some(*position);
                             }
                         }
-                    };
+                    }
                     let statement = sql::search(scope.tenant(), query, driver);
                     let rows = self.read_all(scope.tenant(), dynamic(&statement)).await?;
                     rows.iter()
