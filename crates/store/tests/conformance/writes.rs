@@ -16,6 +16,7 @@ conformance!(
     conflict_rolls_back_the_whole_commit,
     a_large_commit_writes_every_resource_and_its_search_rows,
     a_commit_naming_one_id_twice_conflicts_and_writes_nothing,
+    sqlite_checkpoints_the_wal_in_the_background,
     tombstones_are_current_but_not_searchable,
     history_is_newest_first_and_pages,
 );
@@ -514,4 +515,37 @@ async fn a_commit_naming_one_id_twice_conflicts_and_writes_nothing(
         .is_empty()
     );
     assert_eq!(raw.audit_rows().await, rows_before);
+}
+
+/// SQLite: committed pages reach the database file without waiting for the writer's own
+/// automatic checkpoint (a backstop at 16,000 pages): a background task checkpoints the WAL.
+/// Under WAL the main file grows only when a checkpoint copies pages into it.
+async fn sqlite_checkpoints_the_wal_in_the_background(store: Arc<dyn Store>, raw: &Raw) {
+    let Raw::Sqlite(path) = raw else {
+        return;
+    };
+    let (_, scope) = new_tenant(&store, "checkpoint").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let before = std::fs::metadata(path).unwrap().len();
+    // About 2 MB of pages: far below the backstop's 64 MB.
+    let writes: Vec<ResourceWrite> = (0..2_000)
+        .map(|index| {
+            let mut write = create("Observation", &format!("c{index}"), T0);
+            write.version.body = vec![7; 1_000];
+            write
+        })
+        .collect();
+    store.commit(&scope, &writes, &[]).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let now = std::fs::metadata(path).unwrap().len();
+        if now >= before + 2_000_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the database file stayed at {now} bytes (from {before}): nothing checkpointed the WAL"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
