@@ -183,27 +183,13 @@ pub(crate) const ROWS_PER_INSERT: usize = 500;
 /// skipped and missing from the rows returned, so the caller can name the resource that
 /// conflicted.
 pub(crate) fn insert_versions(tenant: TenantId, versions: &[&StoredVersion]) -> Sql {
-    let mut sql = Sql::new();
-    let tenant = sql.preset(tenant_value(tenant));
-    sql.push(
+    let mut sql = version_rows(
+        tenant,
         "INSERT INTO resource_versions \
          (tenant_id, resource_type, id, version, last_updated_ms, deleted, body) VALUES ",
+        versions,
+        true,
     );
-    for (position, version) in versions.iter().enumerate() {
-        if position > 0 {
-            sql.push(", ");
-        }
-        sql.push("(").again(tenant).push(", ");
-        sql.bind_list([
-            Value::Text(version.resource_type.clone()),
-            Value::Text(version.id.clone()),
-            Value::Int(version.version),
-            Value::Int(version.last_updated_ms),
-            Value::Bool(version.deleted),
-            Value::Bytes(version.body.clone()),
-        ])
-        .push(")");
-    }
     sql.push(" ON CONFLICT DO NOTHING RETURNING resource_type, id");
     sql
 }
@@ -211,12 +197,32 @@ pub(crate) fn insert_versions(tenant: TenantId, versions: &[&StoredVersion]) -> 
 /// `INSERT INTO resource_current … VALUES (…), (…) ON CONFLICT … DO UPDATE`: points several
 /// resources at their new versions.
 pub(crate) fn upsert_current(tenant: TenantId, versions: &[&StoredVersion]) -> Sql {
-    let mut sql = Sql::new();
-    let tenant = sql.preset(tenant_value(tenant));
-    sql.push(
+    let mut sql = version_rows(
+        tenant,
         "INSERT INTO resource_current \
          (tenant_id, resource_type, id, version, last_updated_ms, deleted) VALUES ",
+        versions,
+        false,
     );
+    sql.push(
+        " ON CONFLICT (tenant_id, resource_type, id) DO UPDATE SET \
+           version = excluded.version, last_updated_ms = excluded.last_updated_ms, \
+           deleted = excluded.deleted",
+    );
+    sql
+}
+
+/// `insert` followed by one row per version: the tenant (bound once), type, id, version, time,
+/// deleted and, with `body`, the sealed body.
+fn version_rows(
+    tenant: TenantId,
+    insert: &'static str,
+    versions: &[&StoredVersion],
+    body: bool,
+) -> Sql {
+    let mut sql = Sql::new();
+    let tenant = sql.preset(tenant_value(tenant));
+    sql.push(insert);
     for (position, version) in versions.iter().enumerate() {
         if position > 0 {
             sql.push(", ");
@@ -228,14 +234,12 @@ pub(crate) fn upsert_current(tenant: TenantId, versions: &[&StoredVersion]) -> S
             Value::Int(version.version),
             Value::Int(version.last_updated_ms),
             Value::Bool(version.deleted),
-        ])
-        .push(")");
+        ]);
+        if body {
+            sql.push(", ").bind(Value::Bytes(version.body.clone()));
+        }
+        sql.push(")");
     }
-    sql.push(
-        " ON CONFLICT (tenant_id, resource_type, id) DO UPDATE SET \
-           version = excluded.version, last_updated_ms = excluded.last_updated_ms, \
-           deleted = excluded.deleted",
-    );
     sql
 }
 
