@@ -130,6 +130,25 @@ pub(crate) async fn search_ids(
         .collect()
 }
 
+/// The ids of every page of `query`, following the keyset cursor from page to page.
+pub(crate) async fn search_all_ids(
+    store: &Arc<dyn Store>,
+    scope: &TenantScope,
+    mut query: CandidateQuery,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    loop {
+        let page = store.search(scope, &query).await.unwrap();
+        ids.extend(page.iter().map(|candidate| candidate.version.id.clone()));
+        match page.last() {
+            Some(last) if page.len() == query.limit => {
+                query.after = Some((last.sort_value, last.version.id.clone()));
+            }
+            _ => return ids,
+        }
+    }
+}
+
 pub(crate) fn sorted(mut ids: Vec<String>) -> Vec<String> {
     ids.sort();
     ids

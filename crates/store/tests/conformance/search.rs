@@ -435,24 +435,9 @@ async fn several_token_filters_match_their_intersection_whichever_is_smaller(
             .collect()
     };
     let all_pages = |filters: Vec<CandidateFilter>| {
-        let store = store.clone();
-        let scope = scope.clone();
-        async move {
-            let mut query = query("Patient", filters);
-            query.limit = 40;
-            let mut ids = Vec::new();
-            loop {
-                let page = store.search(&scope, &query).await.unwrap();
-                ids.extend(page.iter().map(|candidate| candidate.version.id.clone()));
-                match page.last() {
-                    Some(last) if page.len() == query.limit => {
-                        query.after = Some((last.sort_value, last.version.id.clone()));
-                    }
-                    _ => break,
-                }
-            }
-            ids
-        }
+        let mut query = query("Patient", filters);
+        query.limit = 40;
+        search_all_ids(&store, &scope, query)
     };
     let common_and_rare = expected(&|index| index % 10 == 0);
     assert_eq!(all_pages(vec![any(&[1]), any(&[2])]).await, common_and_rare);
