@@ -73,9 +73,14 @@ impl SqliteStore {
             .pragma("temp_store", "MEMORY");
         // The one writer gets a larger page cache (the index pages an import dirties stay in
         // memory across statements instead of spilling mid-transaction); readers keep the
-        // default, so resident memory stays bounded.
+        // default, so resident memory stays bounded. Neither pool pings a connection before
+        // handing it out (`test_before_acquire`): an embedded connection has no far end to
+        // lose, and the ping is one more round trip to the connection's thread before every
+        // statement (without it, over HTTP: reads by id 1.02–1.15×, searches by NHS number
+        // 1.07–1.17×, same-run pairs).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(
                 options
                     .clone()
@@ -97,6 +102,7 @@ impl SqliteStore {
             .map_err(backend)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(backend)?;
