@@ -10,6 +10,9 @@
 //! - `read_one` / `read_all(&self, TenantId, Query)`: one statement on a tenant's data as its
 //!   own read transaction (SQLite runs it alone, saving the `BEGIN`/`COMMIT` round trips to
 //!   the connection's thread; PostgreSQL binds the tenant first);
+//! - `direct_reads(&self) -> Option<&DirectReads>`: where the hottest reads (bearer token, read
+//!   by id, search) run on the caller's thread instead of the pool's (SQLite,
+//!   `sqlite/direct.rs`), or `None`;
 //! - `append_audit_fast(&self, &[AuditRecord])`: the engine's own shared audit append, or
 //!   `None` to use the transaction below (SQLite appends in one round trip, `sqlite/audit_append.rs`);
 //! - `enter_tenant(&mut Connection, TenantId)`: rebinds an open transaction to another tenant
@@ -19,8 +22,11 @@
 //! does not rest on row-level security alone.
 
 use carevault_domain::audit::AuditRecord;
-use carevault_domain::ids::TenantId;
-use carevault_domain::store::StoreError;
+use carevault_domain::ids::{ClientId, TenantId};
+use carevault_domain::store::{
+    AccessTokenRecord, ClientStatus, StoreError, StoreResult, TenantStatus, TokenLookup,
+};
+use uuid::Uuid;
 
 pub(crate) fn backend(error: sqlx::Error) -> StoreError {
     StoreError::Backend(error.to_string())
@@ -62,6 +68,40 @@ pub(crate) fn group_by_tenant(records: &[AuditRecord]) -> Vec<(TenantId, Vec<&Au
     groups
 }
 
+/// The columns of `sql::FIND_ACCESS_TOKEN`, as read by either engine's driver.
+pub(crate) struct TokenColumns {
+    pub token_hash: Vec<u8>,
+    pub tenant: Uuid,
+    pub client: String,
+    pub scopes: String,
+    pub issued_ms: i64,
+    pub expires_ms: i64,
+    pub tenant_status: String,
+    pub client_status: String,
+    pub client_name: String,
+}
+
+pub(crate) fn token_lookup(columns: TokenColumns) -> StoreResult<TokenLookup> {
+    Ok(TokenLookup {
+        token: AccessTokenRecord {
+            token_hash: columns
+                .token_hash
+                .try_into()
+                .map_err(|_| corrupt("token hash"))?,
+            tenant: TenantId::from_uuid(columns.tenant),
+            client: ClientId::parse(&columns.client).ok_or_else(|| corrupt("client id"))?,
+            scopes: columns.scopes,
+            issued_ms: columns.issued_ms,
+            expires_ms: columns.expires_ms,
+        },
+        tenant_status: TenantStatus::parse(&columns.tenant_status)
+            .ok_or_else(|| corrupt("tenant status"))?,
+        client_status: ClientStatus::parse(&columns.client_status)
+            .ok_or_else(|| corrupt("client status"))?,
+        client_name: columns.client_name,
+    })
+}
+
 pub(crate) fn parse_audit(text: &str) -> Result<AuditRecord, StoreError> {
     serde_json::from_str(text).map_err(|_| corrupt("audit record"))
 }
@@ -81,7 +121,9 @@ macro_rules! implement_store {
             use sqlx::Row;
 
             use super::*;
-            use crate::engine::{backend, corrupt, duplicate_or_backend, group_by_tenant};
+            use crate::engine::{
+                TokenColumns, backend, corrupt, duplicate_or_backend, group_by_tenant, token_lookup,
+            };
             use crate::sql::{self, Sql, Value};
 
             type Query = sqlx::query::Query<'static, $db, <$db as sqlx::Database>::Arguments>;
@@ -517,6 +559,9 @@ macro_rules! implement_store {
                     &self,
                     token_hash: &[u8; 32],
                 ) -> StoreResult<Option<TokenLookup>> {
+                    if let Some(direct) = self.direct_reads() {
+                        return direct.find_access_token(token_hash);
+                    }
                     let Some(row) = sqlx::query(sql::FIND_ACCESS_TOKEN)
                         .bind(token_hash.to_vec())
                         .fetch_optional(self.read_pool())
@@ -525,25 +570,18 @@ macro_rules! implement_store {
                     else {
                         return Ok(None);
                     };
-                    let hash: Vec<u8> = get(&row, 0)?;
-                    let client: String = get(&row, 2)?;
-                    let tenant_status: String = get(&row, 6)?;
-                    let client_status: String = get(&row, 7)?;
-                    Ok(Some(TokenLookup {
-                        token: AccessTokenRecord {
-                            token_hash: hash.try_into().map_err(|_| corrupt("token hash"))?,
-                            tenant: TenantId::from_uuid(get(&row, 1)?),
-                            client: ClientId::parse(&client).ok_or_else(|| corrupt("client id"))?,
-                            scopes: get(&row, 3)?,
-                            issued_ms: get(&row, 4)?,
-                            expires_ms: get(&row, 5)?,
-                        },
-                        tenant_status: TenantStatus::parse(&tenant_status)
-                            .ok_or_else(|| corrupt("tenant status"))?,
-                        client_status: ClientStatus::parse(&client_status)
-                            .ok_or_else(|| corrupt("client status"))?,
+                    token_lookup(TokenColumns {
+                        token_hash: get(&row, 0)?,
+                        tenant: get(&row, 1)?,
+                        client: get(&row, 2)?,
+                        scopes: get(&row, 3)?,
+                        issued_ms: get(&row, 4)?,
+                        expires_ms: get(&row, 5)?,
+                        tenant_status: get(&row, 6)?,
+                        client_status: get(&row, 7)?,
                         client_name: get(&row, 8)?,
-                    }))
+                    })
+                    .map(Some)
                 }
 
                 async fn current(
@@ -552,6 +590,9 @@ macro_rules! implement_store {
                     resource_type: &str,
                     id: &str,
                 ) -> StoreResult<Option<StoredVersion>> {
+                    if let Some(direct) = self.direct_reads() {
+                        return direct.current(scope.tenant(), resource_type, id);
+                    }
                     let query = sqlx::query(sql::SELECT_CURRENT)
                         .bind(scope.tenant().as_uuid())
                         .bind(resource_type.to_owned())
@@ -628,19 +669,31 @@ macro_rules! implement_store {
                     }
                     let mut driver = None;
                     if let Some((sizes, positions)) = sql::token_filter_sizes(scope.tenant(), query)
-                        && let Some(row) = self.read_one(scope.tenant(), dynamic(&sizes)).await?
                     {
+                        let counted = match self.direct_reads() {
+                            Some(direct) => direct.integers(&sizes, positions.len())?,
+                            None => match self.read_one(scope.tenant(), dynamic(&sizes)).await? {
+                                Some(row) => Some(
+                                    (0..positions.len())
+                                        .map(|index| get::<i64>(&row, index))
+                                        .collect::<StoreResult<Vec<i64>>>()?,
+                                ),
+                                None => None,
+                            },
+                        };
                         // The filter with the fewest rows; the first of equals.
                         let mut least = i64::MAX;
-                        for (index, position) in positions.iter().enumerate() {
-                            let size: i64 = get(&row, index)?;
-                            if size < least {
-                                least = size;
+                        for (size, position) in counted.iter().flatten().zip(&positions) {
+                            if *size < least {
+                                least = *size;
                                 driver = Some(*position);
                             }
                         }
                     }
                     let statement = sql::search(scope.tenant(), query, driver);
+                    if let Some(direct) = self.direct_reads() {
+                        return direct.candidates(&statement);
+                    }
                     let rows = self.read_all(scope.tenant(), dynamic(&statement)).await?;
                     rows.iter()
                         .map(|row| {

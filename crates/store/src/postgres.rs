@@ -124,6 +124,12 @@ impl PgStore {
         Ok(rows)
     }
 
+    /// Every PostgreSQL read goes through the pool (a connection is a socket, not a thread of
+    /// this process).
+    fn direct_reads(&self) -> Option<&crate::sqlite::direct::DirectReads> {
+        None
+    }
+
     /// PostgreSQL appends in the shared transaction of `implement_store!`.
     async fn append_audit_fast(&self, _records: &[AuditRecord]) -> Option<StoreResult<()>> {
         None

@@ -89,22 +89,28 @@ impl Sql {
     /// several statements in one text: sqlx fills the numbers a statement skips from the
     /// values in order, which only works for names.
     pub(crate) fn sqlite_text(&self) -> String {
-        let mut text = String::with_capacity(self.text.len());
-        let mut chars = self.text.chars().peekable();
-        while let Some(c) = chars.next() {
-            // Fragments are static and hold no `$` before a digit except placeholders.
-            if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-                text.push('?');
-            } else {
-                text.push(c);
-            }
-        }
-        text
+        sqlite_placeholders(&self.text)
     }
 
     pub(crate) fn values(&self) -> &[Value] {
         &self.values
     }
+}
+
+/// `text` with SQLite's `?n` placeholders instead of `$n` (see [`Sql::sqlite_text`]).
+pub(crate) fn sqlite_placeholders(text: &str) -> String {
+    let mut converted = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        // Statements are built from static text holding no `$` before a digit except
+        // placeholders.
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            converted.push('?');
+        } else {
+            converted.push(c);
+        }
+    }
+    converted
 }
 
 pub(crate) fn tenant_value(tenant: TenantId) -> Value {

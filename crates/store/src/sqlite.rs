@@ -26,8 +26,10 @@ use crate::migrations;
 use crate::people::implement_people_store;
 
 mod audit_append;
+pub(crate) mod direct;
 
 use audit_append::HeadCache;
+use direct::DirectReads;
 
 /// A segment's search keys, from one JSON array of integers.
 const INSERT_KEYS: &str = "INSERT INTO audit_keys (tenant_id, bucket, key, first_seq) \
@@ -55,6 +57,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Chain heads left by this store's shared audit appends (see `sqlite/audit_append.rs`).
     heads: HeadCache,
+    /// The bearer check, reads by id and searches, on the caller's thread.
+    direct: DirectReads,
     /// The background checkpointer stops once this is dropped.
     _checkpointer: Arc<()>,
 }
@@ -106,6 +110,7 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(backend)?;
+        let direct = DirectReads::open(path, BUSY_TIMEOUT)?;
         let alive = Arc::new(());
         tokio::spawn(checkpoint_in_background(
             checkpointer,
@@ -115,6 +120,7 @@ impl SqliteStore {
             reader,
             writer,
             heads: HeadCache::default(),
+            direct,
             _checkpointer: alive,
         })
     }
@@ -151,6 +157,10 @@ impl SqliteStore {
         query: TenantQuery<'_>,
     ) -> StoreResult<Vec<SqliteRow>> {
         query.fetch_all(&self.reader).await.map_err(backend)
+    }
+
+    fn direct_reads(&self) -> Option<&DirectReads> {
+        Some(&self.direct)
     }
 
     /// The group committer's append: one round trip to the writer's thread.
