@@ -121,6 +121,23 @@ pub(crate) struct NewSegment {
     pub keys: Vec<i64>,
 }
 
+/// The hash an append chains onto, from the head's stored hash: the genesis hash before a
+/// tenant's first record; a head of older records without a hash has not been moved into
+/// segments yet.
+pub(crate) fn previous_hash(
+    previous_seq: i64,
+    stored: Option<Vec<u8>>,
+) -> Result<ChainHash, StoreError> {
+    match stored {
+        Some(bytes) => chain::hash_from_bytes(&bytes)
+            .ok_or_else(|| StoreError::Backend("stored audit head hash is not valid".to_owned())),
+        None if previous_seq == 0 => Ok(chain::GENESIS),
+        None => Err(StoreError::Backend(
+            "the audit head has no hash: its records were not moved into segments".to_owned(),
+        )),
+    }
+}
+
 fn damaged(error: DamagedSegment) -> StoreError {
     StoreError::Backend(error.to_string())
 }
@@ -295,7 +312,7 @@ macro_rules! implement_audit_store {
                 SELECT_LEGACY_TENANTS, SELECT_MARKERS, SELECT_RETENTION_BOUNDARY,
                 SELECT_SEGMENT_AT, SELECT_SEGMENT_ENDING, SELECT_SEGMENTS_AFTER, SELECT_TENANT_IDS,
                 SET_HEAD_HASH, SegmentRow, bucket_of, build_segments, filter_keys, legacy_segments,
-                matching_records, search_statement,
+                matching_records, previous_hash, search_statement,
             };
             use crate::engine::{backend, parse_audit};
 
@@ -369,20 +386,8 @@ macro_rules! implement_audit_store {
                 let last: i64 = get(&row, 0)?;
                 let stored: Option<Vec<u8>> = get(&row, 1)?;
                 let previous_seq = last - count;
-                let previous_hash = match stored {
-                    Some(bytes) => hash_from_bytes(&bytes).ok_or_else(|| {
-                        StoreError::Backend("stored audit head hash is not valid".to_owned())
-                    })?,
-                    None if previous_seq == 0 => GENESIS,
-                    None => {
-                        return Err(StoreError::Backend(
-                            "the audit head has no hash: its records were not moved into \
-                             segments"
-                                .to_owned(),
-                        ));
-                    }
-                };
-                let (segments, head) = build_segments(previous_seq, previous_hash, records)?;
+                let previous = previous_hash(previous_seq, stored)?;
+                let (segments, head) = build_segments(previous_seq, previous, records)?;
                 insert_segments(connection, tenant, &segments).await?;
                 sqlx::query(SET_HEAD_HASH)
                     .bind(tenant.as_uuid())

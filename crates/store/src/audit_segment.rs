@@ -21,6 +21,7 @@
 
 use carevault_crypto::sha256;
 use carevault_domain::audit::chain::ChainHash;
+use std::cell::RefCell;
 
 /// The body format this code writes and reads.
 const FORMAT: u8 = 1;
@@ -67,7 +68,25 @@ pub fn encode(records: &[SegmentRecord]) -> Result<Vec<u8>, DamagedSegment> {
         plain.extend_from_slice(&length.to_le_bytes());
         plain.extend_from_slice(record.text.as_bytes());
     }
-    zstd::bulk::compress(&plain, LEVEL).map_err(|error| DamagedSegment(error.to_string()))
+    // One compressor per thread: creating a zstd context per segment (allocating and clearing
+    // its tables) was the committer's largest single cost under load.
+    thread_local! {
+        static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { RefCell::new(None) };
+    }
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let compressor = match slot.as_mut() {
+            Some(compressor) => compressor,
+            None => slot.insert(
+                zstd::bulk::Compressor::new(LEVEL)
+                    .map_err(|error| DamagedSegment(error.to_string()))?,
+            ),
+        };
+        compressor
+            .compress(&plain)
+            .map_err(|error| DamagedSegment(error.to_string()))
+    })
 }
 
 /// The records of a stored body, in order. Any damage (bad compression, truncation, trailing

@@ -28,7 +28,7 @@ use crate::people::implement_people_store;
 mod audit_append;
 pub(crate) mod direct;
 
-use audit_append::HeadCache;
+use audit_append::AuditWriter;
 use direct::DirectReads;
 
 /// A segment's search keys, from one JSON array of integers.
@@ -55,8 +55,8 @@ type TenantQuery<'q> = sqlx::query::Query<'q, Sqlite, <Sqlite as sqlx::Database>
 pub struct SqliteStore {
     reader: SqlitePool,
     writer: SqlitePool,
-    /// Chain heads left by this store's shared audit appends (see `sqlite/audit_append.rs`).
-    heads: HeadCache,
+    /// The group committer's appends, on its own thread (see `sqlite/audit_append.rs`).
+    audit_writer: AuditWriter,
     /// The bearer check, reads by id and searches, on the caller's thread.
     direct: DirectReads,
     /// The background checkpointer stops once this is dropped.
@@ -111,6 +111,17 @@ impl SqliteStore {
             .await
             .map_err(backend)?;
         let direct = DirectReads::open(path, BUSY_TIMEOUT)?;
+        let audit_writer = AuditWriter::open(
+            path,
+            BUSY_TIMEOUT,
+            INSERT_KEYS,
+            &[
+                ("synchronous", "FULL"),
+                ("foreign_keys", "ON"),
+                ("temp_store", "MEMORY"),
+                ("wal_autocheckpoint", WRITER_AUTOCHECKPOINT),
+            ],
+        )?;
         let alive = Arc::new(());
         tokio::spawn(checkpoint_in_background(
             checkpointer,
@@ -119,7 +130,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             reader,
             writer,
-            heads: HeadCache::default(),
+            audit_writer,
             direct,
             _checkpointer: alive,
         })
@@ -163,13 +174,14 @@ impl SqliteStore {
         Some(&self.direct)
     }
 
-    /// The group committer's append: one round trip to the writer's thread.
+    /// The group committer's append, on the caller's thread, while it holds the store's
+    /// write lock (the one writer connection of the pool).
     async fn append_audit_fast(&self, records: &[AuditRecord]) -> Option<StoreResult<()>> {
-        let mut connection = match self.writer.acquire().await {
+        let _write_lock = match self.writer.acquire().await {
             Ok(connection) => connection,
             Err(error) => return Some(Err(backend(error))),
         };
-        Some(audit_append::append(&mut connection, &self.heads, records).await)
+        Some(self.audit_writer.append(records))
     }
 
     async fn begin_write(
