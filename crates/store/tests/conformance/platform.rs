@@ -18,6 +18,7 @@ conformance!(
     clients_are_created_listed_and_disabled,
     jti_replay_is_refused_until_expiry,
     access_tokens_reflect_quarantine_and_disable,
+    postgres_replaces_a_pooled_connection_the_server_dropped,
 );
 
 async fn ping_and_engine(store: Arc<dyn Store>, raw: &Raw) {
@@ -27,6 +28,31 @@ async fn ping_and_engine(store: Arc<dyn Store>, raw: &Raw) {
         Raw::Postgres { .. } => "postgres",
     };
     assert_eq!(store.engine(), expected);
+}
+
+/// PostgreSQL: the pool hands out a recently used connection without a ping (one round trip
+/// fewer per transaction), but pings one idle for over a second first, so a connection the
+/// server dropped meanwhile (a restart, a killed backend) is replaced instead of failing the
+/// next request.
+async fn postgres_replaces_a_pooled_connection_the_server_dropped(
+    store: Arc<dyn Store>,
+    raw: &Raw,
+) {
+    if !matches!(raw, Raw::Postgres { .. }) {
+        return;
+    }
+    store.list_tenants().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let killed = raw
+        .execute_as_owner(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await
+        .unwrap();
+    assert!(killed >= 1, "no pooled connection was there to drop");
+    store.list_tenants().await.unwrap();
+    store.ping().await.unwrap();
 }
 
 async fn tenants_are_created_listed_and_quarantined(store: Arc<dyn Store>, _raw: &Raw) {
