@@ -14,7 +14,8 @@
 //!   by id, search) run on the caller's thread instead of the pool's (SQLite,
 //!   `sqlite/direct.rs`), or `None`;
 //! - `append_audit_fast(&self, &[AuditRecord])`: the engine's own shared audit append, or
-//!   `None` to use the transaction below (SQLite appends in one round trip, `sqlite/audit_append.rs`);
+//!   `None` to use the transaction below (SQLite appends on the caller's thread through a
+//!   connection of its own, `sqlite/audit_append.rs`);
 //! - `enter_tenant(&mut Connection, TenantId)`: rebinds an open transaction to another tenant
 //!   (used by `append_audit`, whose batch may span tenants).
 //!

@@ -2,8 +2,10 @@
 //!
 //! Writes go through a single writer connection and take the write lock at `BEGIN IMMEDIATE`,
 //! so concurrent writers queue in the pool instead of failing with `SQLITE_BUSY`; reads use a
-//! separate pool and, under WAL, never wait for the writer. The file and its directory are
-//! created readable by the owner only.
+//! separate pool and, under WAL, never wait for the writer. The hottest reads and the group
+//! committer's audit append skip sqlx's connection threads (`sqlite/direct.rs`,
+//! `sqlite/audit_append.rs`). The file and its directory are created readable by the owner
+//! only.
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
