@@ -20,16 +20,14 @@ use crate::engine::{backend, implement_store};
 use crate::migrations;
 use crate::people::implement_people_store;
 
+mod audit_keys;
+
 /// The role the server's connections act as. It owns nothing and cannot bypass row-level
 /// security. Production may log in as it directly (migrations then run separately as the
 /// owner, through [`migrate`]).
 pub const APP_ROLE: &str = "carevault_app";
 
 const POOL_SIZE: u32 = 16;
-
-/// A segment's search keys, from one array.
-const INSERT_KEYS: &str = "INSERT INTO audit_keys (tenant_id, bucket, key, first_seq) \
-     SELECT $1, $2, k, $3 FROM unnest($4::bigint[]) AS k";
 
 /// Serialises concurrent `migrate` runs on one database (grants race otherwise).
 const MIGRATE_LOCK: i64 = 0x6361_7265_7661_756c; // "carevaul"
@@ -275,8 +273,7 @@ implement_audit_store!(
     Postgres,
     PgConnection,
     PgRow,
-    INSERT_KEYS,
-    |keys: &[i64]| keys.to_vec(),
+    audit_keys,
     "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() \
      AND tablename = 'audit_log_v5'"
 );
