@@ -30,7 +30,7 @@ mod legacy;
 mod search;
 
 pub(crate) use legacy::legacy_segments;
-pub(crate) use search::{filter_keys, matching_records, search_statement};
+pub(crate) use search::{array_search_statement, filter_keys, matching_records, search_statement};
 
 use crate::audit_segment::{self, DamagedSegment, KeyKind, MAX_RECORDS, SegmentRecord, search_key};
 
@@ -78,12 +78,14 @@ pub(crate) const DROP_LEGACY: &str = "DROP TABLE audit_log_v5";
 /// Segments read per round trip by a walk or a search.
 pub(crate) const SEGMENTS_PER_FETCH: i64 = 16;
 
-/// Search keys are grouped by the sequence numbers of their segments into buckets of
-/// `1 << BUCKET_SHIFT` records (`bucket = first_seq >> BUCKET_SHIFT`), the leading column of
-/// the key index after the tenant. An append's keys are random (digests of patient ids), so in
-/// one index ordered by key every commit would dirty a page per key all over a tree that grows
-/// with the trail; within the newest bucket they dirty a few dozen pages of a small subtree. A
-/// search seeks its key in each bucket, [`BUCKETS_PER_QUERY`] buckets per statement.
+/// SQLite's search keys (rows of `audit_keys`, see `sqlite/audit_keys.rs`) are grouped by the
+/// sequence numbers of their segments into buckets of `1 << BUCKET_SHIFT` records
+/// (`bucket = first_seq >> BUCKET_SHIFT`), the leading column of the key index after the
+/// tenant. An append's keys are random (digests of patient ids), so in one index ordered by key
+/// every commit would dirty a page per key all over a tree that grows with the trail; within
+/// the newest bucket they dirty a few dozen pages of a small subtree. A search seeks its key in
+/// each bucket, [`BUCKETS_PER_QUERY`] buckets per statement. (PostgreSQL keeps one array per
+/// segment under a GIN index instead, see `postgres/audit_keys.rs`.)
 pub(crate) const BUCKET_SHIFT: u32 = 13;
 pub(crate) const BUCKETS_PER_QUERY: i64 = 64;
 

@@ -203,8 +203,11 @@ const GRANTS: &str = "GRANT USAGE ON SCHEMA public TO carevault_app; \
      GRANT SELECT, INSERT, UPDATE, DELETE ON tenants, tenant_keys, clients, client_jti, \
        access_tokens, resource_versions, resource_current, search_tokens, search_dates, \
        audit_heads TO carevault_app; \
-     REVOKE ALL ON audit_segments, audit_keys, audit_retention FROM carevault_app; \
-     GRANT SELECT, INSERT ON audit_segments, audit_keys, audit_retention TO carevault_app";
+     REVOKE ALL ON audit_segments, audit_segment_keys, audit_retention FROM carevault_app; \
+     GRANT SELECT, INSERT ON audit_segments, audit_segment_keys, audit_retention \
+       TO carevault_app; \
+     GRANT EXECUTE ON FUNCTION carevault_audit_segments_with_keys(bigint[], bigint, bigint) \
+       TO carevault_app";
 
 async fn migrate_on(connection: &mut PgConnection) -> Result<(), StoreError> {
     migrations::postgres()

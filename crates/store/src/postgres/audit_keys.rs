@@ -1,5 +1,12 @@
-//! PostgreSQL's search keys: as SQLite's, one row of `audit_keys` per distinct key per segment,
-//! walked bucket by bucket. The layout `implement_audit_store!` is given for PostgreSQL.
+//! PostgreSQL's search keys: one `bigint[]` of a segment's distinct keys per segment, in
+//! `audit_segment_keys (tenant_id, first_seq, keys)` under a GIN index, looked up through
+//! `carevault_audit_segments_with_keys` (migration 0007 says why a function, and why one that
+//! runs as the table's owner). The layout `implement_audit_store!` is given for PostgreSQL.
+//!
+//! A row of its own per key (`audit_keys`, as SQLite keeps them) cost about 145 bytes here: a
+//! heap tuple header and line pointer, the tenant and segment again, and a B-tree entry, for
+//! about two keys per record. An array of the segment's keys costs 8 bytes a key, and the GIN
+//! index stores each key once with a compressed list of the segments holding it.
 
 use carevault_domain::ids::TenantId;
 use carevault_domain::store::StoreResult;
@@ -7,17 +14,16 @@ use sqlx::postgres::PgConnection;
 
 use super::audit_implementation::segment_insert;
 use crate::audit::{
-    BUCKETS_PER_QUERY, DELETE_SEGMENTS_THROUGH, INSERT_SEGMENT, NewSegment, bucket_of,
-    search_statement,
+    DELETE_SEGMENTS_THROUGH, INSERT_SEGMENT, NewSegment, array_search_statement, search_statement,
 };
 use crate::engine::backend;
 
-/// A segment's search keys, from one array.
-const INSERT_KEYS: &str = "INSERT INTO audit_keys (tenant_id, bucket, key, first_seq) \
-     SELECT $1, $2, k, $3 FROM unnest($4::bigint[]) AS k";
+/// A segment's search keys, as one array.
+const INSERT_KEYS: &str =
+    "INSERT INTO audit_segment_keys (tenant_id, first_seq, keys) VALUES ($1, $2, $3)";
 
 const DELETE_KEYS_THROUGH: &str =
-    "DELETE FROM audit_keys WHERE tenant_id = $1 AND bucket <= $3 AND first_seq <= $2";
+    "DELETE FROM audit_segment_keys WHERE tenant_id = $1 AND first_seq <= $2";
 
 /// Stores a segment, then its keys.
 pub(crate) async fn insert_segment(
@@ -32,7 +38,6 @@ pub(crate) async fn insert_segment(
     if !segment.keys.is_empty() {
         sqlx::query(INSERT_KEYS)
             .bind(tenant.as_uuid())
-            .bind(bucket_of(segment.first_seq))
             .bind(segment.first_seq)
             .bind(segment.keys.as_slice())
             .execute(&mut *connection)
@@ -48,33 +53,27 @@ pub(crate) async fn delete_through(
     tenant: TenantId,
     through_seq: i64,
 ) -> StoreResult<()> {
-    sqlx::query(DELETE_KEYS_THROUGH)
-        .bind(tenant.as_uuid())
-        .bind(through_seq)
-        .bind(bucket_of(through_seq))
-        .execute(&mut *connection)
-        .await
-        .map_err(backend)?;
-    sqlx::query(DELETE_SEGMENTS_THROUGH)
-        .bind(tenant.as_uuid())
-        .bind(through_seq)
-        .execute(&mut *connection)
-        .await
-        .map_err(backend)?;
+    for statement in [DELETE_KEYS_THROUGH, DELETE_SEGMENTS_THROUGH] {
+        sqlx::query(statement)
+            .bind(tenant.as_uuid())
+            .bind(through_seq)
+            .execute(&mut *connection)
+            .await
+            .map_err(backend)?;
+    }
     Ok(())
 }
 
-/// The buckets from `top` down a search by keys looks in next: [`BUCKETS_PER_QUERY`] of them,
-/// none above `top` or below `bottom` (none at all without keys).
-pub(crate) fn candidate_buckets(keys: usize, bottom: i64, top: i64) -> Vec<i64> {
-    if keys == 0 {
-        return Vec::new();
-    }
-    (bottom.max(top - BUCKETS_PER_QUERY + 1)..=top)
-        .rev()
-        .collect()
+/// None: one look-up covers the whole trail before `before_first_seq` (see
+/// [`array_search_statement`]).
+pub(crate) fn candidate_buckets(_keys: usize, _bottom: i64, _top: i64) -> Vec<i64> {
+    Vec::new()
 }
 
-pub(crate) fn candidate_statement(keys: usize, buckets: usize) -> String {
-    search_statement(keys, buckets)
+pub(crate) fn candidate_statement(keys: usize, _buckets: usize) -> String {
+    if keys == 0 {
+        search_statement(0, 0)
+    } else {
+        array_search_statement(keys)
+    }
 }
