@@ -77,3 +77,6 @@ pub(crate) fn candidate_statement(keys: usize, _buckets: usize) -> String {
         array_search_statement(keys)
     }
 }
+
+#[cfg(test)]
+mod migration_tests;
