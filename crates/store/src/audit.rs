@@ -30,7 +30,7 @@ mod legacy;
 mod search;
 
 pub(crate) use legacy::legacy_segments;
-pub(crate) use search::{filter_keys, matching_records, search_statement};
+pub(crate) use search::{array_search_statement, filter_keys, matching_records, search_statement};
 
 use crate::audit_segment::{self, DamagedSegment, KeyKind, MAX_RECORDS, SegmentRecord, search_key};
 
@@ -66,8 +66,6 @@ pub(crate) const SELECT_SEGMENT_ENDING: &str = "SELECT first_seq, last_seq, min_
      FROM audit_segments WHERE tenant_id = $1 AND last_seq = $2";
 pub(crate) const INSERT_MARKER: &str =
     "INSERT INTO audit_retention (tenant_id, through_seq, marker) VALUES ($1, $2, $3)";
-pub(crate) const DELETE_KEYS_THROUGH: &str =
-    "DELETE FROM audit_keys WHERE tenant_id = $1 AND bucket <= $3 AND first_seq <= $2";
 pub(crate) const SELECT_FIRST_SEQ: &str =
     "SELECT min(first_seq) FROM audit_segments WHERE tenant_id = $1";
 pub(crate) const DELETE_SEGMENTS_THROUGH: &str =
@@ -80,17 +78,19 @@ pub(crate) const DROP_LEGACY: &str = "DROP TABLE audit_log_v5";
 /// Segments read per round trip by a walk or a search.
 pub(crate) const SEGMENTS_PER_FETCH: i64 = 16;
 
-/// Search keys are grouped by the sequence numbers of their segments into buckets of
-/// `1 << BUCKET_SHIFT` records (`bucket = first_seq >> BUCKET_SHIFT`), the leading column of
-/// the key index after the tenant. An append's keys are random (digests of patient ids), so in
-/// one index ordered by key every commit would dirty a page per key all over a tree that grows
-/// with the trail; within the newest bucket they dirty a few dozen pages of a small subtree. A
-/// search seeks its key in each bucket, [`BUCKETS_PER_QUERY`] buckets per statement.
+/// SQLite's search keys (rows of `audit_keys`, see `sqlite/audit_keys.rs`) are grouped by the
+/// sequence numbers of their segments into buckets of `1 << BUCKET_SHIFT` records
+/// (`bucket = first_seq >> BUCKET_SHIFT`), the leading column of the key index after the
+/// tenant. An append's keys are random (digests of patient ids), so in one index ordered by key
+/// every commit would dirty a page per key all over a tree that grows with the trail; within
+/// the newest bucket they dirty a few dozen pages of a small subtree. A search seeks its key in
+/// each bucket, [`BUCKETS_PER_QUERY`] buckets per statement. (PostgreSQL keeps one array per
+/// segment under a GIN index instead, see `postgres/audit_keys.rs`.)
 pub(crate) const BUCKET_SHIFT: u32 = 13;
 pub(crate) const BUCKETS_PER_QUERY: i64 = 64;
 
 /// A segment's search keys as one JSON array, for SQLite's `json_each` (see
-/// `sqlite::INSERT_KEYS`): one statement text whatever the number of keys, so it is prepared once.
+/// `sqlite::audit_keys`): one statement text whatever the number of keys, so it is prepared once.
 pub(crate) fn keys_json(keys: &[i64]) -> String {
     let mut text = String::with_capacity(2 + keys.len() * 21);
     text.push('[');
@@ -281,14 +281,24 @@ impl SegmentRow {
 /// (`all_records`) and the move of version-5 rows (`convert_legacy`) for one engine. Besides
 /// the engine methods `implement_store!` relies on, it needs `begin_owner(tenant)`: a write
 /// transaction as the schema owner (retention deletes, which the server's role may not).
+///
+/// Where a segment's search keys live is the engine's choice, named by `$keys`: a module of the
+/// engine's (beside the invocation) with
+/// - `insert_segment(connection, tenant, &NewSegment)`: stores the segment and its keys (it
+///   starts from [`segment_insert`](audit_implementation), the segment's columns bound);
+/// - `delete_through(connection, tenant, through_seq)`: retention's removal of the segments up
+///   to a marker, and of their keys;
+/// - `candidate_buckets(keys, bottom, top)` and `candidate_statement(keys, buckets)`: the next
+///   buckets a search by `keys` walks, newest first (none: it pages by `before_first_seq`
+///   alone), and the statement finding candidate segments in them (values as
+///   [`search_statement`] documents).
 macro_rules! implement_audit_store {
     (
         $store:ty,
         $db:ty,
         $connection:ty,
         $row:ty,
-        $insert_keys:expr,
-        $keys_value:expr,
+        $keys:ident,
         $legacy_exists:expr
     ) => {
         pub(crate) mod audit_implementation {
@@ -306,13 +316,12 @@ macro_rules! implement_audit_store {
 
             use super::*;
             use crate::audit::{
-                ADVANCE_HEAD, BUCKETS_PER_QUERY, DELETE_KEYS_THROUGH, DELETE_SEGMENTS_THROUGH,
-                DROP_LEGACY, INSERT_MARKER, INSERT_SEGMENT, NewSegment, SEGMENTS_PER_FETCH,
+                ADVANCE_HEAD, DROP_LEGACY, INSERT_MARKER, NewSegment, SEGMENTS_PER_FETCH,
                 SELECT_ALL_SEGMENTS, SELECT_FIRST_SEQ, SELECT_HEAD, SELECT_LEGACY_ROWS,
                 SELECT_LEGACY_TENANTS, SELECT_MARKERS, SELECT_RETENTION_BOUNDARY,
                 SELECT_SEGMENT_AT, SELECT_SEGMENT_ENDING, SELECT_SEGMENTS_AFTER, SELECT_TENANT_IDS,
                 SET_HEAD_HASH, SegmentRow, bucket_of, build_segments, filter_keys, legacy_segments,
-                matching_records, previous_hash, search_statement,
+                matching_records, previous_hash,
             };
             use crate::engine::{backend, parse_audit};
 
@@ -334,33 +343,31 @@ macro_rules! implement_audit_store {
                 })
             }
 
+            /// `statement` (an insert into `audit_segments` whose first seven values are those of
+            /// [`INSERT_SEGMENT`](crate::audit::INSERT_SEGMENT)) with the segment's columns bound,
+            /// for the engine's key layout to add its keys to, or to run as it is.
+            pub(crate) fn segment_insert<'q>(
+                statement: &'static str,
+                tenant: TenantId,
+                segment: &'q NewSegment,
+            ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments> {
+                sqlx::query(statement)
+                    .bind(tenant.as_uuid())
+                    .bind(segment.first_seq)
+                    .bind(segment.last_seq)
+                    .bind(segment.min_time_ms)
+                    .bind(segment.max_time_ms)
+                    .bind(segment.prev_hash.to_vec())
+                    .bind(segment.body.as_slice())
+            }
+
             async fn insert_segments(
                 connection: &mut $connection,
                 tenant: TenantId,
                 segments: &[NewSegment],
             ) -> StoreResult<()> {
                 for segment in segments {
-                    sqlx::query(INSERT_SEGMENT)
-                        .bind(tenant.as_uuid())
-                        .bind(segment.first_seq)
-                        .bind(segment.last_seq)
-                        .bind(segment.min_time_ms)
-                        .bind(segment.max_time_ms)
-                        .bind(segment.prev_hash.to_vec())
-                        .bind(segment.body.as_slice())
-                        .execute(&mut *connection)
-                        .await
-                        .map_err(backend)?;
-                    if !segment.keys.is_empty() {
-                        sqlx::query($insert_keys)
-                            .bind(tenant.as_uuid())
-                            .bind(bucket_of(segment.first_seq))
-                            .bind(segment.first_seq)
-                            .bind(($keys_value)(&segment.keys))
-                            .execute(&mut *connection)
-                            .await
-                            .map_err(backend)?;
-                    }
+                    super::$keys::insert_segment(&mut *connection, tenant, segment).await?;
                 }
                 Ok(())
             }
@@ -675,19 +682,7 @@ macro_rules! implement_audit_store {
                         .execute(&mut *tx)
                         .await
                         .map_err(backend)?;
-                    sqlx::query(DELETE_KEYS_THROUGH)
-                        .bind(tenant.as_uuid())
-                        .bind(marker.through_seq)
-                        .bind(bucket_of(marker.through_seq))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(backend)?;
-                    sqlx::query(DELETE_SEGMENTS_THROUGH)
-                        .bind(tenant.as_uuid())
-                        .bind(marker.through_seq)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(backend)?;
+                    super::$keys::delete_through(&mut *tx, tenant, marker.through_seq).await?;
                     tx.commit().await.map_err(backend)?;
                     let removed = marker.through_seq - earlier.unwrap_or(marker.through_seq) + 1;
                     Ok(u64::try_from(removed).unwrap_or(0))
@@ -724,14 +719,9 @@ macro_rules! implement_audit_store {
                     let mut top = bucket_of(newest.min(before.saturating_sub(1)));
                     let bottom = bucket_of(oldest);
                     while found.len() < filter.limit && top >= bottom {
-                        let buckets: Vec<i64> = if keys.is_empty() {
-                            Vec::new()
-                        } else {
-                            (bottom.max(top - BUCKETS_PER_QUERY + 1)..=top)
-                                .rev()
-                                .collect()
-                        };
-                        let statement = search_statement(keys.len(), buckets.len());
+                        let buckets = super::$keys::candidate_buckets(keys.len(), bottom, top);
+                        let statement =
+                            super::$keys::candidate_statement(keys.len(), buckets.len());
                         // Sound: the text is built only from fixed fragments and placeholders.
                         let mut query =
                             sqlx::query(sqlx::AssertSqlSafe(statement)).bind(tenant.as_uuid());
@@ -761,13 +751,13 @@ macro_rules! implement_audit_store {
                             }
                         }
                         let exhausted = i64::try_from(rows.len()).unwrap_or(0) < SEGMENTS_PER_FETCH;
-                        if keys.is_empty() {
-                            if exhausted {
-                                break;
+                        if exhausted {
+                            match buckets.last() {
+                                // These buckets have no more candidates: go on below them.
+                                Some(lowest) => top = lowest - 1,
+                                // No buckets: the statement looked before `before` everywhere.
+                                None => break,
                             }
-                        } else if exhausted {
-                            // These buckets have no more candidates: go on below them.
-                            top = buckets.last().copied().unwrap_or(bottom) - 1;
                         }
                     }
                     tx.commit().await.map_err(backend)?;

@@ -9,11 +9,12 @@
 //! unchanged: each record's hash is still stored and still covers its exact text, so the
 //! verifier pins a change to its record.
 //!
-//! Search keys go into `audit_keys`: `(tenant, key, segment)` once per distinct key per segment,
-//! where `key` is a 64-bit digest of what is searched for ([`search_key`]: patient, principal,
-//! session, source address, action, outcome). A search walks the segments holding its key,
-//! newest first, opens them and keeps the records that match exactly, so a digest collision
-//! costs a little time, never a wrong answer.
+//! Each segment's search keys are stored once per distinct key, where a key is a 64-bit digest
+//! of what is searched for ([`search_key`]: patient, principal, session, source address, action,
+//! outcome): on SQLite as rows of `audit_keys (tenant, bucket, key, segment)`, on PostgreSQL as
+//! one array per segment in `audit_segment_keys` under a GIN index. A search walks the segments
+//! holding its keys, newest first, opens them and keeps the records that match exactly, so a
+//! digest collision costs a little time, never a wrong answer.
 //!
 //! Body layout before compression: a format byte, the record count (u32, little-endian), then per
 //! record its chain hash (32 bytes), its time (i64 LE, milliseconds) and its text (u32 LE length,

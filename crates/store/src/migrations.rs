@@ -53,6 +53,11 @@ pub(crate) fn sqlite() -> Migrator {
             "audit segments",
             include_str!("../migrations/sqlite/0006_audit_segments.sql"),
         ),
+        migration(
+            7,
+            "audit keys gin",
+            include_str!("../migrations/sqlite/0007_audit_keys_gin.sql"),
+        ),
     ])
 }
 
@@ -87,6 +92,11 @@ pub(crate) fn postgres() -> Migrator {
             6,
             "audit segments",
             include_str!("../migrations/postgres/0006_audit_segments.sql"),
+        ),
+        migration(
+            7,
+            "audit keys gin",
+            include_str!("../migrations/postgres/0007_audit_keys_gin.sql"),
         ),
     ])
 }

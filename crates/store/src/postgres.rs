@@ -21,6 +21,8 @@ use crate::engine::{backend, implement_store};
 use crate::migrations;
 use crate::people::implement_people_store;
 
+mod audit_keys;
+
 /// The role the server's connections act as. It owns nothing and cannot bypass row-level
 /// security. Production may log in as it directly (migrations then run separately as the
 /// owner, through [`migrate`]).
@@ -31,10 +33,6 @@ const POOL_SIZE: u32 = 16;
 /// restart or a dropped socket then costs no request); one used more recently is handed out as
 /// it is, saving a round trip per transaction under load.
 const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
-
-/// A segment's search keys, from one array.
-const INSERT_KEYS: &str = "INSERT INTO audit_keys (tenant_id, bucket, key, first_seq) \
-     SELECT $1, $2, k, $3 FROM unnest($4::bigint[]) AS k";
 
 /// Serialises concurrent `migrate` runs on one database (grants race otherwise).
 const MIGRATE_LOCK: i64 = 0x6361_7265_7661_756c; // "carevaul"
@@ -225,8 +223,11 @@ const GRANTS: &str = "GRANT USAGE ON SCHEMA public TO carevault_app; \
      GRANT SELECT, INSERT, UPDATE, DELETE ON tenants, tenant_keys, clients, client_jti, \
        access_tokens, resource_versions, resource_current, search_tokens, search_dates, \
        audit_heads TO carevault_app; \
-     REVOKE ALL ON audit_segments, audit_keys, audit_retention FROM carevault_app; \
-     GRANT SELECT, INSERT ON audit_segments, audit_keys, audit_retention TO carevault_app";
+     REVOKE ALL ON audit_segments, audit_segment_keys, audit_retention FROM carevault_app; \
+     GRANT SELECT, INSERT ON audit_segments, audit_segment_keys, audit_retention \
+       TO carevault_app; \
+     GRANT EXECUTE ON FUNCTION carevault_audit_segments_with_keys(bigint[], bigint, bigint) \
+       TO carevault_app";
 
 async fn migrate_on(connection: &mut PgConnection) -> Result<(), StoreError> {
     migrations::postgres()
@@ -295,8 +296,7 @@ implement_audit_store!(
     Postgres,
     PgConnection,
     PgRow,
-    INSERT_KEYS,
-    |keys: &[i64]| keys.to_vec(),
+    audit_keys,
     "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() \
      AND tablename = 'audit_log_v5'"
 );

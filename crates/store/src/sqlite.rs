@@ -28,14 +28,11 @@ use crate::migrations;
 use crate::people::implement_people_store;
 
 mod audit_append;
+mod audit_keys;
 pub(crate) mod direct;
 
 use audit_append::AuditWriter;
 use direct::DirectReads;
-
-/// A segment's search keys, from one JSON array of integers.
-const INSERT_KEYS: &str = "INSERT INTO audit_keys (tenant_id, bucket, key, first_seq) \
-     SELECT $1, $2, value, $3 FROM json_each($4)";
 
 /// How long a statement waits for a lock held by another process (a backup, the CLI).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -116,7 +113,7 @@ impl SqliteStore {
         let audit_writer = AuditWriter::open(
             path,
             BUSY_TIMEOUT,
-            INSERT_KEYS,
+            audit_keys::INSERT_KEYS,
             &[
                 ("synchronous", "FULL"),
                 ("foreign_keys", "ON"),
@@ -276,7 +273,6 @@ implement_audit_store!(
     Sqlite,
     SqliteConnection,
     SqliteRow,
-    INSERT_KEYS,
-    crate::audit::keys_json,
+    audit_keys,
     "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'audit_log_v5'"
 );

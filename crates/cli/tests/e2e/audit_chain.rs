@@ -283,11 +283,11 @@ async fn tamper_cases(engine: Engine) {
 
     // Every guard is back in place after the attacks.
     for statement in [
-        "UPDATE audit_segments SET body = body",
-        "DELETE FROM audit_segments",
-        "DELETE FROM audit_keys",
+        "UPDATE audit_segments SET body = body".to_owned(),
+        "DELETE FROM audit_segments".to_owned(),
+        format!("DELETE FROM {}", raw.keys_table()),
     ] {
-        assert!(raw.execute(statement).await.is_err(), "{statement} passed");
+        assert!(raw.execute(&statement).await.is_err(), "{statement} passed");
     }
     raw.close().await;
 

@@ -1,6 +1,7 @@
-//! The security officer's search over segments: which search keys a filter has, the statement
-//! that walks the key index bucket by bucket for candidate segments, and the exact re-check of
-//! every record a candidate segment holds.
+//! The security officer's search over segments: which search keys a filter has, the statements
+//! that find candidate segments (SQLite's walk of the key rows bucket by bucket, PostgreSQL's
+//! look-up of the segments' key arrays), and the exact re-check of every record a candidate
+//! segment holds.
 
 use carevault_domain::audit::storage::AuditFilter;
 use carevault_domain::audit::{AuditRecord, Outcome};
@@ -43,7 +44,8 @@ pub(crate) fn filter_keys(filter: &AuditFilter) -> Vec<i64> {
     .collect()
 }
 
-/// The candidate-segment statement for a search with `keys` over `buckets` buckets. Values, in
+/// The candidate-segment statement for a search with `keys` over `buckets` buckets of SQLite's
+/// `audit_keys` rows, and, without keys, on either engine. Values, in
 /// placeholder order: the tenant, the keys, the buckets (with keys), then `before_first_seq`,
 /// `since`, `until`, `limit`. Each row is a segment and, last, whether its time span overlaps
 /// `[since, until)` (a segment outside it need not be opened).
@@ -89,6 +91,30 @@ pub(crate) fn search_statement(keys: usize, buckets: usize) -> String {
          WHERE s.tenant_id = $1 AND s.first_seq = c.first_seq ORDER BY s.first_seq DESC"
     ));
     text
+}
+
+/// PostgreSQL's candidate-segment statement for a search with `keys`: the segments whose key
+/// array holds every one of them, newest first, found by `carevault_audit_segments_with_keys`
+/// (migration 0007: a look-up through the GIN index on the arrays, which the server's role
+/// could not use directly under row-level security), then read by primary key. Values, in
+/// placeholder order, as [`search_statement`]'s without buckets: the tenant, the keys, then
+/// `before_first_seq`, `since`, `until`, `limit`.
+///
+/// One look-up covers the whole trail before `before_first_seq`, so there are no buckets to
+/// walk. As in SQLite's statement, the time window is not a filter but the last column, so that
+/// a page of fewer than `limit` candidates means the search is over.
+pub(crate) fn array_search_statement(keys: usize) -> String {
+    let list: Vec<String> = (0..keys).map(|index| format!("${}", index + 2)).collect();
+    let before = keys + 2;
+    let (since, until, limit) = (before + 1, before + 2, before + 3);
+    format!(
+        "SELECT s.first_seq, s.last_seq, s.min_time_ms, s.max_time_ms, s.prev_hash, s.body, \
+         (s.max_time_ms >= ${since} AND s.min_time_ms < ${until}) FROM audit_segments s \
+         WHERE s.tenant_id = $1 AND s.first_seq = ANY(ARRAY(\
+         SELECT carevault_audit_segments_with_keys(ARRAY[{}]::bigint[], ${before}, ${limit}))) \
+         ORDER BY s.first_seq DESC",
+        list.join(", ")
+    )
 }
 
 /// The strings every matching record's text must contain (a cheap test before parsing it).
@@ -193,5 +219,18 @@ mod tests {
              WHERE s.tenant_id = $1 AND s.first_seq = c.first_seq ORDER BY s.first_seq DESC"
         );
         assert!(search_statement(0, 0).contains("FROM audit_segments s WHERE s.tenant_id = $1"));
+    }
+
+    #[test]
+    fn postgres_looks_the_keys_up_in_the_segments_arrays() {
+        assert_eq!(
+            array_search_statement(2),
+            "SELECT s.first_seq, s.last_seq, s.min_time_ms, s.max_time_ms, s.prev_hash, s.body, \
+             (s.max_time_ms >= $5 AND s.min_time_ms < $6) FROM audit_segments s \
+             WHERE s.tenant_id = $1 AND s.first_seq = ANY(ARRAY(\
+             SELECT carevault_audit_segments_with_keys(ARRAY[$2, $3]::bigint[], $4, $7))) \
+             ORDER BY s.first_seq DESC"
+        );
+        assert!(array_search_statement(1).contains("(ARRAY[$2]::bigint[], $3, $6)"));
     }
 }

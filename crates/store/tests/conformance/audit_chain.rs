@@ -8,7 +8,7 @@ use std::sync::Arc;
 use carevault_crypto::SigningKey;
 use carevault_domain::audit::chain::{self, GENESIS};
 use carevault_domain::audit::retention::RetentionMarker;
-use carevault_domain::audit::storage::{LinkQuery, StoredEntry, StoredLink};
+use carevault_domain::audit::storage::{AuditFilter, LinkQuery, StoredEntry, StoredLink};
 use carevault_domain::audit::verify::{ChainCheck, Fault, TenantReport, verify_chain};
 use carevault_domain::ids::TenantId;
 use carevault_domain::store::Store;
@@ -228,7 +228,7 @@ async fn a_failed_append_writes_nothing_and_the_next_one_works(store: Arc<dyn St
 }
 
 async fn retention_removes_whole_segments_behind_a_signed_marker(store: Arc<dyn Store>, raw: &Raw) {
-    let (a, _) = new_tenant(&store, "retention").await;
+    let (a, scope_a) = new_tenant(&store, "retention").await;
     let (b, _) = new_tenant(&store, "retention other").await;
     let at = |time_ms: i64, detail: &str| {
         let mut record = audit(a, "read", detail);
@@ -279,8 +279,25 @@ async fn retention_removes_whole_segments_behind_a_signed_marker(store: Arc<dyn 
         "a refused retention removes nothing"
     );
 
+    assert!(raw.audit_keys(a, 1, 5).await > 0);
     let marker = RetentionMarker::sign(a, 5, &hash_at_5, T0 + 200_000, &key);
     assert_eq!(store.audit_retain(a, &marker).await.unwrap(), 5);
+    // The search keys of the removed segments went with them; the others stay and still find.
+    assert_eq!(raw.audit_keys(a, 1, 5).await, 0);
+    assert!(raw.audit_keys(a, 6, 6).await > 0);
+    assert!(raw.audit_keys(b, 1, 1).await > 0);
+    let reads = store
+        .audit_search(
+            &scope_a,
+            &AuditFilter {
+                action: Some("read".to_owned()),
+                limit: 10,
+                ..AuditFilter::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(reads.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![6]);
     let left: Vec<i64> = store
         .audit_records(a)
         .await
@@ -303,17 +320,16 @@ async fn retention_removes_whole_segments_behind_a_signed_marker(store: Arc<dyn 
     assert!(report.breaks.is_empty(), "{:?}", report.breaks);
     assert_eq!((report.records, report.last_seq), (1, 6));
 
-    // The remaining segment is still guarded, and so are markers.
+    // The remaining segment and its keys are still guarded, and so are markers.
+    let keys_delete = format!("DELETE FROM {}", raw.keys_table());
     for statement in [
         "DELETE FROM audit_segments",
-        "DELETE FROM audit_keys",
+        keys_delete.leak(),
         "DELETE FROM audit_retention",
         "UPDATE audit_retention SET through_seq = 6",
     ] {
-        assert!(
-            raw.execute_as_owner(statement).await.is_err(),
-            "{statement} was allowed"
-        );
+        let error = raw.execute_as_owner(statement).await.unwrap_err();
+        assert!(error.contains("cannot be"), "{statement}: {error}");
     }
 
     // A marker written without the signing key lets the owner delete, but verification names
@@ -331,7 +347,7 @@ async fn retention_removes_whole_segments_behind_a_signed_marker(store: Arc<dyn 
         forged.to_text()
     );
     raw.execute_as_owner(statement.leak()).await.unwrap();
-    for table in ["audit_keys", "audit_segments"] {
+    for table in [raw.keys_table(), "audit_segments"] {
         let statement = format!("DELETE FROM {table} WHERE tenant_id = {tenant_literal}");
         raw.execute_as_owner(statement.leak()).await.unwrap();
     }

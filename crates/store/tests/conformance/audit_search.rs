@@ -16,6 +16,7 @@ use crate::fixtures::*;
 conformance!(
     audit_search_filters_pages_and_stays_in_its_tenant,
     audit_search_pages_across_index_buckets,
+    audit_search_finds_every_key_kind_across_segments_and_pages,
 );
 
 /// A record of `who` (principal, session, source) doing `action` to `subjects` at `time_ms`.
@@ -252,4 +253,181 @@ async fn audit_search_pages_across_index_buckets(store: Arc<dyn Store>, _raw: &R
         .await
         .unwrap();
     assert_eq!(seqs(&windowed), vec![17_000, 8_193, 8_192]);
+}
+
+/// Record `index` of a mixed trail: every key kind takes values that recur in other segments,
+/// sessions and sources are sometimes absent, a few records are refused.
+fn mixed(tenant: TenantId, index: i64) -> AuditRecord {
+    let session = format!("s{}", index % 17);
+    let source = format!("10.0.{}.{}", index % 3, index % 11);
+    let mut record = event(
+        tenant,
+        (
+            &format!("person/{}", index % 13),
+            (index % 5 != 0).then_some(session.as_str()),
+            (index % 7 != 0).then_some(source.as_str()),
+        ),
+        ["read", "search", "create"][usize::try_from(index % 3).unwrap()],
+        &[
+            &format!("p{}", index % 29),
+            &format!("p{}", (index * 7) % 31),
+        ],
+        T0 + index,
+    );
+    if index % 19 == 0 {
+        record.outcome = Outcome::Denied;
+    }
+    record
+}
+
+/// Many segments of different sizes, each key kind (patient, principal, session, source,
+/// action, outcome) alone and combined: every search finds exactly the records that match,
+/// newest first, the same whether read in one page or page by page, and none of the other
+/// tenant's records with the same values.
+async fn audit_search_finds_every_key_kind_across_segments_and_pages(
+    store: Arc<dyn Store>,
+    _raw: &Raw,
+) {
+    let (a, scope) = new_tenant(&store, "mixed a").await;
+    let (b, _) = new_tenant(&store, "mixed b").await;
+    let mut appended = Vec::new();
+    let mut index = 0;
+    for append in 0..240 {
+        let mut batch = Vec::new();
+        for _ in 0..=append % 7 {
+            index += 1;
+            batch.push(mixed(a, index));
+            appended.push(mixed(a, index));
+        }
+        // The other tenant's records carry the same values.
+        batch.push(mixed(b, index));
+        if append % 40 == 39 {
+            // The write path's records too.
+            let id = format!("w{append}");
+            let (write, audit) = batch.split_at(batch.len() - 1);
+            store
+                .commit(&scope, &[create("Patient", &id, T0)], write)
+                .await
+                .unwrap();
+            store.append_audit(audit).await.unwrap();
+        } else {
+            store.append_audit(&batch).await.unwrap();
+        }
+    }
+    assert!(appended.len() > 900);
+
+    let filters = [
+        AuditFilter {
+            patient: Some("p3".to_owned()),
+            ..AuditFilter::default()
+        },
+        AuditFilter {
+            patient: Some("p30".to_owned()),
+            ..AuditFilter::default()
+        },
+        AuditFilter {
+            principal: Some("person/4".to_owned()),
+            ..AuditFilter::default()
+        },
+        AuditFilter {
+            session: Some("s5".to_owned()),
+            ..AuditFilter::default()
+        },
+        AuditFilter {
+            source: Some("10.0.1.5".to_owned()),
+            ..AuditFilter::default()
+        },
+        AuditFilter {
+            action: Some("create".to_owned()),
+            ..AuditFilter::default()
+        },
+        AuditFilter {
+            outcome: Some(Outcome::Denied),
+            ..AuditFilter::default()
+        },
+        AuditFilter {
+            patient: Some("p3".to_owned()),
+            principal: Some("person/3".to_owned()),
+            ..AuditFilter::default()
+        },
+        AuditFilter {
+            action: Some("read".to_owned()),
+            outcome: Some(Outcome::Denied),
+            session: Some("s14".to_owned()),
+            ..AuditFilter::default()
+        },
+        AuditFilter {
+            patient: Some("p7".to_owned()),
+            since_ms: Some(T0 + 200),
+            until_ms: Some(T0 + 700),
+            ..AuditFilter::default()
+        },
+        AuditFilter {
+            patient: Some("nobody".to_owned()),
+            ..AuditFilter::default()
+        },
+    ];
+    for filter in filters {
+        let expected: Vec<i64> = appended
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, record)| {
+                filter
+                    .patient
+                    .as_ref()
+                    .is_none_or(|patient| record.subjects.contains(patient))
+                    && filter
+                        .principal
+                        .as_ref()
+                        .is_none_or(|p| *p == record.principal)
+                    && filter
+                        .session
+                        .as_ref()
+                        .is_none_or(|s| Some(s) == record.session.as_ref())
+                    && filter
+                        .source
+                        .as_ref()
+                        .is_none_or(|s| Some(s) == record.source.as_ref())
+                    && filter.action.as_ref().is_none_or(|a| *a == record.action)
+                    && filter.outcome.is_none_or(|o| o == record.outcome)
+                    && filter.since_ms.is_none_or(|since| record.time_ms >= since)
+                    && filter.until_ms.is_none_or(|until| record.time_ms < until)
+            })
+            .map(|(position, _)| i64::try_from(position).unwrap() + 1)
+            .collect();
+        let whole = store
+            .audit_search(
+                &scope,
+                &AuditFilter {
+                    limit: 10_000,
+                    ..filter.clone()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(seqs(&whole), expected, "{filter:?} in one page");
+        assert!(whole.iter().all(|record| record.tenant == a));
+        let mut paged = Vec::new();
+        let mut before = None;
+        loop {
+            let page = store
+                .audit_search(
+                    &scope,
+                    &AuditFilter {
+                        before_seq: before,
+                        limit: 7,
+                        ..filter.clone()
+                    },
+                )
+                .await
+                .unwrap();
+            let Some(last) = page.last() else {
+                break;
+            };
+            before = Some(last.seq);
+            paged.extend(seqs(&page));
+        }
+        assert_eq!(paged, expected, "{filter:?} page by page");
+    }
 }

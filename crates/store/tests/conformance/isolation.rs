@@ -8,6 +8,7 @@ use carevault_domain::store::{
     CandidateFilter, CandidateQuery, HistoryQuery, SortBy, Store, StoreError,
 };
 use carevault_fhir::{DateCondition, DatePrefix};
+use carevault_store::audit_segment::{self, KeyKind};
 use carevault_store::{PgStore, SqliteStore};
 use sqlx::Row;
 
@@ -307,31 +308,39 @@ async fn audit_trail_refuses_update_and_delete(store: Arc<dyn Store>, raw: &Raw)
         .await
         .unwrap();
     let before = store.audit_records(a).await.unwrap();
+    let keys_before = raw.audit_keys(a, 1, 2).await;
+    assert!(keys_before >= 4, "principal, action, outcome, patient");
 
-    // Without a retention marker nobody removes or changes a record, not even the owner.
+    // Without a retention marker nobody removes or changes a record or its search keys, not
+    // even the owner: the guards refuse (the statements themselves are sound). The keys are a
+    // row per key on SQLite, an array per segment on PostgreSQL.
+    let keys_attacks = match raw {
+        Raw::Sqlite(_) => ["UPDATE audit_keys SET key = 0", "DELETE FROM audit_keys"],
+        Raw::Postgres { .. } => [
+            "UPDATE audit_segment_keys SET keys = keys || CAST(0 AS BIGINT)",
+            "DELETE FROM audit_segment_keys",
+        ],
+    };
     for statement in [
         "UPDATE audit_segments SET max_time_ms = 0",
         "UPDATE audit_segments SET first_seq = 2",
         "DELETE FROM audit_segments WHERE first_seq = 1",
         "DELETE FROM audit_segments",
-        "UPDATE audit_keys SET key = 0",
-        "DELETE FROM audit_keys",
-    ] {
-        assert!(
-            raw.execute_as_owner(statement).await.is_err(),
-            "{statement} was allowed"
-        );
+    ]
+    .into_iter()
+    .chain(keys_attacks)
+    {
+        let error = raw.execute_as_owner(statement).await.unwrap_err();
+        assert!(error.contains("cannot be"), "{statement}: {error}");
     }
     if let Raw::Postgres { .. } = raw {
         for statement in [
             "TRUNCATE audit_segments",
-            "TRUNCATE audit_keys",
+            "TRUNCATE audit_segment_keys",
             "TRUNCATE audit_retention",
         ] {
-            assert!(
-                raw.execute_as_owner(statement).await.is_err(),
-                "{statement}"
-            );
+            let error = raw.execute_as_owner(statement).await.unwrap_err();
+            assert!(error.contains("cannot be"), "{statement}: {error}");
         }
     }
     if let Raw::Postgres { store: pg, .. } = raw {
@@ -340,8 +349,8 @@ async fn audit_trail_refuses_update_and_delete(store: Arc<dyn Store>, raw: &Raw)
         for statement in [
             "UPDATE audit_segments SET max_time_ms = 0",
             "DELETE FROM audit_segments",
-            "UPDATE audit_keys SET key = 0",
-            "DELETE FROM audit_keys",
+            "UPDATE audit_segment_keys SET keys = '{}'",
+            "DELETE FROM audit_segment_keys",
             "DELETE FROM audit_retention",
         ] {
             let error = sqlx::query(statement)
@@ -354,6 +363,7 @@ async fn audit_trail_refuses_update_and_delete(store: Arc<dyn Store>, raw: &Raw)
     }
     assert_eq!(store.audit_records(a).await.unwrap(), before);
     assert_eq!(raw.audit_rows().await, 2);
+    assert_eq!(raw.audit_keys(a, 1, 2).await, keys_before);
 }
 
 async fn postgres_runs_as_a_role_bound_by_row_level_security(store: Arc<dyn Store>, raw: &Raw) {
@@ -393,7 +403,7 @@ async fn postgres_runs_as_a_role_bound_by_row_level_security(store: Arc<dyn Stor
         "search_tokens",
         "search_dates",
         "audit_segments",
-        "audit_keys",
+        "audit_segment_keys",
         "audit_heads",
     ] {
         let count_sql = match table {
@@ -402,7 +412,7 @@ async fn postgres_runs_as_a_role_bound_by_row_level_security(store: Arc<dyn Stor
             "search_tokens" => "SELECT count(*) FROM search_tokens",
             "search_dates" => "SELECT count(*) FROM search_dates",
             "audit_segments" => "SELECT count(*) FROM audit_segments",
-            "audit_keys" => "SELECT count(*) FROM audit_keys",
+            "audit_segment_keys" => "SELECT count(*) FROM audit_segment_keys",
             _ => "SELECT count(*) FROM audit_heads",
         };
         // Without the tenant setting: nothing.
@@ -439,6 +449,38 @@ async fn postgres_runs_as_a_role_bound_by_row_level_security(store: Arc<dyn Stor
         // After that transaction the setting is reset (''), which still matches nothing.
         let reset: i64 = sqlx::query(count_sql).fetch_one(pool).await.unwrap().get(0);
         assert_eq!(reset, 0, "{table} readable after a tenant transaction");
+    }
+
+    // The search keys' look-up runs as the owner (so that it can use the GIN index, which the
+    // policy would keep the server's role from) and applies the policies' tenant setting
+    // itself: nothing without it, nothing for another tenant.
+    let lookup = "SELECT count(*) FROM carevault_audit_segments_with_keys(\
+                  ARRAY[$1]::bigint[], 9223372036854775807, 100)";
+    let patient = audit_segment::search_key(KeyKind::Patient, "p1");
+    for (setting, expected) in [
+        (None, 0),
+        (Some(TenantId::generate()), 0),
+        (Some(tenant), 1),
+    ] {
+        let mut tx = pool.begin().await.unwrap();
+        if let Some(setting) = setting {
+            sqlx::query("SELECT set_config('carevault.tenant', $1, true)")
+                .bind(setting.to_string())
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        let found: i64 = sqlx::query(lookup)
+            .bind(patient)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            found, expected,
+            "look-up with the tenant setting {setting:?}"
+        );
+        tx.rollback().await.unwrap();
     }
 
     // Writing another tenant's rows under one tenant's setting is refused.

@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use carevault_domain::ids::TenantId;
 use carevault_domain::people::PeopleStore;
 use carevault_domain::store::Store;
 use carevault_store::{PgStore, SqliteStore};
@@ -118,6 +119,39 @@ impl Raw {
     /// security does not restrict).
     async fn audit_rows(&self) -> i64 {
         self.count_as_owner(AUDIT_ROWS).await
+    }
+
+    /// A tenant id as an SQL literal of the engine's column type.
+    fn tenant_literal(&self, tenant: TenantId) -> String {
+        match self {
+            Raw::Sqlite(_) => format!("X'{}'", tenant.as_uuid().simple()),
+            Raw::Postgres { .. } => format!("'{tenant}'::uuid"),
+        }
+    }
+
+    /// Where the engine keeps the audit trail's search keys: SQLite one row per key per
+    /// segment, PostgreSQL one array per segment.
+    fn keys_table(&self) -> &'static str {
+        match self {
+            Raw::Sqlite(_) => "audit_keys",
+            Raw::Postgres { .. } => "audit_segment_keys",
+        }
+    }
+
+    /// The search keys stored for a tenant's segments from `first_seq` to `last_seq`, one per
+    /// key per segment, counted as the owner.
+    async fn audit_keys(&self, tenant: TenantId, first_seq: i64, last_seq: i64) -> i64 {
+        let tenant = self.tenant_literal(tenant);
+        let count = match self {
+            Raw::Sqlite(_) => "count(*)",
+            Raw::Postgres { .. } => "CAST(coalesce(sum(cardinality(keys)), 0) AS BIGINT)",
+        };
+        let statement = format!(
+            "SELECT {count} FROM {} WHERE tenant_id = {tenant} \
+             AND first_seq BETWEEN {first_seq} AND {last_seq}",
+            self.keys_table()
+        );
+        self.count_as_owner(statement.leak()).await
     }
 }
 

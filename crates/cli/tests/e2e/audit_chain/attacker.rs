@@ -8,10 +8,17 @@ use crate::common::Server;
 
 /// The append-only guards the attacker sets aside for the length of one transaction, as
 /// (table, trigger). Inserting needs no guard out of the way; changing and deleting do.
-pub(crate) const GUARDS: [(&str, &str); 3] = [
+/// The search keys' table is the engine's: a row per key on SQLite, an array per segment on
+/// PostgreSQL.
+const SQLITE_GUARDS: &[(&str, &str)] = &[
     ("audit_segments", "audit_segments_no_update"),
     ("audit_segments", "audit_segments_no_delete"),
     ("audit_keys", "audit_keys_no_delete"),
+];
+const POSTGRES_GUARDS: &[(&str, &str)] = &[
+    ("audit_segments", "audit_segments_no_update"),
+    ("audit_segments", "audit_segments_no_delete"),
+    ("audit_segment_keys", "audit_segment_keys_no_delete"),
 ];
 
 /// The attacker's own connection to the database, as its owner.
@@ -54,6 +61,14 @@ impl Raw {
         }
     }
 
+    /// The table of the trail's search keys.
+    pub(crate) fn keys_table(&self) -> &'static str {
+        match self {
+            Raw::Sqlite(_) => "audit_keys",
+            Raw::Postgres(_) => "audit_segment_keys",
+        }
+    }
+
     pub(crate) async fn execute(&self, script: &str) -> Result<(), sqlx::Error> {
         let script = sqlx::AssertSqlSafe(script.to_owned());
         match self {
@@ -68,7 +83,11 @@ impl Raw {
     pub(crate) async fn tamper(&self, statements: &[String]) {
         let mut set_aside = Vec::new();
         let mut put_back = Vec::new();
-        for (table, trigger) in GUARDS {
+        let guards = match self {
+            Raw::Sqlite(_) => SQLITE_GUARDS,
+            Raw::Postgres(_) => POSTGRES_GUARDS,
+        };
+        for (table, trigger) in guards {
             match self {
                 Raw::Sqlite(pool) => {
                     let definition: String = sqlx::query_scalar(
@@ -158,7 +177,7 @@ impl Raw {
             .iter()
             .filter(|old| after.segment(old.first_seq).is_none())
         {
-            for table in ["audit_keys", "audit_segments"] {
+            for table in [self.keys_table(), "audit_segments"] {
                 statements.push(format!(
                     "DELETE FROM {table} WHERE tenant_id = {t} AND first_seq = {}",
                     gone.first_seq
