@@ -20,6 +20,7 @@ use sqlx::{Connection, PgConnection, Row};
 
 use crate::PgStore;
 use crate::audit::{INSERT_SEGMENT, bucket_of, build_segments};
+use crate::postgres::audit_implementation::segment_insert;
 
 const POSTGRES_URL_VARIABLE: &str = "CAREVAULT_TEST_POSTGRES_URL";
 const T0: i64 = 1_700_000_000_000;
@@ -176,14 +177,7 @@ async fn store_as_version_6(
         let records: Vec<&AuditRecord> = records.iter().collect();
         let (segments, head) = build_segments(seq, hash, &records).unwrap();
         for segment in &segments {
-            sqlx::query(INSERT_SEGMENT)
-                .bind(tenant.as_uuid())
-                .bind(segment.first_seq)
-                .bind(segment.last_seq)
-                .bind(segment.min_time_ms)
-                .bind(segment.max_time_ms)
-                .bind(segment.prev_hash.to_vec())
-                .bind(segment.body.as_slice())
+            segment_insert(INSERT_SEGMENT, tenant, segment)
                 .execute(&mut *connection)
                 .await
                 .unwrap();
