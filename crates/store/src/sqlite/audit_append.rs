@@ -39,6 +39,10 @@ fn backend(error: rusqlite::Error) -> StoreError {
 /// The connection the group committer appends through.
 pub(crate) struct AuditWriter {
     connection: Mutex<Connection>,
+    /// The statements, with SQLite's `?n` placeholders.
+    select_head: String,
+    upsert_head: String,
+    insert_segment: String,
     insert_keys: String,
 }
 
@@ -64,6 +68,9 @@ impl AuditWriter {
         }
         Ok(AuditWriter {
             connection: Mutex::new(connection),
+            select_head: sqlite_placeholders(SELECT_HEAD),
+            upsert_head: sqlite_placeholders(UPSERT_HEAD),
+            insert_segment: sqlite_placeholders(INSERT_SEGMENT),
             insert_keys: sqlite_placeholders(insert_keys),
         })
     }
@@ -83,13 +90,10 @@ impl AuditWriter {
         let tx = connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(backend)?;
-        let select_head = sqlite_placeholders(SELECT_HEAD);
-        let upsert_head = sqlite_placeholders(UPSERT_HEAD);
-        let insert_segment = sqlite_placeholders(INSERT_SEGMENT);
         for (tenant, group) in &groups {
             let tenant_bytes = tenant.as_uuid().into_bytes();
             let head: Option<(i64, Option<Vec<u8>>)> = {
-                let mut statement = tx.prepare_cached(&select_head).map_err(backend)?;
+                let mut statement = tx.prepare_cached(&self.select_head).map_err(backend)?;
                 let mut rows = statement.query(params![tenant_bytes]).map_err(backend)?;
                 match rows.next().map_err(backend)? {
                     Some(row) => Some((row.get(0).map_err(backend)?, row.get(1).map_err(backend)?)),
@@ -100,13 +104,13 @@ impl AuditWriter {
             let (segments, hash) = build_segments(seq, previous_hash(seq, stored)?, group)?;
             let count = i64::try_from(group.len())
                 .map_err(|_| StoreError::Backend("audit batch too large".to_owned()))?;
-            tx.prepare_cached(&upsert_head)
+            tx.prepare_cached(&self.upsert_head)
                 .and_then(|mut statement| {
                     statement.execute(params![tenant_bytes, seq + count, hash.as_slice()])
                 })
                 .map_err(backend)?;
             for segment in &segments {
-                tx.prepare_cached(&insert_segment)
+                tx.prepare_cached(&self.insert_segment)
                     .and_then(|mut statement| {
                         statement.execute(params![
                             tenant_bytes,

@@ -37,6 +37,9 @@ pub(crate) struct DirectReads {
     path: PathBuf,
     busy_timeout: Duration,
     idle: Mutex<Vec<Connection>>,
+    /// `sql::FIND_ACCESS_TOKEN` and `sql::SELECT_CURRENT` with SQLite's `?n` placeholders.
+    find_access_token: String,
+    select_current: String,
 }
 
 fn backend(error: rusqlite::Error) -> StoreError {
@@ -86,6 +89,8 @@ impl DirectReads {
             path: path.to_owned(),
             busy_timeout,
             idle: Mutex::new(Vec::new()),
+            find_access_token: sqlite_placeholders(sql::FIND_ACCESS_TOKEN),
+            select_current: sqlite_placeholders(sql::SELECT_CURRENT),
         };
         let connection = reads.connect()?;
         reads.put_back(connection);
@@ -131,9 +136,8 @@ impl DirectReads {
         &self,
         token_hash: &[u8; 32],
     ) -> StoreResult<Option<TokenLookup>> {
-        let text = sqlite_placeholders(sql::FIND_ACCESS_TOKEN);
         let columns = self.with(|connection| {
-            let mut statement = connection.prepare_cached(&text)?;
+            let mut statement = connection.prepare_cached(&self.find_access_token)?;
             let mut rows = statement.query(params![token_hash.as_slice()])?;
             let Some(row) = rows.next()? else {
                 return Ok(None);
@@ -160,9 +164,8 @@ impl DirectReads {
         resource_type: &str,
         id: &str,
     ) -> StoreResult<Option<StoredVersion>> {
-        let text = sqlite_placeholders(sql::SELECT_CURRENT);
         self.with(|connection| {
-            let mut statement = connection.prepare_cached(&text)?;
+            let mut statement = connection.prepare_cached(&self.select_current)?;
             let mut rows =
                 statement.query(params![tenant.as_uuid().as_bytes(), resource_type, id])?;
             rows.next()?.map(|row| version_from(row, 0)).transpose()
