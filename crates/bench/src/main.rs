@@ -25,6 +25,10 @@ use clap::{Parser, Subcommand};
 
 use crate::client::{ClientKey, Credentials, TokenSource};
 
+/// The server's allocator, so the in-process baselines run the server's code as it runs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "carevault-bench",
