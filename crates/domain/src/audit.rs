@@ -20,6 +20,7 @@ pub mod verify;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -150,6 +151,19 @@ enum Route {
 /// The most records one shared commit carries.
 const MAX_BATCH: usize = 512;
 
+/// Under load, a small shared commit begins at most this long after the one before it.
+/// Committing as soon as anything waited made batches of 3 to 7 records when the server's two
+/// cores were busy with reads: thousands of commits a second, each costing the committer CPU
+/// (SQLite's commit, the fsync) and every SQLite reader its page cache. With the interval, over
+/// HTTP at 10,000 patients, reads by id ran 1.03–1.25× faster in alternated runs, p99 from 10–11
+/// to 8.3–9.3 ms, and the committer used about 37 % less CPU (bench/notes.md, "Pacing the group
+/// commit"). An idle server commits at once.
+const COMMIT_INTERVAL: Duration = Duration::from_micros(1_500);
+
+/// A batch this large commits at once, interval or not: the committer is then the stage the
+/// requests wait for, and waiting longer would only slow them.
+const SMALL_BATCH: usize = 16;
+
 impl AuditTrail {
     /// Starts the committer, appending to the store.
     pub fn start(store: Arc<dyn Store>) -> AuditTrail {
@@ -244,9 +258,26 @@ async fn run_committer(
     healthy: Arc<AtomicBool>,
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-    // Each commit takes everything that arrived while the last one was being written: under
-    // load the batch grows by itself, and a lone request (an idle server) is committed at once.
+    let mut last_commit: Option<Instant> = None;
+    // Each commit takes everything that arrived while the last one was being written, and, under
+    // load, what arrives until [`COMMIT_INTERVAL`] has passed since the last commit began. A lone
+    // request (an idle server) is committed at once.
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if let Some(since) = last_commit.map(|started| started.elapsed())
+            && since < COMMIT_INTERVAL
+            && batch.len() < SMALL_BATCH
+        {
+            // A plain sleep: Tokio's timer counts whole milliseconds, and this thread runs
+            // only the committer (and at most a database pool's housekeeping, delayed as long).
+            std::thread::sleep(COMMIT_INTERVAL - since);
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(pending) => batch.push(pending),
+                    Err(_) => break,
+                }
+            }
+        }
+        last_commit = Some(Instant::now());
         let (records, waiting): (Vec<AuditRecord>, Vec<_>) = batch.drain(..).unzip();
         let result = sink.append(&records).await;
         let outcome = match &result {
@@ -268,5 +299,46 @@ fn describe(error: &StoreError) -> String {
     match error {
         StoreError::Backend(message) => message.clone(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::audit::chain::tests::record;
+
+    /// Notes when each append began and how many records it carried.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<(Instant, usize)>>);
+
+    #[async_trait]
+    impl AuditSink for Recording {
+        async fn append(&self, records: &[AuditRecord]) -> StoreResult<()> {
+            self.0
+                .lock()
+                .map_err(|_| StoreError::Backend("poisoned".to_owned()))?
+                .push((Instant::now(), records.len()));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn small_commits_one_after_another_begin_at_least_the_interval_apart()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let sink = Arc::new(Recording::default());
+        let trail = AuditTrail::with_committer(sink.clone());
+        for _ in 0..4 {
+            trail.record(record("read")).await?;
+        }
+        let appends = sink.0.lock().map_err(|_| "poisoned")?.clone();
+        assert_eq!(appends.iter().map(|(_, count)| count).sum::<usize>(), 4);
+        for pair in appends.windows(2) {
+            let gap = pair[1].0.duration_since(pair[0].0);
+            assert!(gap >= COMMIT_INTERVAL, "commits {gap:?} apart");
+        }
+        assert!(appends.len() >= 2, "each record waited for its own commit");
+        Ok(())
     }
 }

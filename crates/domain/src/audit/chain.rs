@@ -76,7 +76,7 @@ pub fn extend<'a>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::audit::{AUDIT_RECORD_VERSION, Outcome};
     use crate::ids::TenantId;
