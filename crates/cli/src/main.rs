@@ -18,7 +18,7 @@ use crate::runtime::{Runtime, initialise};
 
 /// mimalloc for the whole process (its `override` feature also serves SQLite's and zstd's
 /// `malloc`): glibc's allocator was about 15 % of the server's CPU on reads, and reads over HTTP
-/// ran 1.25–1.3× faster with another allocator (bench/notes.md, "The allocator").
+/// ran 1.29–1.30× faster with mimalloc (bench/notes.md, "The allocator").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
