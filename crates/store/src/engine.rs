@@ -669,8 +669,7 @@ macro_rules! implement_store {
                         return Ok(Vec::new());
                     }
                     let mut driver = None;
-                    if let Some((sizes, positions)) = sql::token_filter_sizes(scope.tenant(), query)
-                    {
+                    if let Some((sizes, positions)) = sql::filter_sizes(scope.tenant(), query) {
                         let counted = match self.direct_reads() {
                             Some(direct) => direct.integers(&sizes, positions.len())?,
                             None => match self.read_one(scope.tenant(), dynamic(&sizes)).await? {

@@ -435,27 +435,29 @@ pub(crate) fn history(tenant: TenantId, query: &HistoryQuery) -> Sql {
     sql
 }
 
-/// How far [`token_filter_sizes`] counts a filter's rows.
+/// How far [`filter_sizes`] counts a filter's rows.
 const FILTER_SIZE_BOUND: i64 = 100;
 
-/// With two or more token filters: one row counting (up to a bound) the search rows each token
-/// filter matches, and the filters' positions in the query. A search drives from the smallest
-/// (see [`search`]): SQLite's planner cannot tell a family name shared by thousands of patients
-/// from a birth date shared by three, and drove from whichever filter came first.
-pub(crate) fn token_filter_sizes(
-    tenant: TenantId,
-    query: &CandidateQuery,
-) -> Option<(Sql, Vec<usize>)> {
-    let filters: Vec<(usize, &Vec<[u8; 16]>)> = query
+/// With two or more token or date filters: one row counting (up to a bound) the search rows each
+/// of them matches, and the filters' positions in the query (token filters first, so that a tie
+/// keeps a token filter as the driver). A search drives from the smallest (see [`search`]):
+/// SQLite's planner cannot tell a family name shared by thousands of patients from a birth date
+/// shared by three, and drove from whichever filter came first, or from the token filter when
+/// the other was a date.
+pub(crate) fn filter_sizes(tenant: TenantId, query: &CandidateQuery) -> Option<(Sql, Vec<usize>)> {
+    let drivable = |position: usize, filter: &CandidateFilter| match filter {
+        CandidateFilter::AnyToken(tokens) if !tokens.is_empty() => Some(position),
+        CandidateFilter::AnyDate { conditions, .. } if !conditions.is_empty() => Some(position),
+        _ => None,
+    };
+    let (mut positions, dates): (Vec<usize>, Vec<usize>) = query
         .filters
         .iter()
         .enumerate()
-        .filter_map(|(position, filter)| match filter {
-            CandidateFilter::AnyToken(tokens) if !tokens.is_empty() => Some((position, tokens)),
-            _ => None,
-        })
-        .collect();
-    if filters.len() < 2 {
+        .filter_map(|(position, filter)| drivable(position, filter))
+        .partition(|position| matches!(query.filters[*position], CandidateFilter::AnyToken(_)));
+    positions.extend(dates);
+    if positions.len() < 2 {
         return None;
     }
     let mut sql = Sql::new();
@@ -463,26 +465,53 @@ pub(crate) fn token_filter_sizes(
     sql.preset(Value::Text(query.resource_type.clone()));
     let bound = sql.preset(Value::Int(FILTER_SIZE_BOUND));
     sql.push("SELECT ");
-    for (index, (_, tokens)) in filters.iter().enumerate() {
+    for (index, position) in positions.iter().enumerate() {
         if index > 0 {
             sql.push(", ");
         }
-        sql.push(
-            "(SELECT count(*) FROM (SELECT 1 FROM search_tokens t \
-             WHERE t.tenant_id = $1 AND t.resource_type = $2 AND t.token IN (",
-        )
-        .bind_list(tokens.iter().map(|token| Value::Bytes(token.to_vec())))
-        .push(") LIMIT ")
-        .again(bound)
-        .push(") AS bounded)");
+        sql.push("(SELECT count(*) FROM (");
+        match &query.filters[*position] {
+            CandidateFilter::AnyDate { param, conditions } => {
+                push_date_rows(&mut sql, param, conditions);
+            }
+            CandidateFilter::AnyToken(tokens) => push_token_rows(&mut sql, tokens),
+            // Not drivable: `drivable` above leaves them out.
+            CandidateFilter::Ids(_) | CandidateFilter::LastUpdated(_) => {
+                sql.push("SELECT NULL");
+            }
+        }
+        sql.push(" LIMIT ").again(bound).push(") AS bounded)");
     }
-    Some((sql, filters.iter().map(|(position, _)| *position).collect()))
+    Some((sql, positions))
+}
+
+/// The ids of the rows matching any of `tokens` in the query's tenant and type (`$1`, `$2`).
+fn push_token_rows(sql: &mut Sql, tokens: &[[u8; 16]]) {
+    sql.push(
+        "SELECT t.id FROM search_tokens t \
+         WHERE t.tenant_id = $1 AND t.resource_type = $2 AND t.token IN (",
+    )
+    .bind_list(tokens.iter().map(|token| Value::Bytes(token.to_vec())))
+    .push(")");
+}
+
+/// The ids of the rows of date `param` meeting any of `conditions`, in the query's tenant and
+/// type.
+fn push_date_rows(sql: &mut Sql, param: &str, conditions: &[DateCondition]) {
+    sql.push(
+        "SELECT d.id FROM search_dates d \
+         WHERE d.tenant_id = $1 AND d.resource_type = $2 AND d.param = ",
+    )
+    .bind(Value::Text(param.to_owned()))
+    .push(" AND (");
+    push_conditions(sql, conditions, "d.low", "d.high");
+    sql.push(")");
 }
 
 /// A candidate search. See [`CandidateQuery`]: every filter must match; ordered by sort value
 /// then id; keyset-paged strictly after `after`.
 ///
-/// With `driver`, that token filter selects the candidates and every other token filter is a
+/// With `driver`, that token or date filter selects the candidates and every other filter is a
 /// membership probe on each of them (a look-up by the candidate's id); without, every token
 /// filter is a set the planner may start from.
 pub(crate) fn search(tenant: TenantId, query: &CandidateQuery, driver: Option<usize>) -> Sql {
@@ -525,6 +554,13 @@ pub(crate) fn search(tenant: TenantId, query: &CandidateQuery, driver: Option<us
                 .bind_list(tokens.iter().map(|token| Value::Bytes(token.to_vec())))
                 .push("))");
             }
+            CandidateFilter::AnyDate { param, conditions }
+                if !conditions.is_empty() && driver == Some(position) =>
+            {
+                sql.push("c.id IN (");
+                push_date_rows(&mut sql, param, conditions);
+                sql.push(")");
+            }
             _ => push_filter(&mut sql, filter),
         }
     }
@@ -560,12 +596,9 @@ fn push_filter(sql: &mut Sql, filter: &CandidateFilter) {
                 sql.push("FALSE");
                 return;
             }
-            sql.push(
-                "c.id IN (SELECT t.id FROM search_tokens t \
-                 WHERE t.tenant_id = $1 AND t.resource_type = $2 AND t.token IN (",
-            )
-            .bind_list(tokens.iter().map(|token| Value::Bytes(token.to_vec())))
-            .push("))");
+            sql.push("c.id IN (");
+            push_token_rows(sql, tokens);
+            sql.push(")");
         }
         CandidateFilter::AnyDate { param, conditions } => {
             if conditions.is_empty() {

@@ -173,7 +173,7 @@ impl DirectReads {
     }
 
     /// The first row of `statement`, its first `count` columns as integers (the filter sizes
-    /// of `sql::token_filter_sizes`).
+    /// of `sql::filter_sizes`).
     pub(crate) fn integers(&self, statement: &Sql, count: usize) -> StoreResult<Option<Vec<i64>>> {
         let text = statement.sqlite_text();
         self.with(|connection| {

@@ -11,6 +11,7 @@ use crate::fixtures::*;
 conformance!(
     search_by_tokens,
     several_token_filters_match_their_intersection_whichever_is_smaller,
+    a_token_and_a_date_filter_match_their_intersection_whichever_is_smaller,
     search_by_date_follows_fhir_prefixes,
     search_by_last_updated_and_ids,
     search_sorts_and_pages,
@@ -483,5 +484,94 @@ async fn several_token_filters_match_their_intersection_whichever_is_smaller(
     assert_eq!(
         all_pages(vec![any(&[1]), any(&[4])]).await,
         strings(&["p0007"])
+    );
+}
+
+/// `family=…&birthdate=…`: a search drives from the date when it has fewer rows than the
+/// token, and from the token otherwise; the answer is the intersection either way.
+async fn a_token_and_a_date_filter_match_their_intersection_whichever_is_smaller(
+    store: Arc<dyn Store>,
+    _raw: &Raw,
+) {
+    let (_, scope) = new_tenant(&store, "token and date").await;
+    // Token 1 on every patient (a common family name), token 2 on every 300th (a rare one);
+    // birth "days" [10k, 10k + 10) for k = index % 50, so each day is shared by 30 patients.
+    let day = |index: usize| (index % 50) as i64 * 10;
+    let writes: Vec<ResourceWrite> = (0..1_500)
+        .map(|index: usize| {
+            let mut write = create("Patient", &format!("p{index:04}"), T0 + index as i64);
+            write.tokens.push(token(1));
+            if index.is_multiple_of(300) {
+                write.tokens.push(token(2));
+            }
+            write
+                .dates
+                .push(date("birthdate", day(index), day(index) + 10));
+            write
+        })
+        .collect();
+    store.commit(&scope, &writes, &[]).await.unwrap();
+    let born = |prefix: DatePrefix, low: i64, high: i64| CandidateFilter::AnyDate {
+        param: "birthdate".to_owned(),
+        conditions: vec![DateCondition { prefix, low, high }],
+    };
+    let any = |byte: u8| CandidateFilter::AnyToken(vec![token(byte)]);
+    let expected = |keep: &dyn Fn(usize) -> bool| -> Vec<String> {
+        (0..1_500)
+            .filter(|index| keep(*index))
+            .map(|index| format!("p{index:04}"))
+            .collect()
+    };
+    let all_pages = |filters: Vec<CandidateFilter>| {
+        let mut query = query("Patient", filters);
+        query.limit = 7;
+        search_all_ids(&store, &scope, query)
+    };
+    // The day (30 rows) is smaller than the common token (1,500): the date drives.
+    let on_day_20 = expected(&|index| day(index) == 20);
+    assert_eq!(on_day_20.len(), 30);
+    assert_eq!(
+        all_pages(vec![any(1), born(DatePrefix::Eq, 20, 30)]).await,
+        on_day_20
+    );
+    assert_eq!(
+        all_pages(vec![born(DatePrefix::Eq, 20, 30), any(1)]).await,
+        on_day_20
+    );
+    // The rare token (5 rows) is smaller than the day: the token drives.
+    assert_eq!(
+        all_pages(vec![born(DatePrefix::Eq, 0, 10), any(2)]).await,
+        expected(&|index| index.is_multiple_of(300))
+    );
+    assert!(
+        all_pages(vec![any(2), born(DatePrefix::Eq, 20, 30)])
+            .await
+            .is_empty()
+    );
+    // Both past the counting bound: a range of days and the common token.
+    assert_eq!(
+        all_pages(vec![born(DatePrefix::Lt, 100, 101), any(1)]).await,
+        expected(&|index| day(index) < 100)
+    );
+    // Another tenant with the same token bytes and days on many rows: never in the answer, and
+    // its rows do not change which filter drives.
+    let (_, other) = new_tenant(&store, "token and date, other tenant").await;
+    let foreign: Vec<ResourceWrite> = (0..300)
+        .map(|index: usize| {
+            let mut write = create("Patient", &format!("x{index:04}"), T0);
+            write.tokens = vec![token(1), token(2)];
+            write.dates.push(date("birthdate", 20, 30));
+            write
+        })
+        .collect();
+    store.commit(&other, &foreign, &[]).await.unwrap();
+    assert_eq!(
+        all_pages(vec![any(1), born(DatePrefix::Eq, 20, 30)]).await,
+        on_day_20
+    );
+    assert!(
+        all_pages(vec![any(2), born(DatePrefix::Eq, 20, 30)])
+            .await
+            .is_empty()
     );
 }
