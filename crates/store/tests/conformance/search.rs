@@ -487,15 +487,16 @@ async fn several_token_filters_match_their_intersection_whichever_is_smaller(
     );
 }
 
-/// `family=…&birthdate=…`: a search drives from the date when it has fewer rows than the
-/// token, and from the token otherwise; the answer is the intersection either way.
+/// A token filter and a date range (as in `Observation?code=…&date=…`): a search drives from
+/// the date when it has fewer rows than the token, and from the token otherwise; the answer is
+/// the intersection either way.
 async fn a_token_and_a_date_filter_match_their_intersection_whichever_is_smaller(
     store: Arc<dyn Store>,
     _raw: &Raw,
 ) {
     let (_, scope) = new_tenant(&store, "token and date").await;
-    // Token 1 on every patient (a common family name), token 2 on every 300th (a rare one);
-    // birth "days" [10k, 10k + 10) for k = index % 50, so each day is shared by 30 patients.
+    // Token 1 on every resource (a common value), token 2 on every 300th (a rare one); dates
+    // ("days") [10k, 10k + 10) for k = index % 50, so each day is shared by 30 resources.
     let day = |index: usize| (index % 50) as i64 * 10;
     let writes: Vec<ResourceWrite> = (0..1_500)
         .map(|index: usize| {
