@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use carevault_domain::principal::TenantScope;
 use carevault_domain::store::{CandidateFilter, CandidateQuery, ResourceWrite, SortBy, Store};
 use carevault_fhir::{DateCondition, DatePrefix};
 
@@ -429,17 +430,8 @@ async fn several_token_filters_match_their_intersection_whichever_is_smaller(
         .collect();
     store.commit(&scope, &writes, &[]).await.unwrap();
     let any = |bytes: &[u8]| CandidateFilter::AnyToken(bytes.iter().map(|b| token(*b)).collect());
-    let expected = |keep: &dyn Fn(usize) -> bool| -> Vec<String> {
-        (0..1_500)
-            .filter(|index| keep(*index))
-            .map(|index| format!("p{index:04}"))
-            .collect()
-    };
-    let all_pages = |filters: Vec<CandidateFilter>| {
-        let mut query = query("Patient", filters);
-        query.limit = 40;
-        search_all_ids(&store, &scope, query)
-    };
+    let expected = |keep: &dyn Fn(usize) -> bool| patient_ids(1_500, keep);
+    let all_pages = |filters| every_page(&store, &scope, filters, 40);
     let common_and_rare = expected(&|index| index % 10 == 0);
     assert_eq!(all_pages(vec![any(&[1]), any(&[2])]).await, common_and_rare);
     assert_eq!(all_pages(vec![any(&[2]), any(&[1])]).await, common_and_rare);
@@ -517,17 +509,8 @@ async fn a_token_and_a_date_filter_match_their_intersection_whichever_is_smaller
         conditions: vec![DateCondition { prefix, low, high }],
     };
     let any = |byte: u8| CandidateFilter::AnyToken(vec![token(byte)]);
-    let expected = |keep: &dyn Fn(usize) -> bool| -> Vec<String> {
-        (0..1_500)
-            .filter(|index| keep(*index))
-            .map(|index| format!("p{index:04}"))
-            .collect()
-    };
-    let all_pages = |filters: Vec<CandidateFilter>| {
-        let mut query = query("Patient", filters);
-        query.limit = 7;
-        search_all_ids(&store, &scope, query)
-    };
+    let expected = |keep: &dyn Fn(usize) -> bool| patient_ids(1_500, keep);
+    let all_pages = |filters| every_page(&store, &scope, filters, 7);
     // The day (30 rows) is smaller than the common token (1,500): the date drives.
     let on_day_20 = expected(&|index| day(index) == 20);
     assert_eq!(on_day_20.len(), 30);
@@ -575,4 +558,24 @@ async fn a_token_and_a_date_filter_match_their_intersection_whichever_is_smaller
             .await
             .is_empty()
     );
+}
+
+/// The ids `p0000`, `p0001`, … below `count` that `keep` accepts, in order.
+fn patient_ids(count: usize, keep: &dyn Fn(usize) -> bool) -> Vec<String> {
+    (0..count)
+        .filter(|index| keep(*index))
+        .map(|index| format!("p{index:04}"))
+        .collect()
+}
+
+/// Every page of a Patient search with `filters`, `limit` per page.
+async fn every_page(
+    store: &Arc<dyn Store>,
+    scope: &TenantScope,
+    filters: Vec<CandidateFilter>,
+    limit: usize,
+) -> Vec<String> {
+    let mut query = query("Patient", filters);
+    query.limit = limit;
+    search_all_ids(store, scope, query).await
 }
