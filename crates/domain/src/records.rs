@@ -21,6 +21,10 @@ use crate::principal::{Principal, TenantScope};
 use crate::scopes::Interaction;
 use crate::store::{DateEntry, Precondition, ResourceWrite, Store, StoreError, StoredVersion};
 
+mod body;
+
+pub use body::ResourceBody;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     /// No such resource in the caller's tenant (or the caller may not know it exists).
@@ -95,13 +99,16 @@ pub struct ResourceView {
     pub version: i64,
     pub last_updated_ms: i64,
     /// `None` for a tombstone (a deleted version in a history listing).
-    pub body: Option<Value>,
+    pub body: Option<ResourceBody>,
 }
 
 impl ResourceView {
+    /// The patients whose data this is. A Patient is about itself, which needs no parsing of
+    /// its body (the rule is `carevault_fhir::data_subjects`').
     pub fn subjects(&self) -> Vec<String> {
         match &self.body {
-            Some(body) => carevault_fhir::data_subjects(self.resource_type, body, &self.id),
+            Some(_) if self.resource_type.is_patient() => vec![self.id.clone()],
+            Some(body) => carevault_fhir::data_subjects(self.resource_type, body.value(), &self.id),
             None => Vec::new(),
         }
     }
@@ -563,7 +570,8 @@ impl Records {
         rt: ResourceType,
         stored: &StoredVersion,
     ) -> Result<ResourceView, RecordError> {
-        let view = self.open(keys, principal.scope(), rt, stored)?;
+        // A Patient's reach and audit need only its id: its body stays text, sent as stored.
+        let view = self.open_as(keys, principal.scope(), rt, stored, !rt.is_patient())?;
         if principal.access().reaches(&view.subjects()) {
             Ok(view)
         } else {
@@ -652,19 +660,34 @@ impl Records {
             id: id.to_owned(),
             version,
             last_updated_ms: now_ms,
-            body: Some(body),
+            body: Some(ResourceBody::from_value(body)),
         };
         Ok((write, view))
     }
 
-    /// Opens a sealed version. Any failure to open (a flipped byte, a body moved from another
-    /// row or tenant) is an integrity failure: logged for the operator, never returned as data.
+    /// Opens a sealed version, its body parsed. Any failure to open (a flipped byte, a body
+    /// moved from another row or tenant) is an integrity failure: logged for the operator, never
+    /// returned as data.
     pub(crate) fn open(
         &self,
         keys: &TenantKeys,
         scope: &TenantScope,
         rt: ResourceType,
         stored: &StoredVersion,
+    ) -> Result<ResourceView, RecordError> {
+        self.open_as(keys, scope, rt, stored, true)
+    }
+
+    /// [`Records::open`], leaving the body unparsed when `parse` is false: its text is then
+    /// checked to be JSON naming this type and id, and parsed only if someone asks for the
+    /// parsed form.
+    fn open_as(
+        &self,
+        keys: &TenantKeys,
+        scope: &TenantScope,
+        rt: ResourceType,
+        stored: &StoredVersion,
+        parse: bool,
     ) -> Result<ResourceView, RecordError> {
         if stored.deleted {
             return Ok(ResourceView {
@@ -686,13 +709,25 @@ impl Records {
                     &stored.body,
                 )
             });
-        let body = opened
-            .ok()
-            .and_then(|plaintext| serde_json::from_slice::<Value>(&plaintext).ok())
-            .filter(|body| {
-                body.get("resourceType").and_then(Value::as_str) == Some(rt.name())
-                    && body.get("id").and_then(Value::as_str) == Some(stored.id.as_str())
-            });
+        let body = opened.ok().and_then(|plaintext| {
+            if parse {
+                let value = serde_json::from_slice::<Value>(&plaintext)
+                    .ok()
+                    .filter(|body| {
+                        body.get("resourceType").and_then(Value::as_str) == Some(rt.name())
+                            && body.get("id").and_then(Value::as_str) == Some(stored.id.as_str())
+                    })?;
+                let text = String::from_utf8(plaintext).ok()?;
+                Some(ResourceBody::from_both(text, value))
+            } else {
+                if !body::identity(&plaintext, rt.name(), &stored.id) {
+                    return None;
+                }
+                String::from_utf8(plaintext)
+                    .ok()
+                    .map(ResourceBody::from_text)
+            }
+        });
         let Some(body) = body else {
             tracing::error!(
                 tenant = %scope.tenant(),

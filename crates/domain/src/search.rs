@@ -17,7 +17,8 @@ use crate::audit::Outcome;
 use crate::keyring::TenantKeys;
 use crate::principal::{Principal, TenantScope};
 use crate::records::{
-    AuditSubject, RecordError, Records, ResourceView, audit_record, categories_of, require,
+    AuditSubject, RecordError, Records, ResourceBody, ResourceView, audit_record, categories_of,
+    require,
 };
 use crate::scopes::Interaction;
 use crate::store::{CandidateFilter, CandidateQuery, HistoryQuery, SortBy};
@@ -269,7 +270,7 @@ impl Records {
                 for candidate in candidates {
                     let position = (candidate.sort_value, candidate.version.id.clone());
                     let view = self.open(&keys, scope, rt, &candidate.version)?;
-                    let body = view.body.as_ref();
+                    let body = view.body.as_ref().map(ResourceBody::value);
                     // Outside the principal's reach counts as not matching, so a carer's
                     // search finds only the patients in their care.
                     let accepted = body.is_some_and(|body| {
@@ -330,7 +331,7 @@ impl Records {
         for include in &query.includes {
             for view in matches {
                 let Some(body) = &view.body else { continue };
-                for reference in include.references(body) {
+                for reference in include.references(body.value()) {
                     let Some((type_name, id)) = reference.split_once('/') else {
                         continue;
                     };
@@ -621,7 +622,9 @@ impl Records {
             for candidate in &candidates {
                 after = Some((candidate.sort_value, candidate.version.id.clone()));
                 let view = self.open(&keys, scope, rt, &candidate.version)?;
-                let Some(body) = &view.body else { continue };
+                let Some(body) = view.body.as_ref().map(ResourceBody::value) else {
+                    continue;
+                };
                 let active = !matches!(
                     body.get("status").and_then(serde_json::Value::as_str),
                     Some("inactive" | "entered-in-error" | "cancelled" | "noshow")

@@ -14,8 +14,12 @@ pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 
 /// A FHIR JSON response with the security headers every API answer carries.
 pub fn fhir_response(status: StatusCode, body: &Value) -> Response {
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut response = (status, bytes).into_response();
+    fhir_text_response(status, serde_json::to_string(body).unwrap_or_default())
+}
+
+/// A FHIR JSON response whose body is already JSON text.
+pub fn fhir_text_response(status: StatusCode, text: String) -> Response {
+    let mut response = (status, text).into_response();
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));

@@ -9,7 +9,7 @@ use carevault_domain::search::{HistoryPage, SearchPage};
 use carevault_fhir::ResourceType;
 use serde_json::{Value, json};
 
-use crate::outcome::{fhir_response, record_error_parts};
+use crate::outcome::{fhir_response, fhir_text_response, record_error_parts};
 
 /// What the client asked for with `Prefer: return=…`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -55,18 +55,19 @@ pub fn resource_response(
     with_location: bool,
     prefer: Return,
 ) -> Response {
-    let body = match prefer {
-        Return::Representation => view.body.clone(),
-        Return::OperationOutcome => Some(json!({
-            "resourceType": "OperationOutcome",
-            "issue": [{"severity": "information", "code": "informational",
-                       "diagnostics": "the request succeeded"}]
-        })),
-        Return::Minimal => None,
-    };
-    let mut response = match body {
-        Some(body) => fhir_response(status, &body),
-        None => {
+    let mut response = match (prefer, &view.body) {
+        // The resource's text as stored (or as the write serialised it), not parsed and
+        // written out again.
+        (Return::Representation, Some(body)) => fhir_text_response(status, body.text().to_owned()),
+        (Return::OperationOutcome, _) => fhir_response(
+            status,
+            &json!({
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "information", "code": "informational",
+                           "diagnostics": "the request succeeded"}]
+            }),
+        ),
+        (Return::Representation, None) | (Return::Minimal, _) => {
             let mut response = Response::new(axum::body::Body::empty());
             *response.status_mut() = status;
             response
@@ -138,7 +139,7 @@ pub fn searchset(
         .map(|(view, mode)| {
             json!({
                 "fullUrl": full_url(fhir_base, view),
-                "resource": view.body,
+                "resource": view.body.as_ref().map(|body| body.value().clone()),
                 "search": {"mode": mode},
             })
         })
@@ -184,7 +185,7 @@ pub fn history_bundle(
             });
             match &view.body {
                 Some(body) => {
-                    entry["resource"] = body.clone();
+                    entry["resource"] = body.value().clone();
                     let method = if view.version == 1 { "POST" } else { "PUT" };
                     let url = if view.version == 1 {
                         view.resource_type.name().to_owned()
@@ -235,7 +236,7 @@ pub fn bundle_response(
                 EntryBody::Resource(view) => {
                     response["status"] = json!(status_line(entry.status));
                     if prefer == Return::Representation {
-                        resource = view.body.clone();
+                        resource = view.body.as_ref().map(|body| body.value().clone());
                     }
                 }
                 EntryBody::Search(rt, page) => {
