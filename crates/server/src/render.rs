@@ -137,11 +137,18 @@ pub fn searchset(
         .map(|view| (view, "match"))
         .chain(page.included.iter().map(|view| (view, "include")))
         .map(|(view, mode)| {
-            json!({
-                "fullUrl": full_url(fhir_base, view),
-                "resource": view.body.as_ref().map(|body| body.value().clone()),
-                "search": {"mode": mode},
-            })
+            // Built member by member: `json!` would copy the resource's tree once more through
+            // the serializer.
+            let mut entry = serde_json::Map::new();
+            entry.insert("fullUrl".to_owned(), json!(full_url(fhir_base, view)));
+            entry.insert(
+                "resource".to_owned(),
+                view.body
+                    .as_ref()
+                    .map_or(Value::Null, |body| body.value().clone()),
+            );
+            entry.insert("search".to_owned(), json!({"mode": mode}));
+            Value::Object(entry)
         })
         .collect();
     json!({
