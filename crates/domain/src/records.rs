@@ -9,11 +9,10 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use carevault_crypto::CryptoError;
 use carevault_fhir::{Issue, IssueCode, ResourceType};
 use serde_json::{Map, Value};
 
-use crate::audit::{AUDIT_RECORD_VERSION, AuditRecord, AuditTrail, Outcome};
+use crate::audit::{AuditRecord, AuditTrail, Outcome};
 use crate::clock::format_instant;
 use crate::ids::ResourceId;
 use crate::keyring::{KeyError, Keyring, TenantKeys};
@@ -21,9 +20,14 @@ use crate::principal::{Principal, TenantScope};
 use crate::scopes::Interaction;
 use crate::store::{DateEntry, Precondition, ResourceWrite, Store, StoreError, StoredVersion};
 
+mod audit_records;
 mod body;
+mod opening;
 
+use audit_records::failure_record;
+pub(crate) use audit_records::{audit_record, categories_of, write_record};
 pub use body::ResourceBody;
+pub(crate) use opening::resource_aad;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -134,19 +138,6 @@ pub struct Records {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) keyring: Arc<Keyring>,
     pub(crate) audit: AuditTrail,
-}
-
-pub(crate) fn resource_aad(
-    scope: &TenantScope,
-    resource_type: &str,
-    id: &str,
-    version: i64,
-) -> Vec<u8> {
-    format!(
-        "carevault/resource/v1\u{0}{}\u{0}{resource_type}\u{0}{id}\u{0}{version}",
-        scope.tenant()
-    )
-    .into_bytes()
 }
 
 impl Records {
@@ -561,24 +552,6 @@ impl Records {
         }
     }
 
-    /// Opens a version and checks the principal's relationship to its patients: a resource
-    /// outside the principal's reach is answered exactly like one that does not exist.
-    pub(crate) fn open_within_reach(
-        &self,
-        principal: &Principal,
-        keys: &TenantKeys,
-        rt: ResourceType,
-        stored: &StoredVersion,
-    ) -> Result<ResourceView, RecordError> {
-        // A Patient's reach and audit need only its id: its body stays text, sent as stored.
-        let view = self.open_as(keys, principal.scope(), rt, stored, !rt.is_patient())?;
-        if principal.access().reaches(&view.subjects()) {
-            Ok(view)
-        } else {
-            Err(RecordError::NotFound)
-        }
-    }
-
     /// A write must be about patients within the principal's reach (a carer records only for
     /// the patients in their care); an update must also start from a version within reach.
     pub(crate) fn check_write_reach(
@@ -663,88 +636,6 @@ impl Records {
             body: Some(ResourceBody::from_value(body)),
         };
         Ok((write, view))
-    }
-
-    /// Opens a sealed version, its body parsed. Any failure to open (a flipped byte, a body
-    /// moved from another row or tenant) is an integrity failure: logged for the operator, never
-    /// returned as data.
-    pub(crate) fn open(
-        &self,
-        keys: &TenantKeys,
-        scope: &TenantScope,
-        rt: ResourceType,
-        stored: &StoredVersion,
-    ) -> Result<ResourceView, RecordError> {
-        self.open_as(keys, scope, rt, stored, true)
-    }
-
-    /// [`Records::open`], leaving the body unparsed when `parse` is false: its text is then
-    /// checked to be JSON naming this type and id, and parsed only if someone asks for the
-    /// parsed form.
-    fn open_as(
-        &self,
-        keys: &TenantKeys,
-        scope: &TenantScope,
-        rt: ResourceType,
-        stored: &StoredVersion,
-        parse: bool,
-    ) -> Result<ResourceView, RecordError> {
-        if stored.deleted {
-            return Ok(ResourceView {
-                resource_type: rt,
-                id: stored.id.clone(),
-                version: stored.version,
-                last_updated_ms: stored.last_updated_ms,
-                body: None,
-            });
-        }
-        let opened = carevault_crypto::sealed_key_version(&stored.body)
-            .and_then(|version| {
-                keys.data_key(version)
-                    .ok_or(CryptoError::UnknownKeyVersion(version))
-            })
-            .and_then(|key| {
-                key.open(
-                    &resource_aad(scope, &stored.resource_type, &stored.id, stored.version),
-                    &stored.body,
-                )
-            });
-        let body = opened.ok().and_then(|plaintext| {
-            if parse {
-                let value = serde_json::from_slice::<Value>(&plaintext)
-                    .ok()
-                    .filter(|body| {
-                        body.get("resourceType").and_then(Value::as_str) == Some(rt.name())
-                            && body.get("id").and_then(Value::as_str) == Some(stored.id.as_str())
-                    })?;
-                let text = String::from_utf8(plaintext).ok()?;
-                Some(ResourceBody::from_both(text, value))
-            } else {
-                if !body::identity(&plaintext, rt.name(), &stored.id) {
-                    return None;
-                }
-                String::from_utf8(plaintext)
-                    .ok()
-                    .map(ResourceBody::from_text)
-            }
-        });
-        let Some(body) = body else {
-            tracing::error!(
-                tenant = %scope.tenant(),
-                resource_type = %stored.resource_type,
-                id = %stored.id,
-                version = stored.version,
-                "integrity failure: a sealed resource body did not open; it was changed or moved"
-            );
-            return Err(RecordError::Integrity);
-        };
-        Ok(ResourceView {
-            resource_type: rt,
-            id: stored.id.clone(),
-            version: stored.version,
-            last_updated_ms: stored.last_updated_ms,
-            body: Some(body),
-        })
     }
 }
 
@@ -840,103 +731,6 @@ pub(crate) fn stamp(
         Value::String(format_instant(now_ms)),
     );
     Ok(())
-}
-
-pub(crate) fn categories_of(types: impl IntoIterator<Item = ResourceType>) -> Vec<String> {
-    let categories: BTreeSet<&'static str> = types
-        .into_iter()
-        .flat_map(|rt| {
-            rt.data_categories()
-                .iter()
-                .map(|category| category.as_str())
-        })
-        .collect();
-    categories.into_iter().map(str::to_owned).collect()
-}
-
-pub(crate) fn audit_record(
-    principal: &Principal,
-    about: &AuditSubject<'_>,
-    subjects: Vec<String>,
-    categories: Vec<String>,
-    outcome: Outcome,
-    detail: Option<String>,
-    now_ms: i64,
-) -> AuditRecord {
-    let mut subjects = subjects;
-    subjects.sort();
-    subjects.dedup();
-    AuditRecord {
-        v: AUDIT_RECORD_VERSION,
-        seq: 0,
-        time_ms: now_ms,
-        tenant: principal.scope().tenant(),
-        principal: principal.actor().audit_name(),
-        session: principal.session().map(str::to_owned),
-        roles: principal.actor().roles(),
-        auth_strength: principal.strength().as_str().to_owned(),
-        source: principal.source().map(|ip| ip.to_string()),
-        action: about.action.to_owned(),
-        resource_type: about.resource_type.map(|rt| rt.name().to_owned()),
-        // The id comes from the URL: only a well-formed FHIR id is kept, so a client cannot
-        // put free text (a name, say) into the trail through a malformed one.
-        resource_id: about
-            .resource_id
-            .and_then(ResourceId::parse)
-            .map(|id| id.as_str().to_owned()),
-        purpose: principal.access().purpose_for(&subjects),
-        subjects,
-        categories,
-        outcome,
-        detail,
-    }
-}
-
-fn failure_record(
-    principal: &Principal,
-    about: &AuditSubject<'_>,
-    error: &RecordError,
-    now_ms: i64,
-) -> AuditRecord {
-    // Only the kind of failure is recorded: never request content, which may be personal.
-    let detail = match error {
-        RecordError::Invalid(issues) | RecordError::Unprocessable(issues) => {
-            Some(format!("{} issue(s)", issues.len()))
-        }
-        RecordError::Forbidden(_) => Some("scope".to_owned()),
-        _ => None,
-    };
-    audit_record(
-        principal,
-        about,
-        Vec::new(),
-        Vec::new(),
-        error.outcome(),
-        detail,
-        now_ms,
-    )
-}
-
-pub(crate) fn write_record(
-    principal: &Principal,
-    action: &str,
-    view: &ResourceView,
-    now_ms: i64,
-) -> AuditRecord {
-    let about = AuditSubject {
-        action,
-        resource_type: Some(view.resource_type),
-        resource_id: Some(&view.id),
-    };
-    audit_record(
-        principal,
-        &about,
-        view.subjects(),
-        categories_of([view.resource_type]),
-        Outcome::Success,
-        None,
-        now_ms,
-    )
 }
 
 /// Splits `a=1&b=2` into decoded pairs (form encoding: `+` is a space).
