@@ -472,9 +472,9 @@ pub(crate) fn filter_sizes(tenant: TenantId, query: &CandidateQuery) -> Option<(
         sql.push("(SELECT count(*) FROM (");
         match &query.filters[*position] {
             CandidateFilter::AnyDate { param, conditions } => {
-                push_date_rows(&mut sql, param, conditions);
+                push_date_rows(&mut sql, Rows::Ids, param, conditions);
             }
-            CandidateFilter::AnyToken(tokens) => push_token_rows(&mut sql, tokens),
+            CandidateFilter::AnyToken(tokens) => push_token_rows(&mut sql, Rows::Ids, tokens),
             // Not drivable: `drivable` above leaves them out.
             CandidateFilter::Ids(_) | CandidateFilter::LastUpdated(_) => {
                 sql.push("SELECT NULL");
@@ -485,25 +485,52 @@ pub(crate) fn filter_sizes(tenant: TenantId, query: &CandidateQuery) -> Option<(
     Some((sql, positions))
 }
 
-/// The ids of the rows matching any of `tokens` in the query's tenant and type (`$1`, `$2`).
-fn push_token_rows(sql: &mut Sql, tokens: &[[u8; 16]]) {
-    sql.push(
-        "SELECT t.id FROM search_tokens t \
-         WHERE t.tenant_id = $1 AND t.resource_type = $2 AND t.token IN (",
-    )
-    .bind_list(tokens.iter().map(|token| Value::Bytes(token.to_vec())))
-    .push(")");
+/// Which rows a filter's sub-select yields.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    /// The ids of every matching row of the query's tenant and type (`$1`, `$2`): a set of
+    /// candidates (`c.id IN (…)`).
+    Ids,
+    /// The candidate's own matching rows (`EXISTS (…)`): a look-up by `c.id`.
+    OfCandidate,
 }
 
-/// The ids of the rows of date `param` meeting any of `conditions`, in the query's tenant and
-/// type.
-fn push_date_rows(sql: &mut Sql, param: &str, conditions: &[DateCondition]) {
-    sql.push(
-        "SELECT d.id FROM search_dates d \
-         WHERE d.tenant_id = $1 AND d.resource_type = $2 AND d.param = ",
-    )
-    .bind(Value::Text(param.to_owned()))
-    .push(" AND (");
+impl Rows {
+    /// `SELECT … FROM table alias WHERE` the tenant and type match (and, for a probe, the id).
+    fn push_head(self, sql: &mut Sql, table: &'static str, alias: &'static str) {
+        match self {
+            Rows::Ids => sql.push("SELECT ").push(alias).push(".id"),
+            Rows::OfCandidate => sql.push("SELECT 1"),
+        };
+        sql.push(" FROM ")
+            .push(table)
+            .push(" ")
+            .push(alias)
+            .push(" WHERE ")
+            .push(alias)
+            .push(".tenant_id = $1 AND ")
+            .push(alias)
+            .push(".resource_type = $2");
+        if self == Rows::OfCandidate {
+            sql.push(" AND ").push(alias).push(".id = c.id");
+        }
+    }
+}
+
+/// The rows matching any of `tokens`.
+fn push_token_rows(sql: &mut Sql, rows: Rows, tokens: &[[u8; 16]]) {
+    rows.push_head(sql, "search_tokens", "t");
+    sql.push(" AND t.token IN (")
+        .bind_list(tokens.iter().map(|token| Value::Bytes(token.to_vec())))
+        .push(")");
+}
+
+/// The rows of date `param` meeting any of `conditions`.
+fn push_date_rows(sql: &mut Sql, rows: Rows, param: &str, conditions: &[DateCondition]) {
+    rows.push_head(sql, "search_dates", "d");
+    sql.push(" AND d.param = ")
+        .bind(Value::Text(param.to_owned()))
+        .push(" AND (");
     push_conditions(sql, conditions, "d.low", "d.high");
     sql.push(")");
 }
@@ -546,19 +573,15 @@ pub(crate) fn search(tenant: TenantId, query: &CandidateQuery, driver: Option<us
             CandidateFilter::AnyToken(tokens)
                 if !tokens.is_empty() && driver.is_some_and(|driver| driver != position) =>
             {
-                sql.push(
-                    "EXISTS (SELECT 1 FROM search_tokens t \
-                     WHERE t.tenant_id = $1 AND t.resource_type = $2 AND t.id = c.id \
-                       AND t.token IN (",
-                )
-                .bind_list(tokens.iter().map(|token| Value::Bytes(token.to_vec())))
-                .push("))");
+                sql.push("EXISTS (");
+                push_token_rows(&mut sql, Rows::OfCandidate, tokens);
+                sql.push(")");
             }
             CandidateFilter::AnyDate { param, conditions }
                 if !conditions.is_empty() && driver == Some(position) =>
             {
                 sql.push("c.id IN (");
-                push_date_rows(&mut sql, param, conditions);
+                push_date_rows(&mut sql, Rows::Ids, param, conditions);
                 sql.push(")");
             }
             _ => push_filter(&mut sql, filter),
@@ -597,7 +620,7 @@ fn push_filter(sql: &mut Sql, filter: &CandidateFilter) {
                 return;
             }
             sql.push("c.id IN (");
-            push_token_rows(sql, tokens);
+            push_token_rows(sql, Rows::Ids, tokens);
             sql.push(")");
         }
         CandidateFilter::AnyDate { param, conditions } => {
@@ -605,14 +628,9 @@ fn push_filter(sql: &mut Sql, filter: &CandidateFilter) {
                 sql.push("FALSE");
                 return;
             }
-            sql.push(
-                "EXISTS (SELECT 1 FROM search_dates d \
-                 WHERE d.tenant_id = $1 AND d.resource_type = $2 AND d.id = c.id AND d.param = ",
-            )
-            .bind(Value::Text(param.clone()))
-            .push(" AND (");
-            push_conditions(sql, conditions, "d.low", "d.high");
-            sql.push("))");
+            sql.push("EXISTS (");
+            push_date_rows(sql, Rows::OfCandidate, param, conditions);
+            sql.push(")");
         }
         CandidateFilter::Ids(ids) => {
             if ids.is_empty() {
