@@ -107,14 +107,14 @@ pub struct ResourceView {
 }
 
 impl ResourceView {
-    /// The patients whose data this is. A Patient is about itself, which needs no parsing of
-    /// its body (the rule is `carevault_fhir::data_subjects`').
+    /// The patients whose data this is, parsing the body only when they depend on it.
     pub fn subjects(&self) -> Vec<String> {
-        match &self.body {
-            Some(_) if self.resource_type.is_patient() => vec![self.id.clone()],
-            Some(body) => carevault_fhir::data_subjects(self.resource_type, body.value(), &self.id),
-            None => Vec::new(),
-        }
+        let Some(body) = &self.body else {
+            return Vec::new();
+        };
+        carevault_fhir::data_subjects_without_body(self.resource_type, &self.id).unwrap_or_else(
+            || carevault_fhir::data_subjects(self.resource_type, body.value(), &self.id),
+        )
     }
 }
 

@@ -18,7 +18,9 @@ pub mod types;
 mod validate;
 
 pub use nhs::{NHS_NUMBER_SYSTEM, nhs_number_is_valid};
-pub use references::{data_subjects, for_each_reference, for_each_reference_mut};
+pub use references::{
+    data_subjects, data_subjects_without_body, for_each_reference, for_each_reference_mut,
+};
 pub use search::{
     DateCondition, DatePrefix, Include, IndexEntry, Lookup, ParamFilter, ParamKind, SearchParam,
     SearchQuery, SortKey, index_entries, parse_search,

@@ -9,8 +9,8 @@ use crate::types::ResourceType;
 /// ids of relative `Patient/…` references in their patient-compartment fields.
 /// Deduplicated and sorted.
 pub fn data_subjects(rt: ResourceType, resource: &Value, own_id: &str) -> Vec<String> {
-    if rt.is_patient() {
-        return vec![own_id.to_owned()];
+    if let Some(subjects) = data_subjects_without_body(rt, own_id) {
+        return subjects;
     }
     let compartment = SearchParam {
         name: "",
@@ -27,6 +27,12 @@ pub fn data_subjects(rt: ResourceType, resource: &Value, own_id: &str) -> Vec<St
     ids.sort();
     ids.dedup();
     ids
+}
+
+/// The data subjects of a resource of type `rt` when they do not depend on its content (a
+/// Patient is about itself), so a caller may skip parsing the body; `None` when they do.
+pub fn data_subjects_without_body(rt: ResourceType, own_id: &str) -> Option<Vec<String>> {
+    rt.is_patient().then(|| vec![own_id.to_owned()])
 }
 
 /// An object holding a `reference` string is a Reference, except an

@@ -309,6 +309,14 @@ fn clinical_terms_and_dates() {
     assert!(!query("Observation", "date", "gt2024-03-01").params[0].matches(&o, "bp", 0));
     assert_eq!(data_subjects(rt("Observation"), &o, "bp"), vec!["example"]);
     assert_eq!(data_subjects(rt("Patient"), &patient(), "p1"), vec!["p1"]);
+    assert_eq!(
+        crate::data_subjects_without_body(rt("Patient"), "p1"),
+        Some(vec!["p1".to_owned()])
+    );
+    assert_eq!(
+        crate::data_subjects_without_body(rt("Observation"), "bp"),
+        None
+    );
     let appt = json!({"resourceType": "Appointment", "participant": [
         {"actor": {"reference": "Patient/b"}}, {"actor": {"reference": "Practitioner/x"}}, {"actor": {"reference": "Patient/a"}}, {"actor": {"reference": "Patient/a"}}]});
     assert_eq!(

@@ -35,8 +35,10 @@ impl Records {
         rt: ResourceType,
         stored: &StoredVersion,
     ) -> Result<ResourceView, RecordError> {
-        // A Patient's reach and audit need only its id: its body stays text, sent as stored.
-        let view = self.open_as(keys, principal.scope(), rt, stored, !rt.is_patient())?;
+        // When the data subjects do not depend on the content (a Patient), the reach check and
+        // the audit need no parsed body: it stays text, sent as stored.
+        let parse = carevault_fhir::data_subjects_without_body(rt, &stored.id).is_none();
+        let view = self.open_as(keys, principal.scope(), rt, stored, parse)?;
         if principal.access().reaches(&view.subjects()) {
             Ok(view)
         } else {
