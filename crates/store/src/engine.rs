@@ -15,7 +15,10 @@
 //!   `sqlite/direct.rs`), or `None`;
 //! - `append_audit_fast(&self, &[AuditRecord])`: the engine's own shared audit append, or
 //!   `None` to use the transaction below (SQLite appends on the caller's thread through a
-//!   connection of its own, `sqlite/audit_append.rs`);
+//!   connection of its own, `sqlite/writer.rs`);
+//! - `commit_fast(&self, TenantId, &[ResourceWrite], &[AuditRecord])`: the engine's own commit
+//!   of resource writes, or `None` to use the transaction below (SQLite groups concurrent
+//!   commits into one transaction, `sqlite/writer.rs`);
 //! - `enter_tenant(&mut Connection, TenantId)`: rebinds an open transaction to another tenant
 //!   (used by `append_audit`, whose batch may span tenants).
 //!
@@ -716,6 +719,9 @@ macro_rules! implement_store {
                         return Err(StoreError::Backend(
                             "an audit record of a commit names another tenant".to_owned(),
                         ));
+                    }
+                    if let Some(committed) = self.commit_fast(tenant, writes, audit).await {
+                        return committed;
                     }
                     let mut tx = self.begin_write(Some(tenant)).await?;
                     // On error the transaction is dropped, which rolls it back.

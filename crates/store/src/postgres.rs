@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use carevault_domain::audit::AuditRecord;
 use carevault_domain::ids::TenantId;
-use carevault_domain::store::{StoreError, StoreResult};
+use carevault_domain::store::{ResourceWrite, StoreError, StoreResult};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Executor, Postgres, Row, Transaction};
 
@@ -144,6 +144,16 @@ impl PgStore {
 
     /// PostgreSQL appends in the shared transaction of `implement_store!`.
     async fn append_audit_fast(&self, _records: &[AuditRecord]) -> Option<StoreResult<()>> {
+        None
+    }
+
+    /// PostgreSQL commits in the shared transaction of `implement_store!`.
+    async fn commit_fast(
+        &self,
+        _tenant: TenantId,
+        _writes: &[ResourceWrite],
+        _audit: &[AuditRecord],
+    ) -> Option<StoreResult<()>> {
         None
     }
 

@@ -2,20 +2,21 @@
 //!
 //! Writes go through a single writer connection and take the write lock at `BEGIN IMMEDIATE`,
 //! so concurrent writers queue in the pool instead of failing with `SQLITE_BUSY`; reads use a
-//! separate pool and, under WAL, never wait for the writer. The hottest reads and the group
-//! committer's audit append skip sqlx's connection threads (`sqlite/direct.rs`,
-//! `sqlite/audit_append.rs`). The file and its directory are created readable by the owner
+//! separate pool and, under WAL, never wait for the writer. The hottest reads, the group
+//! committer's audit append and the commits of resource writes skip sqlx's connection threads
+//! (`sqlite/direct.rs`, `sqlite/writer.rs`). The file and its directory are created readable by the owner
 //! only.
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use carevault_domain::audit::AuditRecord;
 use carevault_domain::ids::TenantId;
-use carevault_domain::store::{StoreError, StoreResult};
+use carevault_domain::store::{ResourceWrite, StoreError, StoreResult};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
@@ -27,12 +28,12 @@ use crate::engine::{backend, implement_store};
 use crate::migrations;
 use crate::people::implement_people_store;
 
-mod audit_append;
 mod audit_keys;
 pub(crate) mod direct;
+mod writer;
 
-use audit_append::AuditWriter;
 use direct::DirectReads;
+use writer::{PendingCommit, Writer};
 
 /// How long a statement waits for a lock held by another process (a backup, the CLI).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,8 +55,11 @@ type TenantQuery<'q> = sqlx::query::Query<'q, Sqlite, <Sqlite as sqlx::Database>
 pub struct SqliteStore {
     reader: SqlitePool,
     writer: SqlitePool,
-    /// The group committer's appends, on its own thread (see `sqlite/audit_append.rs`).
-    audit_writer: AuditWriter,
+    /// The group committer's appends and the commits of resource writes (see
+    /// `sqlite/writer.rs`).
+    sync_writer: Arc<Writer>,
+    /// Numbers the queued commits.
+    tickets: AtomicU64,
     /// The bearer check, reads by id and searches, on the caller's thread.
     direct: DirectReads,
     /// The background checkpointer stops once this is dropped.
@@ -110,7 +114,7 @@ impl SqliteStore {
             .await
             .map_err(backend)?;
         let direct = DirectReads::open(path, BUSY_TIMEOUT)?;
-        let audit_writer = AuditWriter::open(
+        let sync_writer = Writer::open(
             path,
             BUSY_TIMEOUT,
             audit_keys::INSERT_KEYS,
@@ -118,6 +122,7 @@ impl SqliteStore {
                 ("synchronous", "FULL"),
                 ("foreign_keys", "ON"),
                 ("temp_store", "MEMORY"),
+                ("cache_size", WRITER_CACHE),
                 ("wal_autocheckpoint", WRITER_AUTOCHECKPOINT),
             ],
         )?;
@@ -129,7 +134,8 @@ impl SqliteStore {
         Ok(SqliteStore {
             reader,
             writer,
-            audit_writer,
+            sync_writer: Arc::new(sync_writer),
+            tickets: AtomicU64::new(0),
             direct,
             _checkpointer: alive,
         })
@@ -180,7 +186,71 @@ impl SqliteStore {
             Ok(connection) => connection,
             Err(error) => return Some(Err(backend(error))),
         };
-        Some(self.audit_writer.append(records))
+        Some(self.sync_writer.append(records))
+    }
+
+    /// A commit of resource writes: queued, then written with every other commit queued by
+    /// the time the write lock is free, in one transaction (see `sqlite/writer.rs`). Whoever
+    /// takes the lock writes the queue; a caller whose commit was written meanwhile has its
+    /// outcome already and does not take the lock.
+    async fn commit_fast(
+        &self,
+        tenant: TenantId,
+        writes: &[ResourceWrite],
+        audit: &[AuditRecord],
+    ) -> Option<StoreResult<()>> {
+        let (done, mut outcome) = tokio::sync::oneshot::channel();
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+        let queued = self.sync_writer.enqueue(PendingCommit {
+            ticket,
+            tenant,
+            writes: writes.to_vec(),
+            audit: audit.to_vec(),
+            done,
+        });
+        if let Err(error) = queued {
+            return Some(Err(error));
+        }
+        let lost = || StoreError::Backend("the SQLite writer stopped before answering".to_owned());
+        let lock = tokio::select! {
+            biased;
+            written = &mut outcome => return Some(written.unwrap_or_else(|_| Err(lost()))),
+            lock = self.writer.acquire() => lock,
+        };
+        let mut lock = match lock {
+            Ok(lock) => lock,
+            Err(error) if self.sync_writer.withdraw(ticket) => return Some(Err(backend(error))),
+            // Taken by a holder of the lock: its outcome is on the way.
+            Err(_) => return Some(outcome.await.unwrap_or_else(|_| Err(lost()))),
+        };
+        // Groups are written oldest first, so this commit is in one of the next few.
+        loop {
+            match outcome.try_recv() {
+                Ok(written) => return Some(written),
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => return Some(Err(lost())),
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+            }
+            let group = self.sync_writer.take();
+            if group.is_empty() {
+                // Not reachable: this commit stays queued until a group holding it is written.
+                return Some(Err(lost()));
+            }
+            let writer = Arc::clone(&self.sync_writer);
+            // The lock goes with the group, so it is held until the group is written even if
+            // this caller stops waiting.
+            lock = match tokio::task::spawn_blocking(move || {
+                writer.commit_group(group);
+                lock
+            })
+            .await
+            {
+                Ok(lock) => lock,
+                Err(error) => {
+                    tracing::error!(%error, "the SQLite group commit failed");
+                    return Some(outcome.await.unwrap_or_else(|_| Err(lost())));
+                }
+            };
+        }
     }
 
     async fn begin_write(

@@ -2,7 +2,7 @@
 //! distinct key per segment, in a `WITHOUT ROWID` table (the rows are the index), grouped in
 //! buckets of sequence numbers (see [`BUCKET_SHIFT`](crate::audit::BUCKET_SHIFT)) that a search
 //! walks newest first. The layout `implement_audit_store!` is given for SQLite; the group
-//! committer's append (`audit_append.rs`, through rusqlite) writes the same rows with the same
+//! committer's append (`writer.rs`, through rusqlite) writes the same rows with the same
 //! statement.
 
 use carevault_domain::ids::TenantId;

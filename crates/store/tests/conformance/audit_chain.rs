@@ -37,7 +37,7 @@ fn links_of(entries: Vec<StoredEntry>) -> Vec<StoredLink> {
 }
 
 /// Walks a chain page by page through the store, as `audit verify` does.
-async fn verify(store: &Arc<dyn Store>, tenant: TenantId, page: usize) -> TenantReport {
+pub(crate) async fn verify(store: &Arc<dyn Store>, tenant: TenantId, page: usize) -> TenantReport {
     let mut check = ChainCheck::new(tenant, Vec::new());
     loop {
         let links = store

@@ -16,6 +16,7 @@ conformance!(
     conflict_rolls_back_the_whole_commit,
     a_large_commit_writes_every_resource_and_its_search_rows,
     a_commit_naming_one_id_twice_conflicts_and_writes_nothing,
+    concurrent_commits_succeed_or_fail_alone,
     sqlite_checkpoints_the_wal_in_the_background,
     tombstones_are_current_but_not_searchable,
     history_is_newest_first_and_pages,
@@ -504,6 +505,80 @@ async fn a_commit_naming_one_id_twice_conflicts_and_writes_nothing(
         .is_empty()
     );
     assert_eq!(raw.audit_rows().await, rows_before);
+}
+
+/// Many commits at once (SQLite writes those that wait for its one writer together, in one
+/// transaction): each commit still succeeds or fails alone. Every fifth commit also creates an
+/// id that exists, and must conflict and leave nothing behind (neither its other resource, nor
+/// its search rows, nor its audit record), while every other commit is written whole, and the
+/// audit sequence has no gap.
+async fn concurrent_commits_succeed_or_fail_alone(store: Arc<dyn Store>, raw: &Raw) {
+    let (tenant, scope) = new_tenant(&store, "concurrent").await;
+    store
+        .commit(&scope, &[create("Patient", "taken", T0)], &[])
+        .await
+        .unwrap();
+    let rows_before = raw.audit_rows().await;
+    let commits = 40;
+    let mut running = Vec::new();
+    for index in 0..commits {
+        let (store, scope) = (store.clone(), scope.clone());
+        running.push(tokio::spawn(async move {
+            let mut mine = create("Patient", &format!("c{index}"), T0 + 1);
+            mine.tokens = vec![token(7)];
+            mine.dates = vec![date("birthdate", 0, 10)];
+            let mut writes = vec![mine];
+            if index % 5 == 0 {
+                writes.push(create("Patient", "taken", T0 + 1));
+            }
+            let records = [audit(tenant, "create", &format!("commit {index}"))];
+            store.commit(&scope, &writes, &records).await
+        }));
+    }
+    let mut written = Vec::new();
+    for (index, commit) in running.into_iter().enumerate() {
+        let outcome = commit.await.unwrap();
+        if index % 5 == 0 {
+            assert!(
+                matches!(outcome, Err(StoreError::Conflict { ref id, .. }) if id == "taken"),
+                "commit {index}: {outcome:?}"
+            );
+            let id = format!("c{index}");
+            assert_eq!(store.current(&scope, "Patient", &id).await.unwrap(), None);
+        } else {
+            outcome.unwrap_or_else(|error| panic!("commit {index}: {error}"));
+            written.push(format!("c{index}"));
+        }
+    }
+    assert_eq!(
+        sorted(
+            search_all_ids(
+                &store,
+                &scope,
+                query("Patient", vec![CandidateFilter::AnyToken(vec![token(7)])])
+            )
+            .await
+        ),
+        sorted(written.clone())
+    );
+    let records = store.audit_records(tenant).await.unwrap();
+    let seqs: Vec<i64> = records.iter().map(|record| record.seq).collect();
+    assert_eq!(seqs, (1..=written.len() as i64).collect::<Vec<_>>());
+    let mut details: Vec<String> = records
+        .iter()
+        .filter_map(|record| record.detail.clone())
+        .collect();
+    details.sort();
+    let mut expected: Vec<String> = (0..commits)
+        .filter(|index| index % 5 != 0)
+        .map(|index| format!("commit {index}"))
+        .collect();
+    expected.sort();
+    assert_eq!(details, expected);
+    let report = crate::audit_chain::verify(&store, tenant, 100).await;
+    assert!(report.breaks.is_empty(), "{:?}", report.breaks);
+    assert_eq!(report.records, written.len() as u64);
+    assert!(raw.audit_rows().await > rows_before);
 }
 
 /// SQLite: committed pages reach the database file without waiting for the writer's own

@@ -1,0 +1,626 @@
+//! SQLite's writes that matter for throughput, through rusqlite on a connection of their own:
+//! the group committer's audit append and the commits of resource writes.
+//!
+//! sqlx runs each SQLite connection on a thread of its own, and every statement is a hand-off
+//! to that thread and back; its multi-row statements are parsed afresh each time (their text
+//! changes with the number of rows) and bind each value by looking its name up in a list, a
+//! cost that grows with the square of the values. During an import the writer spent a fifth of
+//! its time parsing and binding. Here every statement is a single-row one, prepared once and
+//! kept in the connection's cache.
+//!
+//! **Audit append.** The committer's append runs synchronously on the committer's thread: `BEGIN
+//! IMMEDIATE`, each tenant's head read afresh, the records chained onto it and stored as
+//! segments with their search keys, the head moved forward, `COMMIT`. The head is read inside
+//! the transaction that moves it, so an append never chains onto a stale head, whoever wrote
+//! since (a write transaction, retention, another process).
+//!
+//! **Resource commits, grouped.** A commit queues itself and waits for the store's write lock;
+//! whoever takes the lock commits every commit queued by then in one SQLite transaction, each
+//! inside a savepoint of its own. A commit that fails (a version conflict) rolls back to its
+//! savepoint and fails alone; the others commit. One transaction writes each page a group
+//! touches once, where one per commit wrote the shared index pages (the right edge of each
+//! table, the tokens many resources share) once per commit. If SQLite abandons the whole
+//! transaction (a full disk, an I/O error), or `COMMIT` fails, every commit of the group fails:
+//! none is reported written unless the transaction that holds it committed.
+//!
+//! The caller holds the store's write lock (its one sqlx writer connection) meanwhile, so this
+//! connection and the writer never wait on each other inside SQLite (whose busy handler sleeps
+//! for milliseconds); another process still meets the busy timeout.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use carevault_domain::audit::AuditRecord;
+use carevault_domain::ids::TenantId;
+use carevault_domain::store::{Precondition, ResourceWrite, StoreError, StoreResult};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use super::direct::stable_plans;
+use crate::audit::{
+    INSERT_SEGMENT, SELECT_HEAD, bucket_of, build_segments, keys_json, previous_hash,
+};
+use crate::engine::group_by_tenant;
+use crate::sql::{self, sqlite_placeholders};
+
+/// Sets a tenant's head (creating it for the tenant's first record).
+const UPSERT_HEAD: &str = "INSERT INTO audit_heads (tenant_id, seq, hash) VALUES ($1, $2, $3) \
+     ON CONFLICT (tenant_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash";
+/// A new version; nothing is written when the version exists (the caller reports a conflict).
+const INSERT_VERSION: &str = "INSERT INTO resource_versions \
+     (tenant_id, resource_type, id, version, last_updated_ms, deleted, body) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING";
+const UPSERT_CURRENT: &str = "INSERT INTO resource_current \
+     (tenant_id, resource_type, id, version, last_updated_ms, deleted) \
+     VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (tenant_id, resource_type, id) DO UPDATE SET \
+       version = excluded.version, last_updated_ms = excluded.last_updated_ms, \
+       deleted = excluded.deleted";
+const INSERT_TOKEN: &str = "INSERT INTO search_tokens (tenant_id, resource_type, id, token) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+const INSERT_DATE: &str = "INSERT INTO search_dates \
+     (tenant_id, resource_type, id, param, low, high) \
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
+
+/// Most resource writes in one group, so that a commit waits for at most this many others
+/// (about a fifth of a second of writing here).
+const GROUP_WRITES: usize = 2_000;
+
+fn backend(error: rusqlite::Error) -> StoreError {
+    StoreError::Backend(error.to_string())
+}
+
+/// Why a group written whole was not written.
+enum Failure {
+    /// One of its commits failed: written one by one, the others may still succeed.
+    Commit,
+    /// The transaction could not begin or commit: nothing of the group can be written.
+    Group(StoreError),
+}
+
+/// One commit of resource writes and their audit records, waiting to be written.
+pub(crate) struct PendingCommit {
+    pub(crate) ticket: u64,
+    pub(crate) tenant: TenantId,
+    pub(crate) writes: Vec<ResourceWrite>,
+    pub(crate) audit: Vec<AuditRecord>,
+    pub(crate) done: oneshot::Sender<StoreResult<()>>,
+}
+
+/// The statements, with SQLite's `?n` placeholders.
+struct Statements {
+    select_head: String,
+    upsert_head: String,
+    insert_segment: String,
+    insert_keys: String,
+    select_current_version: String,
+    delete_tokens: String,
+    delete_dates: String,
+    insert_version: String,
+    upsert_current: String,
+    insert_token: String,
+    insert_date: String,
+}
+
+/// The connection the group committer appends through and resource commits are written by.
+pub(crate) struct Writer {
+    connection: Mutex<Connection>,
+    statements: Statements,
+    /// Commits waiting for the write lock, in the order they queued.
+    pending: Mutex<Vec<PendingCommit>>,
+}
+
+impl Writer {
+    /// `pragmas` are the writer's: the same durability (`synchronous`) and checkpoint backstop.
+    pub(crate) fn open(
+        path: &Path,
+        busy_timeout: Duration,
+        insert_keys: &str,
+        pragmas: &[(&str, &str)],
+    ) -> StoreResult<Writer> {
+        let connection = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(backend)?;
+        connection.busy_timeout(busy_timeout).map_err(backend)?;
+        stable_plans(&connection)?;
+        for (name, value) in pragmas {
+            connection
+                .pragma_update(None, name, value)
+                .map_err(backend)?;
+        }
+        Ok(Writer {
+            connection: Mutex::new(connection),
+            statements: Statements {
+                select_head: sqlite_placeholders(SELECT_HEAD),
+                upsert_head: sqlite_placeholders(UPSERT_HEAD),
+                insert_segment: sqlite_placeholders(INSERT_SEGMENT),
+                insert_keys: sqlite_placeholders(insert_keys),
+                select_current_version: sqlite_placeholders(sql::SELECT_CURRENT_VERSION_NUMBER),
+                delete_tokens: sqlite_placeholders(sql::DELETE_TOKENS),
+                delete_dates: sqlite_placeholders(sql::DELETE_DATES),
+                insert_version: sqlite_placeholders(INSERT_VERSION),
+                upsert_current: sqlite_placeholders(UPSERT_CURRENT),
+                insert_token: sqlite_placeholders(INSERT_TOKEN),
+                insert_date: sqlite_placeholders(INSERT_DATE),
+            },
+            pending: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn connection(&self) -> StoreResult<std::sync::MutexGuard<'_, Connection>> {
+        self.connection
+            .lock()
+            .map_err(|_| StoreError::Backend("the SQLite writer is poisoned".to_owned()))
+    }
+
+    /// Appends `records` (any tenants), chained, in one transaction. The caller holds the
+    /// store's write lock.
+    pub(crate) fn append(&self, records: &[AuditRecord]) -> StoreResult<()> {
+        let groups = group_by_tenant(records);
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let mut connection = self.connection()?;
+        // Dropped without `commit`, the transaction rolls back.
+        let tx = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        for (tenant, group) in &groups {
+            self.append_chained(&tx, *tenant, group)?;
+        }
+        tx.commit().map_err(backend)
+    }
+
+    /// Chains `records` of one tenant onto its head, inside the caller's transaction.
+    fn append_chained(
+        &self,
+        connection: &Connection,
+        tenant: TenantId,
+        records: &[&AuditRecord],
+    ) -> StoreResult<()> {
+        let statements = &self.statements;
+        let tenant_bytes = tenant.as_uuid().into_bytes();
+        let head: Option<(i64, Option<Vec<u8>>)> = {
+            let mut statement = connection
+                .prepare_cached(&statements.select_head)
+                .map_err(backend)?;
+            let mut rows = statement.query(params![tenant_bytes]).map_err(backend)?;
+            match rows.next().map_err(backend)? {
+                Some(row) => Some((row.get(0).map_err(backend)?, row.get(1).map_err(backend)?)),
+                None => None,
+            }
+        };
+        let (seq, stored) = head.unwrap_or((0, None));
+        let (segments, hash) = build_segments(seq, previous_hash(seq, stored)?, records)?;
+        let count = i64::try_from(records.len())
+            .map_err(|_| StoreError::Backend("audit batch too large".to_owned()))?;
+        connection
+            .prepare_cached(&statements.upsert_head)
+            .and_then(|mut statement| {
+                statement.execute(params![tenant_bytes, seq + count, hash.as_slice()])
+            })
+            .map_err(backend)?;
+        for segment in &segments {
+            connection
+                .prepare_cached(&statements.insert_segment)
+                .and_then(|mut statement| {
+                    statement.execute(params![
+                        tenant_bytes,
+                        segment.first_seq,
+                        segment.last_seq,
+                        segment.min_time_ms,
+                        segment.max_time_ms,
+                        segment.prev_hash.as_slice(),
+                        segment.body,
+                    ])
+                })
+                .map_err(backend)?;
+            if !segment.keys.is_empty() {
+                connection
+                    .prepare_cached(&statements.insert_keys)
+                    .and_then(|mut statement| {
+                        statement.execute(params![
+                            tenant_bytes,
+                            bucket_of(segment.first_seq),
+                            segment.first_seq,
+                            keys_json(&segment.keys),
+                        ])
+                    })
+                    .map_err(backend)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a commit; the next holder of the write lock writes it (see [`Writer::take`]).
+    pub(crate) fn enqueue(&self, commit: PendingCommit) -> StoreResult<()> {
+        self.pending
+            .lock()
+            .map_err(|_| StoreError::Backend("the SQLite commit queue is poisoned".to_owned()))?
+            .push(commit);
+        Ok(())
+    }
+
+    /// The queued commits to write next, oldest first: as many as fit in [`GROUP_WRITES`]
+    /// writes, and always at least one. The caller holds the write lock.
+    pub(crate) fn take(&self) -> Vec<PendingCommit> {
+        let Ok(mut pending) = self.pending.lock() else {
+            return Vec::new();
+        };
+        let mut writes = 0;
+        let fit = pending
+            .iter()
+            .take_while(|commit| {
+                writes += commit.writes.len();
+                writes <= GROUP_WRITES
+            })
+            .count()
+            .max(1)
+            .min(pending.len());
+        pending.drain(..fit).collect()
+    }
+
+    /// Removes the queued commit `ticket`, if it is still queued (its caller gave up waiting
+    /// for the write lock); `false` when a holder of the lock has taken it already.
+    pub(crate) fn withdraw(&self, ticket: u64) -> bool {
+        self.pending.lock().is_ok_and(|mut pending| {
+            let before = pending.len();
+            pending.retain(|commit| commit.ticket != ticket);
+            pending.len() < before
+        })
+    }
+
+    /// Writes `group` in one transaction, each commit in a savepoint of its own, and tells
+    /// each commit's caller its outcome. The caller holds the store's write lock.
+    pub(crate) fn commit_group(&self, group: Vec<PendingCommit>) {
+        let outcomes = self.write_group(&group);
+        if std::env::var_os("CV_GROUP_STATS").is_some() {
+            eprintln!(
+                "GROUP {} {}",
+                group.len(),
+                group.iter().map(|c| c.writes.len()).sum::<usize>()
+            );
+        }
+        for (commit, outcome) in group.into_iter().zip(outcomes) {
+            // A caller that stopped waiting is not told.
+            let _ = commit.done.send(outcome);
+        }
+    }
+
+    fn write_group(&self, group: &[PendingCommit]) -> Vec<StoreResult<()>> {
+        let everyone = |error: &StoreError| -> Vec<StoreResult<()>> {
+            group
+                .iter()
+                .map(|_| Err(StoreError::Backend(error.to_string())))
+                .collect()
+        };
+        let mut connection = match self.connection() {
+            Ok(connection) => connection,
+            Err(error) => return everyone(&error),
+        };
+        // Most groups fail nowhere: write them whole, without savepoints (a savepoint copies
+        // every page it changes first, a tenth of the writer's time). If any commit fails,
+        // nothing is kept and the group is written again, each commit in a savepoint of its own.
+        match self.write_whole(&mut connection, group) {
+            Ok(()) => return group.iter().map(|_| Ok(())).collect(),
+            Err(Failure::Commit) => {}
+            Err(Failure::Group(error)) => return everyone(&error),
+        }
+        let mut tx = match connection.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(error) => return everyone(&backend(error)),
+        };
+        let mut outcomes = Vec::with_capacity(group.len());
+        for commit in group {
+            let outcome = match tx.savepoint() {
+                Ok(mut savepoint) => match self.write_one(&savepoint, commit) {
+                    Ok(()) => savepoint.commit().map_err(backend),
+                    Err(error) => {
+                        // A failed commit leaves nothing behind; the transaction goes on.
+                        let undone = savepoint.rollback().and_then(|()| savepoint.commit());
+                        match undone {
+                            Ok(()) => Err(error),
+                            // The transaction itself is gone.
+                            Err(_) => return everyone(&error),
+                        }
+                    }
+                },
+                Err(error) => return everyone(&backend(error)),
+            };
+            // SQLite abandons the whole transaction on some errors (a full disk, I/O): then
+            // nothing of this group is written, and later statements would run outside any
+            // transaction.
+            if tx.is_autocommit() {
+                let error = outcome.err().unwrap_or_else(|| {
+                    StoreError::Backend("SQLite abandoned the write transaction".to_owned())
+                });
+                return everyone(&error);
+            }
+            outcomes.push(outcome);
+        }
+        match tx.commit() {
+            Ok(()) => outcomes,
+            Err(error) => everyone(&backend(error)),
+        }
+    }
+
+    /// Writes every commit of `group` in one transaction, or none of them.
+    fn write_whole(
+        &self,
+        connection: &mut Connection,
+        group: &[PendingCommit],
+    ) -> Result<(), Failure> {
+        let group_failed = |error: rusqlite::Error| Failure::Group(backend(error));
+        let tx = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(group_failed)?;
+        for commit in group {
+            if self.write_one(&tx, commit).is_err() {
+                // Dropped, the transaction rolls back; the caller finds which commit failed.
+                return Err(Failure::Commit);
+            }
+        }
+        tx.commit().map_err(group_failed)
+    }
+
+    /// One commit's writes, in order, then its audit records.
+    fn write_one(&self, connection: &Connection, commit: &PendingCommit) -> StoreResult<()> {
+        let statements = &self.statements;
+        let tenant = commit.tenant.as_uuid().into_bytes();
+        let run = |text: &str, values: &[&dyn rusqlite::ToSql]| -> StoreResult<usize> {
+            connection
+                .prepare_cached(text)
+                .and_then(|mut statement| statement.execute(values))
+                .map_err(backend)
+        };
+        for write in &commit.writes {
+            let version = &write.version;
+            let (resource_type, id) = (version.resource_type.as_str(), version.id.as_str());
+            let conflict = || StoreError::Conflict {
+                resource_type: version.resource_type.clone(),
+                id: version.id.clone(),
+            };
+            // A create of version 1 needs no look-up: every resource has a version 1 once it
+            // exists (versions are never removed), so the primary key of `resource_versions`
+            // refuses a create of an existing id, and a new id has no search rows to replace.
+            let creates = write.precondition == Precondition::Absent && version.version == 1;
+            if !creates {
+                let current: Option<i64> = {
+                    let mut statement = connection
+                        .prepare_cached(&statements.select_current_version)
+                        .map_err(backend)?;
+                    let mut rows = statement
+                        .query(params![tenant, resource_type, id])
+                        .map_err(backend)?;
+                    match rows.next().map_err(backend)? {
+                        Some(row) => Some(row.get(0).map_err(backend)?),
+                        None => None,
+                    }
+                };
+                let holds = match write.precondition {
+                    Precondition::Absent => current.is_none(),
+                    Precondition::CurrentVersion(expected) => current == Some(expected),
+                };
+                if !holds {
+                    return Err(conflict());
+                }
+                run(
+                    &statements.delete_tokens,
+                    params![tenant, resource_type, id],
+                )?;
+                run(&statements.delete_dates, params![tenant, resource_type, id])?;
+            }
+            let inserted = run(
+                &statements.insert_version,
+                params![
+                    tenant,
+                    resource_type,
+                    id,
+                    version.version,
+                    version.last_updated_ms,
+                    version.deleted,
+                    version.body,
+                ],
+            )?;
+            if inserted == 0 {
+                return Err(conflict());
+            }
+            run(
+                &statements.upsert_current,
+                params![
+                    tenant,
+                    resource_type,
+                    id,
+                    version.version,
+                    version.last_updated_ms,
+                    version.deleted,
+                ],
+            )?;
+            if version.deleted {
+                continue;
+            }
+            for token in &write.tokens {
+                run(
+                    &statements.insert_token,
+                    params![tenant, resource_type, id, token.as_slice()],
+                )?;
+            }
+            for date in &write.dates {
+                run(
+                    &statements.insert_date,
+                    params![tenant, resource_type, id, date.param, date.low, date.high],
+                )?;
+            }
+        }
+        let records: Vec<&AuditRecord> = commit.audit.iter().collect();
+        if !records.is_empty() {
+            self.append_chained(connection, commit.tenant, &records)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use carevault_domain::audit::Outcome;
+    use carevault_domain::store::{DateEntry, Store, StoredVersion, TenantRecord, TenantStatus};
+    use carevault_domain::testing::scope_for;
+
+    use super::*;
+    use crate::SqliteStore;
+
+    fn create(id: &str) -> ResourceWrite {
+        ResourceWrite {
+            version: StoredVersion {
+                resource_type: "Patient".to_owned(),
+                id: id.to_owned(),
+                version: 1,
+                last_updated_ms: 1,
+                deleted: false,
+                body: format!("sealed {id}").into_bytes(),
+            },
+            precondition: Precondition::Absent,
+            tokens: vec![[9; 16]],
+            dates: vec![DateEntry {
+                param: "birthdate".to_owned(),
+                low: 0,
+                high: 10,
+            }],
+        }
+    }
+
+    fn record(tenant: TenantId, detail: &str) -> AuditRecord {
+        AuditRecord {
+            v: 1,
+            seq: 0,
+            time_ms: 1,
+            tenant,
+            principal: "operator/cli".to_owned(),
+            session: None,
+            roles: Vec::new(),
+            auth_strength: "host-operator".to_owned(),
+            source: None,
+            action: "create".to_owned(),
+            resource_type: Some("Patient".to_owned()),
+            resource_id: None,
+            subjects: Vec::new(),
+            categories: Vec::new(),
+            purpose: None,
+            outcome: Outcome::Success,
+            detail: Some(detail.to_owned()),
+        }
+    }
+
+    fn pending(
+        tenant: TenantId,
+        ticket: u64,
+        writes: Vec<ResourceWrite>,
+    ) -> (PendingCommit, oneshot::Receiver<StoreResult<()>>) {
+        let (done, outcome) = oneshot::channel();
+        let audit = vec![record(tenant, &format!("commit {ticket}"))];
+        (
+            PendingCommit {
+                ticket,
+                tenant,
+                writes,
+                audit,
+                done,
+            },
+            outcome,
+        )
+    }
+
+    /// A group whose middle commit conflicts is written again commit by commit: the commits
+    /// around it are written whole, the conflicting one leaves nothing, and the audit records
+    /// of the written ones chain on without a gap. A group with no failure is written whole.
+    #[tokio::test]
+    async fn a_failed_commit_fails_alone_in_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db.sqlite"))
+            .await
+            .unwrap();
+        let tenant = TenantId::generate();
+        let tenant_record = TenantRecord {
+            id: tenant,
+            name: "group".to_owned(),
+            status: TenantStatus::Active,
+            created_ms: 1,
+        };
+        store.create_tenant(&tenant_record, &[]).await.unwrap();
+        let scope = scope_for(tenant);
+        store.commit(&scope, &[create("taken")], &[]).await.unwrap();
+
+        let (first, first_outcome) = pending(tenant, 1, vec![create("a")]);
+        let (second, second_outcome) = pending(tenant, 2, vec![create("b"), create("taken")]);
+        let (third, third_outcome) = pending(tenant, 3, vec![create("c")]);
+        store.sync_writer.commit_group(vec![first, second, third]);
+        assert!(matches!(first_outcome.await.unwrap(), Ok(())));
+        assert!(matches!(
+            second_outcome.await.unwrap(),
+            Err(StoreError::Conflict { ref id, .. }) if id == "taken"
+        ));
+        assert!(matches!(third_outcome.await.unwrap(), Ok(())));
+        for (id, present) in [("a", true), ("b", false), ("c", true)] {
+            let current = store.current(&scope, "Patient", id).await.unwrap();
+            assert_eq!(current.is_some(), present, "{id}");
+        }
+
+        let (fourth, fourth_outcome) = pending(tenant, 4, vec![create("d")]);
+        let (fifth, fifth_outcome) = pending(tenant, 5, vec![create("e")]);
+        store.sync_writer.commit_group(vec![fourth, fifth]);
+        assert!(matches!(fourth_outcome.await.unwrap(), Ok(())));
+        assert!(matches!(fifth_outcome.await.unwrap(), Ok(())));
+
+        let records = store.audit_records(tenant).await.unwrap();
+        let written: Vec<(i64, Option<&str>)> = records
+            .iter()
+            .map(|record| (record.seq, record.detail.as_deref()))
+            .collect();
+        assert_eq!(
+            written,
+            [
+                (1, Some("commit 1")),
+                (2, Some("commit 3")),
+                (3, Some("commit 4")),
+                (4, Some("commit 5"))
+            ]
+        );
+    }
+
+    /// A group stops before the commit that would take it past [`GROUP_WRITES`] writes, but
+    /// holds at least one commit, however large; commits leave the queue oldest first.
+    #[tokio::test]
+    async fn groups_are_bounded_and_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db.sqlite"))
+            .await
+            .unwrap();
+        let tenant = TenantId::generate();
+        let writes = |count: usize| (0..count).map(|n| create(&format!("p{n}"))).collect();
+        let mut outcomes = Vec::new();
+        for (ticket, count) in [
+            (1, 1_200),
+            (2, 700),
+            (3, 200),
+            (4, GROUP_WRITES + 1),
+            (5, 1),
+        ] {
+            let (commit, outcome) = pending(tenant, ticket, writes(count));
+            store.sync_writer.enqueue(commit).unwrap();
+            outcomes.push(outcome);
+        }
+        let tickets = |group: Vec<PendingCommit>| -> Vec<u64> {
+            group.iter().map(|commit| commit.ticket).collect()
+        };
+        assert_eq!(tickets(store.sync_writer.take()), [1, 2]);
+        assert_eq!(tickets(store.sync_writer.take()), [3]);
+        assert_eq!(tickets(store.sync_writer.take()), [4]);
+        assert!(store.sync_writer.withdraw(5));
+        assert!(!store.sync_writer.withdraw(5));
+        assert!(store.sync_writer.take().is_empty());
+    }
+}
