@@ -230,9 +230,10 @@ macro_rules! implement_store {
                 super::audit_implementation::append_chained(connection, tenant, records).await
             }
 
-            /// Applies `writes`, in order, inside the committing transaction. A run of creates
+            /// Applies `writes`, in order, inside the committing transaction (PostgreSQL's
+            /// commits; SQLite's go through `commit_fast`, `sqlite/writer.rs`). A run of creates
             /// is written together, a few multi-row statements for the whole run (one round trip
-            /// each to the writer, not four or more per resource). Any other write checks its
+            /// each to the server, not four or more per resource). Any other write checks its
             /// precondition alone first, so two writes to one resource in one commit see each
             /// other.
             async fn apply_writes(

@@ -273,23 +273,18 @@ impl Writer {
         })
     }
 
-    /// Writes `group` in one transaction, each commit in a savepoint of its own, and tells
-    /// each commit's caller its outcome. The caller holds the store's write lock.
+    /// Writes `group` in one transaction and tells each commit's caller its outcome (see
+    /// [`Writer::write_group`]). The caller holds the store's write lock.
     pub(crate) fn commit_group(&self, group: Vec<PendingCommit>) {
         let outcomes = self.write_group(&group);
-        if std::env::var_os("CV_GROUP_STATS").is_some() {
-            eprintln!(
-                "GROUP {} {}",
-                group.len(),
-                group.iter().map(|c| c.writes.len()).sum::<usize>()
-            );
-        }
         for (commit, outcome) in group.into_iter().zip(outcomes) {
             // A caller that stopped waiting is not told.
             let _ = commit.done.send(outcome);
         }
     }
 
+    /// Each commit's outcome: the group written whole, or, when a commit in it fails, each
+    /// commit in a savepoint of its own so the failed one leaves nothing and the others stay.
     fn write_group(&self, group: &[PendingCommit]) -> Vec<StoreResult<()>> {
         let everyone = |error: &StoreError| -> Vec<StoreResult<()>> {
             group
