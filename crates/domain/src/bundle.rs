@@ -115,7 +115,12 @@ fn parse_etag(text: &str) -> Option<i64> {
         .ok()
 }
 
-fn parse_operation(index: usize, entry: &Value) -> Result<Operation, RecordError> {
+/// Parses one entry, taking its resource out of it (a transaction moves each resource from the
+/// parsed Bundle into its write instead of copying the tree).
+fn parse_operation(index: usize, mut entry: Value) -> Result<Operation, RecordError> {
+    let resource = entry
+        .as_object_mut()
+        .and_then(|members| members.remove("resource"));
     let request = entry
         .get("request")
         .ok_or_else(|| entry_issue(index, ".request", "every entry needs a request"))?;
@@ -188,7 +193,6 @@ fn parse_operation(index: usize, entry: &Value) -> Result<Operation, RecordError
             "POST takes the type only",
         ));
     }
-    let resource = entry.get("resource").cloned();
     if matches!(method, Method::Post | Method::Put) && resource.is_none() {
         return Err(entry_issue(
             index,
@@ -242,10 +246,13 @@ fn check_get(principal: &Principal, operation: &Operation) -> Result<(), RecordE
         })
 }
 
-fn entries(bundle: &Value) -> Result<Vec<Value>, RecordError> {
-    match bundle.get("entry") {
+fn entries(mut bundle: Value) -> Result<Vec<Value>, RecordError> {
+    let entry = bundle
+        .as_object_mut()
+        .and_then(|members| members.remove("entry"));
+    match entry {
         None => Ok(Vec::new()),
-        Some(Value::Array(entries)) => Ok(entries.clone()),
+        Some(Value::Array(entries)) => Ok(entries),
         Some(_) => Err(RecordError::invalid(
             "Bundle.entry",
             "entry must be an array",
@@ -272,7 +279,7 @@ impl Records {
     pub async fn transaction(
         &self,
         principal: &Principal,
-        bundle: &Value,
+        bundle: Value,
         now_ms: i64,
     ) -> Result<Vec<EntryResponse>, RecordError> {
         let about = AuditSubject {
@@ -289,11 +296,11 @@ impl Records {
     async fn run_transaction(
         &self,
         principal: &Principal,
-        bundle: &Value,
+        bundle: Value,
         now_ms: i64,
     ) -> Result<Vec<EntryResponse>, RecordError> {
         let mut operations = entries(bundle)?
-            .iter()
+            .into_iter()
             .enumerate()
             .map(|(index, entry)| parse_operation(index, entry))
             .collect::<Result<Vec<_>, _>>()?;
@@ -350,7 +357,7 @@ impl Records {
         let mut writes: Vec<ResourceWrite> = Vec::new();
         let mut records: Vec<AuditRecord> = Vec::new();
         let mut responses: Vec<Option<EntryResponse>> = operations.iter().map(|_| None).collect();
-        for operation in &operations {
+        for operation in &mut operations {
             let index = operation.index;
             let rt = operation.rt;
             if operation.method == Method::Get {
@@ -386,7 +393,7 @@ impl Records {
                         Interaction::Update
                     };
                     require(principal, rt, interaction)?;
-                    let resource = operation.resource.clone().unwrap_or(Value::Null);
+                    let resource = operation.resource.take().unwrap_or(Value::Null);
                     validate(&resource, rt, &prefix)?;
                     if operation.method == Method::Put
                         && resource.get("id").and_then(Value::as_str) != Some(id.as_str())
@@ -562,11 +569,11 @@ impl Records {
     pub async fn batch(
         &self,
         principal: &Principal,
-        bundle: &Value,
+        bundle: Value,
         now_ms: i64,
     ) -> Result<Vec<EntryResponse>, RecordError> {
         let mut responses = Vec::new();
-        for (index, entry) in entries(bundle)?.iter().enumerate() {
+        for (index, entry) in entries(bundle)?.into_iter().enumerate() {
             let response = match parse_operation(index, entry) {
                 Ok(operation) => self.run_batch_entry(principal, operation, now_ms).await,
                 Err(error) => Err(error),

@@ -327,10 +327,10 @@ async fn bundle(
     let now = state.now_ms();
     let (responses, name) = match kind {
         BundleKind::Transaction => (
-            state.records.transaction(&principal, &bundle, now).await,
+            state.records.transaction(&principal, bundle, now).await,
             "transaction",
         ),
-        BundleKind::Batch => (state.records.batch(&principal, &bundle, now).await, "batch"),
+        BundleKind::Batch => (state.records.batch(&principal, bundle, now).await, "batch"),
     };
     let responses = responses.map_err(|error| ApiError(error).into_response())?;
     Ok(fhir_response(
