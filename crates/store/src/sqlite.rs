@@ -41,14 +41,17 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const READERS: u32 = 8;
 /// The writer's page cache, in KiB (negative: a size rather than a page count).
 const WRITER_CACHE: &str = "-32768";
-/// WAL pages before the writer checkpoints by itself, a backstop only: normally the
-/// background checkpointer keeps the WAL far shorter.
-const WRITER_AUTOCHECKPOINT: &str = "16000";
+/// WAL pages before the writer checkpoints by itself (about 400 MB), a backstop only: normally
+/// the background checkpointer keeps the WAL far shorter.
+const WRITER_AUTOCHECKPOINT: &str = "100000";
 /// How often the background checkpointer copies committed pages from the WAL into the
 /// database. Copying them on the writer's thread (as SQLite's automatic checkpoint does, after
 /// a commit) took a fifth of the writer's time during an import; on a connection of its own it
-/// runs beside the writer (a passive checkpoint never blocks writers or readers).
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// runs beside the writer (a passive checkpoint never blocks writers or readers). A page that
+/// several commits change between two checkpoints is copied once: every 2 s instead of every
+/// 200 ms, an import wrote 34 KB to disk per resource instead of 46 KB and ran 1.06-1.33x as
+/// fast (10,000 patients, three rounds), with reads unchanged within noise.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(2_000);
 
 type TenantQuery<'q> = sqlx::query::Query<'q, Sqlite, <Sqlite as sqlx::Database>::Arguments>;
 

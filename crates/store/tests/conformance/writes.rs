@@ -591,7 +591,7 @@ async fn sqlite_checkpoints_the_wal_in_the_background(store: Arc<dyn Store>, raw
     let (_, scope) = new_tenant(&store, "checkpoint").await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let before = std::fs::metadata(path).unwrap().len();
-    // About 2 MB of pages: far below the backstop's 64 MB.
+    // About 2 MB of pages: far below the backstop's 400 MB.
     let writes: Vec<ResourceWrite> = (0..2_000)
         .map(|index| {
             let mut write = create("Observation", &format!("c{index}"), T0);
