@@ -214,6 +214,12 @@ impl SqliteStore {
         if let Err(error) = queued {
             return Some(Err(error));
         }
+        // A caller that stops waiting (its request dropped) before a holder of the lock takes
+        // its commit takes the commit back: it is not written later, behind the caller's back.
+        let _withdraw = WithdrawOnDrop {
+            writer: &self.sync_writer,
+            ticket,
+        };
         let lost = || StoreError::Backend("the SQLite writer stopped before answering".to_owned());
         let lock = tokio::select! {
             biased;
@@ -277,6 +283,19 @@ impl SqliteStore {
         _tenant: TenantId,
     ) -> StoreResult<()> {
         Ok(())
+    }
+}
+
+/// Removes a queued commit from the queue when dropped, unless a holder of the write lock has
+/// taken it already (then it is written, and its outcome is sent whether or not anyone waits).
+struct WithdrawOnDrop<'a> {
+    writer: &'a Writer,
+    ticket: u64,
+}
+
+impl Drop for WithdrawOnDrop<'_> {
+    fn drop(&mut self) {
+        self.writer.withdraw(self.ticket);
     }
 }
 

@@ -264,7 +264,8 @@ impl Writer {
     }
 
     /// Removes the queued commit `ticket`, if it is still queued (its caller gave up waiting
-    /// for the write lock); `false` when a holder of the lock has taken it already.
+    /// for the write lock, or stopped waiting); `false` when it is not queued (a holder of the
+    /// lock has taken it).
     pub(crate) fn withdraw(&self, ticket: u64) -> bool {
         self.pending.lock().is_ok_and(|mut pending| {
             let before = pending.len();
@@ -616,6 +617,48 @@ mod tests {
         assert_eq!(tickets(store.sync_writer.take()), [4]);
         assert!(store.sync_writer.withdraw(5));
         assert!(!store.sync_writer.withdraw(5));
+        assert!(store.sync_writer.take().is_empty());
+    }
+
+    /// A commit whose caller stops waiting before its group is taken is not written by the
+    /// next holder of the lock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_given_up_while_queued_is_not_written_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db.sqlite"))
+            .await
+            .unwrap();
+        let tenant = TenantId::generate();
+        let tenant_record = TenantRecord {
+            id: tenant,
+            name: "given up".to_owned(),
+            status: TenantStatus::Active,
+            created_ms: 1,
+        };
+        store.create_tenant(&tenant_record, &[]).await.unwrap();
+        let scope = scope_for(tenant);
+
+        let lock = store.writer.acquire().await.unwrap();
+        let given_up = tokio::time::timeout(
+            Duration::from_millis(50),
+            store.commit(&scope, &[create("given-up")], &[]),
+        )
+        .await;
+        assert!(given_up.is_err(), "the commit should still be waiting");
+        drop(lock);
+        store.commit(&scope, &[create("next")], &[]).await.unwrap();
+
+        assert!(
+            store
+                .current(&scope, "Patient", "next")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            store.current(&scope, "Patient", "given-up").await.unwrap(),
+            None
+        );
         assert!(store.sync_writer.take().is_empty());
     }
 }
