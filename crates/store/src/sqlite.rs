@@ -4,8 +4,8 @@
 //! so concurrent writers queue in the pool instead of failing with `SQLITE_BUSY`; reads use a
 //! separate pool and, under WAL, never wait for the writer. The hottest reads, the group
 //! committer's audit append and the commits of resource writes skip sqlx's connection threads
-//! (`sqlite/direct.rs`, `sqlite/writer.rs`). The file and its directory are created readable by the owner
-//! only.
+//! (`sqlite/direct.rs`, `sqlite/writer.rs`). The file and its directory are created readable by
+//! the owner only.
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
