@@ -463,6 +463,7 @@ impl Writer {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use carevault_domain::audit::Outcome;
+    use carevault_domain::principal::TenantScope;
     use carevault_domain::store::{DateEntry, Store, StoredVersion, TenantRecord, TenantStatus};
     use carevault_domain::testing::scope_for;
 
@@ -530,24 +531,29 @@ mod tests {
         )
     }
 
-    /// A group whose middle commit conflicts is written again commit by commit: the commits
-    /// around it are written whole, the conflicting one leaves nothing, and the audit records
-    /// of the written ones chain on without a gap. A group with no failure is written whole.
-    #[tokio::test]
-    async fn a_failed_commit_fails_alone_in_its_group() {
+    /// A store in a fresh file, with one tenant.
+    async fn store_with_tenant() -> (tempfile::TempDir, SqliteStore, TenantId, TenantScope) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("db.sqlite"))
             .await
             .unwrap();
         let tenant = TenantId::generate();
-        let tenant_record = TenantRecord {
+        let record = TenantRecord {
             id: tenant,
-            name: "group".to_owned(),
+            name: format!("tenant {tenant}"),
             status: TenantStatus::Active,
             created_ms: 1,
         };
-        store.create_tenant(&tenant_record, &[]).await.unwrap();
-        let scope = scope_for(tenant);
+        store.create_tenant(&record, &[]).await.unwrap();
+        (dir, store, tenant, scope_for(tenant))
+    }
+
+    /// A group whose middle commit conflicts is written again commit by commit: the commits
+    /// around it are written whole, the conflicting one leaves nothing, and the audit records
+    /// of the written ones chain on without a gap. A group with no failure is written whole.
+    #[tokio::test]
+    async fn a_failed_commit_fails_alone_in_its_group() {
+        let (_dir, store, tenant, scope) = store_with_tenant().await;
         store.commit(&scope, &[create("taken")], &[]).await.unwrap();
 
         let (first, first_outcome) = pending(tenant, 1, vec![create("a")]);
@@ -591,11 +597,7 @@ mod tests {
     /// holds at least one commit, however large; commits leave the queue oldest first.
     #[tokio::test]
     async fn groups_are_bounded_and_oldest_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("db.sqlite"))
-            .await
-            .unwrap();
-        let tenant = TenantId::generate();
+        let (_dir, store, tenant, _) = store_with_tenant().await;
         let writes = |count: usize| (0..count).map(|n| create(&format!("p{n}"))).collect();
         let mut outcomes = Vec::new();
         for (ticket, count) in [
@@ -624,19 +626,7 @@ mod tests {
     /// next holder of the lock.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_commit_given_up_while_queued_is_not_written_later() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("db.sqlite"))
-            .await
-            .unwrap();
-        let tenant = TenantId::generate();
-        let tenant_record = TenantRecord {
-            id: tenant,
-            name: "given up".to_owned(),
-            status: TenantStatus::Active,
-            created_ms: 1,
-        };
-        store.create_tenant(&tenant_record, &[]).await.unwrap();
-        let scope = scope_for(tenant);
+        let (_dir, store, _, scope) = store_with_tenant().await;
 
         let lock = store.writer.acquire().await.unwrap();
         let given_up = tokio::time::timeout(
