@@ -651,4 +651,55 @@ mod tests {
         );
         assert!(store.sync_writer.take().is_empty());
     }
+
+    /// One group may hold commits of several tenants: each commit's resources land in its own
+    /// tenant only, and each tenant's audit records chain onto that tenant's own head.
+    #[tokio::test]
+    async fn a_group_keeps_each_tenants_commits_apart() {
+        let (_dir, store, a, scope_a) = store_with_tenant().await;
+        let b = TenantId::generate();
+        let record = TenantRecord {
+            id: b,
+            name: format!("tenant {b}"),
+            status: TenantStatus::Active,
+            created_ms: 1,
+        };
+        store.create_tenant(&record, &[]).await.unwrap();
+        let scope_b = scope_for(b);
+
+        let (first, first_outcome) = pending(a, 1, vec![create("a1")]);
+        let (second, second_outcome) = pending(b, 2, vec![create("b1")]);
+        let (third, third_outcome) = pending(a, 3, vec![create("a2")]);
+        store.sync_writer.commit_group(vec![first, second, third]);
+        for outcome in [first_outcome, second_outcome, third_outcome] {
+            assert!(matches!(outcome.await.unwrap(), Ok(())));
+        }
+        for (scope, id, present) in [
+            (&scope_a, "a1", true),
+            (&scope_a, "b1", false),
+            (&scope_b, "b1", true),
+            (&scope_b, "a1", false),
+            (&scope_b, "a2", false),
+        ] {
+            let current = store.current(scope, "Patient", id).await.unwrap();
+            assert_eq!(current.is_some(), present, "{id}");
+        }
+        let trail = |records: Vec<AuditRecord>| -> Vec<(i64, Option<String>)> {
+            records
+                .into_iter()
+                .map(|record| (record.seq, record.detail))
+                .collect()
+        };
+        assert_eq!(
+            trail(store.audit_records(a).await.unwrap()),
+            [
+                (1, Some("commit 1".to_owned())),
+                (2, Some("commit 3".to_owned()))
+            ]
+        );
+        assert_eq!(
+            trail(store.audit_records(b).await.unwrap()),
+            [(1, Some("commit 2".to_owned()))]
+        );
+    }
 }
