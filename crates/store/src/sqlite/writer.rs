@@ -537,6 +537,12 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("db.sqlite"))
             .await
             .unwrap();
+        let (tenant, scope) = add_tenant(&store).await;
+        (dir, store, tenant, scope)
+    }
+
+    /// A new active tenant in `store`.
+    async fn add_tenant(store: &SqliteStore) -> (TenantId, TenantScope) {
         let tenant = TenantId::generate();
         let record = TenantRecord {
             id: tenant,
@@ -545,7 +551,7 @@ mod tests {
             created_ms: 1,
         };
         store.create_tenant(&record, &[]).await.unwrap();
-        (dir, store, tenant, scope_for(tenant))
+        (tenant, scope_for(tenant))
     }
 
     /// A group whose middle commit conflicts is written again commit by commit: the commits
@@ -657,15 +663,7 @@ mod tests {
     #[tokio::test]
     async fn a_group_keeps_each_tenants_commits_apart() {
         let (_dir, store, a, scope_a) = store_with_tenant().await;
-        let b = TenantId::generate();
-        let record = TenantRecord {
-            id: b,
-            name: format!("tenant {b}"),
-            status: TenantStatus::Active,
-            created_ms: 1,
-        };
-        store.create_tenant(&record, &[]).await.unwrap();
-        let scope_b = scope_for(b);
+        let (b, scope_b) = add_tenant(&store).await;
 
         let (first, first_outcome) = pending(a, 1, vec![create("a1")]);
         let (second, second_outcome) = pending(b, 2, vec![create("b1")]);
