@@ -58,6 +58,11 @@ pub(crate) fn sqlite() -> Migrator {
             "audit keys gin",
             include_str!("../migrations/sqlite/0007_audit_keys_gin.sql"),
         ),
+        migration(
+            8,
+            "dates",
+            include_str!("../migrations/sqlite/0008_dates.sql"),
+        ),
     ])
 }
 
@@ -97,6 +102,11 @@ pub(crate) fn postgres() -> Migrator {
             7,
             "audit keys gin",
             include_str!("../migrations/postgres/0007_audit_keys_gin.sql"),
+        ),
+        migration(
+            8,
+            "dates",
+            include_str!("../migrations/postgres/0008_dates.sql"),
         ),
     ])
 }

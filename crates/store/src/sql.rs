@@ -525,14 +525,31 @@ fn push_token_rows(sql: &mut Sql, rows: Rows, tokens: &[[u8; 16]]) {
         .push(")");
 }
 
-/// The rows of date `param` meeting any of `conditions`.
+/// `search_dates`' range columns, under their indexes (see `date_sql`).
+const DATE_ROWS: date_sql::Range = date_sql::Range {
+    low: "d.low",
+    high: "d.high",
+    indexed: true,
+};
+
+/// The rows of date `param` meeting any of `conditions`: as a set of ids, one `SELECT` per
+/// term of the conditions joined by `UNION`, so that each can use an index (see `date_sql`);
+/// as a probe of the candidate's own rows, the terms joined by `OR`.
 fn push_date_rows(sql: &mut Sql, rows: Rows, param: &str, conditions: &[DateCondition]) {
-    rows.push_head(sql, "search_dates", "d");
-    sql.push(" AND d.param = ")
-        .bind(Value::Text(param.to_owned()))
-        .push(" AND (");
-    push_conditions(sql, conditions, "d.low", "d.high");
-    sql.push(")");
+    let param_index = sql.preset(Value::Text(param.to_owned()));
+    let head = |sql: &mut Sql| {
+        rows.push_head(sql, "search_dates", "d");
+        sql.push(" AND d.param = ").again(param_index);
+    };
+    match rows {
+        Rows::Ids => date_sql::push_id_sets(sql, conditions, DATE_ROWS, head),
+        Rows::OfCandidate => {
+            head(sql);
+            sql.push(" AND (");
+            push_conditions(sql, conditions, DATE_ROWS);
+            sql.push(")");
+        }
+    }
 }
 
 /// A candidate search. See [`CandidateQuery`]: every filter must match; ordered by sort value
@@ -650,8 +667,11 @@ fn push_filter(sql: &mut Sql, filter: &CandidateFilter) {
             push_conditions(
                 sql,
                 conditions,
-                "c.last_updated_ms",
-                "(c.last_updated_ms + 1)",
+                date_sql::Range {
+                    low: "c.last_updated_ms",
+                    high: "(c.last_updated_ms + 1)",
+                    indexed: false,
+                },
             );
             sql.push(")");
         }
@@ -659,18 +679,13 @@ fn push_filter(sql: &mut Sql, filter: &CandidateFilter) {
 }
 
 /// `cond OR cond OR …` over a resource range [low, high).
-fn push_conditions(
-    sql: &mut Sql,
-    conditions: &[DateCondition],
-    low: &'static str,
-    high: &'static str,
-) {
+fn push_conditions(sql: &mut Sql, conditions: &[DateCondition], range: date_sql::Range) {
     for (position, condition) in conditions.iter().enumerate() {
         if position > 0 {
             sql.push(" OR ");
         }
         sql.push("(");
-        date_sql::push_condition(sql, condition, low, high);
+        date_sql::push_condition(sql, condition, range);
         sql.push(")");
     }
 }

@@ -378,10 +378,19 @@ pub(crate) fn date_ranges(resource: &Value, param: &SearchParam) -> Vec<(i64, i6
                         .and_then(Value::as_str)
                         .and_then(|s| datetime::parse(s, false))
                 };
-                // An open end of a Period extends without limit.
-                let low = bound("start").map_or(i64::MIN, |r| r.low);
-                let high = bound("end").map_or(i64::MAX, |r| r.high);
-                out.push((low, high));
+                // An open end of a Period extends without limit. A period whose end comes
+                // before its start (invalid, but accepted) covers the time between the two:
+                // no stored range ends before it starts, which the store's date indexes rely on.
+                let start = bound("start");
+                let end = bound("end");
+                let range = match (start, end) {
+                    (Some(start), Some(end)) if end.high < start.low => (end.low, start.high),
+                    _ => (
+                        start.map_or(i64::MIN, |r| r.low),
+                        end.map_or(i64::MAX, |r| r.high),
+                    ),
+                };
+                out.push(range);
             }
             _ => {}
         }
@@ -402,6 +411,46 @@ mod tests {
         assert_eq!(soundex("tymczak"), "T522");
         assert_eq!(soundex("smith"), soundex("smyth"));
         assert_eq!(phonetic_codes("Smith-Jones"), vec!["S530", "J520"]);
+    }
+
+    #[test]
+    fn a_period_range_never_ends_before_it_starts() {
+        let encounter = crate::resource_type("Encounter").unwrap();
+        let dates = |period: Value| -> Vec<(i64, i64)> {
+            let resource = serde_json::json!({"resourceType": "Encounter", "period": period});
+            index_entries(encounter, &resource)
+                .into_iter()
+                .filter_map(|entry| match entry {
+                    IndexEntry::Date {
+                        param: "date",
+                        low,
+                        high,
+                    } => Some((low, high)),
+                    _ => None,
+                })
+                .collect()
+        };
+        let day = |text: &str| datetime::parse(text, false).unwrap();
+        let (first, second) = (day("2024-03-01"), day("2024-03-05"));
+        // In order: from the start of the first day to the end of the last.
+        assert_eq!(
+            dates(serde_json::json!({"start": "2024-03-01", "end": "2024-03-05"})),
+            vec![(first.low, second.high)]
+        );
+        // Reversed (end before start): the same span, its ends in order.
+        assert_eq!(
+            dates(serde_json::json!({"start": "2024-03-05", "end": "2024-03-01"})),
+            vec![(first.low, second.high)]
+        );
+        // Open ends extend without limit.
+        assert_eq!(
+            dates(serde_json::json!({"start": "2024-03-01"})),
+            vec![(first.low, i64::MAX)]
+        );
+        assert_eq!(
+            dates(serde_json::json!({"end": "2024-03-05"})),
+            vec![(i64::MIN, second.high)]
+        );
     }
 
     #[test]

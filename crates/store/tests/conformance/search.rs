@@ -96,6 +96,9 @@ async fn search_by_tokens(store: Arc<dyn Store>, _raw: &Raw) {
     assert_eq!(found[0].sort_value, T0 + 1);
 }
 
+/// A range longer than this (366 days in ms) is a long one to the store.
+const LONG: i64 = 31_622_400_000;
+
 async fn search_by_date_follows_fhir_prefixes(store: Arc<dyn Store>, _raw: &Raw) {
     let (_, scope) = new_tenant(&store, "dates").await;
     // Resource ranges around the query ranges below, including ones touching their edges.
@@ -110,16 +113,28 @@ async fn search_by_date_follows_fhir_prefixes(store: Arc<dyn Store>, _raw: &Raw)
         (0, 100),
         (19, 21),
         (10, 11),
+        // Longer than a year (the store indexes their ends apart): open ends, and a closed
+        // range ending within and beyond the query ranges.
+        (15, i64::MAX),
+        (i64::MIN, 15),
+        (i64::MIN, i64::MAX),
+        (-LONG, 21),
+        (20, LONG),
+        (40, 41 + LONG),
     ];
     let mut writes = Vec::new();
     for (index, (low, high)) in ranges.iter().enumerate() {
         let mut write = create("Encounter", &format!("e{index}"), T0);
         write.dates = vec![date("date", *low, *high), date("other", 1000, 2000)];
+        // Every resource holds both tokens: a filter on them counts twice as many rows as any
+        // date filter, so the date filter drives that search (its ids as a set).
+        write.tokens = vec![token(1), token(2)];
         writes.push(write);
     }
     // Two entries for one param: matches when either does.
     let mut two = create("Encounter", "two", T0);
     two.dates = vec![date("date", 0, 5), date("date", 50, 60)];
+    two.tokens = vec![token(1), token(2)];
     writes.push(two);
     store.commit(&scope, &writes, &[]).await.unwrap();
 
@@ -144,8 +159,19 @@ async fn search_by_date_follows_fhir_prefixes(store: Arc<dyn Store>, _raw: &Raw)
         DatePrefix::Sa,
         DatePrefix::Eb,
     ];
+    let both_tokens = CandidateFilter::AnyToken(vec![token(1), token(2)]);
+    let query_ranges = [
+        (10, 20),
+        (0, 100),
+        (20, 21),
+        (55, 56),
+        (LONG, LONG + 1),
+        (-LONG - 1, -LONG),
+        (i64::MIN, 0),
+        (100, i64::MAX),
+    ];
     for prefix in prefixes {
-        for (low, high) in [(10, 20), (0, 100), (20, 21), (55, 56)] {
+        for (low, high) in query_ranges {
             let condition = DateCondition { prefix, low, high };
             let expected: Vec<String> = all_ids
                 .iter()
@@ -156,8 +182,18 @@ async fn search_by_date_follows_fhir_prefixes(store: Arc<dyn Store>, _raw: &Raw)
                 param: "date".to_owned(),
                 conditions: vec![condition],
             };
-            let found = sorted(search_ids(&store, &scope, &query("Encounter", vec![filter])).await);
-            assert_eq!(found, sorted(expected), "{prefix:?} [{low}, {high})");
+            // Alone, the filter probes each candidate's rows; beside the larger token filter,
+            // it drives, as a set of ids.
+            let alone = query("Encounter", vec![filter.clone()]);
+            let driving = query("Encounter", vec![both_tokens.clone(), filter]);
+            for (form, query) in [("probe", alone), ("set", driving)] {
+                let found = sorted(search_ids(&store, &scope, &query).await);
+                assert_eq!(
+                    found,
+                    sorted(expected.clone()),
+                    "{prefix:?} [{low}, {high}) as a {form}"
+                );
+            }
         }
     }
     // Several conditions: any may match.
