@@ -1,6 +1,6 @@
 //! Migration 0007 on a trail of version 6 (keys as rows of `audit_keys`) and of version 5 (one
-//! row per record), migrated by a schema owner that is not a superuser, so that row-level
-//! security applies to it as it would in production. Needs `CAREVAULT_TEST_POSTGRES_URL` (a
+//! row per record), and migration 0008 on reversed date ranges, migrated by a schema owner that
+//! is not a superuser, so that row-level security applies to it as it would in production. Needs `CAREVAULT_TEST_POSTGRES_URL` (a
 //! superuser's URL); skipped with a message when it is unset.
 
 // A failed step is a failed test.
@@ -369,5 +369,74 @@ async fn version_7_moves_every_tenants_key_rows_into_arrays() {
     assert_eq!(
         store.audit_head(a).await.unwrap().map(|head| head.seq),
         Some(11)
+    );
+}
+
+/// Migration 0008 as a non-superuser owner: two tenants' reversed date ranges are stored in
+/// order, the others are kept, and the table's policy is forced again afterwards.
+#[tokio::test]
+async fn version_8_orders_every_tenants_reversed_date_ranges() {
+    let Ok(admin_url) = std::env::var(POSTGRES_URL_VARIABLE) else {
+        eprintln!("skipping the PostgreSQL migration test: {POSTGRES_URL_VARIABLE} is not set");
+        return;
+    };
+    let database = OwnedDatabase::create(admin_url).await;
+    let mut owner = database.connect_as_owner().await;
+    migrations_through(7).run(&mut owner).await.unwrap();
+    let (a, b) = (TenantId::generate(), TenantId::generate());
+    for tenant in [a, b] {
+        enter(&mut owner, tenant).await;
+        for (id, low, high) in [
+            ("reversed", 5_000_i64, 1_000_i64),
+            ("ordered", 1_000, 5_000),
+        ] {
+            sqlx::query(
+                "INSERT INTO search_dates (tenant_id, resource_type, id, param, low, high) \
+                 VALUES ($1, 'Encounter', $2, 'date', $3, $4)",
+            )
+            .bind(tenant.as_uuid())
+            .bind(id)
+            .bind(low)
+            .bind(high)
+            .execute(&mut owner)
+            .await
+            .unwrap();
+        }
+    }
+    sqlx::query("SELECT set_config('carevault.tenant', '', false)")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    crate::migrations::postgres().run(&mut owner).await.unwrap();
+
+    for tenant in [a, b] {
+        enter(&mut owner, tenant).await;
+        let rows: Vec<(String, i64, i64)> =
+            sqlx::query("SELECT id, low, high FROM search_dates WHERE tenant_id = $1 ORDER BY id")
+                .bind(tenant.as_uuid())
+                .fetch_all(&mut owner)
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| (row.get(0), row.get(1), row.get(2)))
+                .collect();
+        assert_eq!(
+            rows,
+            vec![
+                ("ordered".to_owned(), 1_000, 5_000),
+                ("reversed".to_owned(), 1_000, 5_000),
+            ]
+        );
+    }
+    let mut admin = PgConnection::connect(&database.admin_url()).await.unwrap();
+    let forced: bool =
+        sqlx::query("SELECT relforcerowsecurity FROM pg_class WHERE relname = 'search_dates'")
+            .fetch_one(&mut admin)
+            .await
+            .unwrap()
+            .get(0);
+    assert!(
+        forced,
+        "the policy binds the owner again after the migration"
     );
 }
