@@ -4,18 +4,19 @@
 //! two agree on every prefix, through both forms a search uses (a probe of one candidate's rows
 //! and the set of matching ids).
 //!
-//! **Indexes.** `search_dates` has one range index, on `low`, and a partial index on `high`
-//! holding only the long ranges (longer than [`LONG_SPAN_MS`]: open periods, ongoing care
-//! plans and medication). An index on every `high` cost as much to write as the one on `low`
+//! **Indexes.** On SQLite `search_dates` has one range index, on `low`, and a partial index on
+//! `high` holding only the long ranges (longer than [`LONG_SPAN_MS`]: open periods, ongoing care
+//! plans and medication); PostgreSQL keeps an index on every `high` as well and runs the same
+//! statements. An index on every `high` cost as much to write as the one on `low`
 //! (an import's dates arrive in no order, so each new row dirtied a page of each), a seventh of
 //! everything an import wrote to the WAL at 10,000 patients (`bench/wal-profile`). So each
 //! condition is written here as a union of terms ([`Term`]) that each bound `low` or
 //! are confined to the long ranges:
 //!
 //! - `high > x` is `(low > x - LONG_SPAN AND high > x)` for the short ranges, since such a range
-//!   starts less than `LONG_SPAN` before it ends, plus `(high > low + LONG_SPAN AND high > x)`
+//!   starts at most `LONG_SPAN` before it ends, plus `(high > low + LONG_SPAN AND high > x)`
 //!   for the long ones;
-//! - "within `[a, b)`" gains the bound `low <= b` and "ends before `a`" the bound `low <= a`,
+//! - "within `[a, b)`" gains the bound `low <= b` and "ends by `a`" the bound `low <= a`,
 //!   both implied because no stored range ends before it starts (`terms::date_ranges` orders
 //!   the ends of a reversed period, and migration 0008 reordered the rows stored before).
 //!
