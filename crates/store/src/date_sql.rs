@@ -49,7 +49,7 @@ pub(crate) struct Range {
 enum Term {
     /// `low >= a AND high <= b` (with `low <= b` when indexed).
     Within { low: i64, high: i64 },
-    /// `NOT (low >= a AND high <= b)`.
+    /// The negation of [`Term::Within`].
     NotWithin { low: i64, high: i64 },
     /// `high > x`: all ranges when not indexed, else those up to [`LONG_SPAN_MS`] long.
     EndsAfter(i64),
@@ -112,15 +112,8 @@ fn push_term(sql: &mut Sql, term: &Term, range: Range) {
                 .push(")");
         }
         Term::NotWithin { low: a, high: b } => {
-            sql.push("NOT (")
-                .push(low)
-                .push(" >= ")
-                .bind(Value::Int(a))
-                .push(" AND ")
-                .push(high)
-                .push(" <= ")
-                .bind(Value::Int(b))
-                .push(")");
+            sql.push("NOT ");
+            push_term(sql, &Term::Within { low: a, high: b }, range);
         }
         Term::EndsAfter(x) => {
             if indexed {
@@ -303,17 +296,16 @@ mod tests {
             ("ordered", 1_000, 5_000),
             ("open", 1_000, i64::MAX),
         ] {
-            sqlx::query(
-                "INSERT INTO search_dates (tenant_id, resource_type, id, param, low, high) \
-                 VALUES ($1, 'Encounter', $2, 'date', $3, $4)",
-            )
-            .bind(tenant.as_uuid())
-            .bind(id)
-            .bind(low)
-            .bind(high)
-            .execute(&mut connection)
-            .await
-            .unwrap();
+            sqlx::query(crate::sql::INSERT_DATE)
+                .bind(tenant.as_uuid())
+                .bind("Encounter")
+                .bind(id)
+                .bind("date")
+                .bind(low)
+                .bind(high)
+                .execute(&mut connection)
+                .await
+                .unwrap();
         }
         crate::migrations::sqlite()
             .run(&mut connection)

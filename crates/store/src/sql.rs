@@ -525,6 +525,11 @@ fn push_token_rows(sql: &mut Sql, rows: Rows, tokens: &[[u8; 16]]) {
         .push(")");
 }
 
+/// One date row of a resource; nothing is written when the row exists.
+pub(crate) const INSERT_DATE: &str = "INSERT INTO search_dates \
+     (tenant_id, resource_type, id, param, low, high) \
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
+
 /// `search_dates`' range columns, under their indexes (see `date_sql`).
 const DATE_ROWS: date_sql::Range = date_sql::Range {
     low: "d.low",

@@ -59,9 +59,6 @@ const UPSERT_CURRENT: &str = "INSERT INTO resource_current \
        deleted = excluded.deleted";
 const INSERT_TOKEN: &str = "INSERT INTO search_tokens (tenant_id, resource_type, id, token) \
      VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
-const INSERT_DATE: &str = "INSERT INTO search_dates \
-     (tenant_id, resource_type, id, param, low, high) \
-     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
 
 /// Most resource writes in one group, so that a commit waits for at most this many others
 /// (about a fifth of a second of writing here).
@@ -144,7 +141,7 @@ impl Writer {
                 insert_version: sqlite_placeholders(INSERT_VERSION),
                 upsert_current: sqlite_placeholders(UPSERT_CURRENT),
                 insert_token: sqlite_placeholders(INSERT_TOKEN),
-                insert_date: sqlite_placeholders(INSERT_DATE),
+                insert_date: sqlite_placeholders(sql::INSERT_DATE),
             },
             pending: Mutex::new(Vec::new()),
         })

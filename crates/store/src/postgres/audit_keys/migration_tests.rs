@@ -390,17 +390,16 @@ async fn version_8_orders_every_tenants_reversed_date_ranges() {
             ("reversed", 5_000_i64, 1_000_i64),
             ("ordered", 1_000, 5_000),
         ] {
-            sqlx::query(
-                "INSERT INTO search_dates (tenant_id, resource_type, id, param, low, high) \
-                 VALUES ($1, 'Encounter', $2, 'date', $3, $4)",
-            )
-            .bind(tenant.as_uuid())
-            .bind(id)
-            .bind(low)
-            .bind(high)
-            .execute(&mut owner)
-            .await
-            .unwrap();
+            sqlx::query(crate::sql::INSERT_DATE)
+                .bind(tenant.as_uuid())
+                .bind("Encounter")
+                .bind(id)
+                .bind("date")
+                .bind(low)
+                .bind(high)
+                .execute(&mut owner)
+                .await
+                .unwrap();
         }
     }
     sqlx::query("SELECT set_config('carevault.tenant', '', false)")
