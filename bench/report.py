@@ -144,12 +144,18 @@ def audit_trail_section(w, run, load_engines):
           "audit records sent to the group committer and then to the database, or to a `Vec`; a "
           "benchmark switch, not a server setting), same run and connections:")
         w("")
-        w("| engine | durable trail req/s | p99 ms | in-memory append req/s | p99 ms | durable ÷ memory | target |")
-        w("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+        w("| engine | durable trail req/s | p99 ms | CPU µs/read | in-memory append req/s | p99 ms | CPU µs/read | durable ÷ memory (by round) | target |")
+        w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+
+        def cpu(value):
+            return "–" if value is None else f"{value:.1f}"
         for engine, c in costs.items():
             ok = c["share"] >= c["target_share"]
+            rounds = ", ".join(f"{r * 100:.0f}" for r in c.get("round_shares", []))
             w(f"| {engine} | {fmt(c['durable_rps'])} | {c['durable_p99_ms']:.2f} | "
-              f"{fmt(c['memory_rps'])} | {c['memory_p99_ms']:.2f} | {c['share'] * 100:.1f} % | "
+              f"{cpu(c.get('durable_cpu_us'))} | {fmt(c['memory_rps'])} | "
+              f"{c['memory_p99_ms']:.2f} | {cpu(c.get('memory_cpu_us'))} | "
+              f"{c['share'] * 100:.1f} % ({rounds}) | "
               f"≥ {c['target_share'] * 100:.0f} % ({'met' if ok else '**missed**'}) |")
         w("")
 
