@@ -414,8 +414,12 @@ impl Measured {
 /// The CPU time (user and system) this process has used, from `/proc/self/stat`; `None` where
 /// there is no such file. Its unit is the kernel's USER_HZ, 100 per second on Linux.
 fn process_cpu_seconds() -> Option<f64> {
+    cpu_seconds_of(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// User plus system time, in seconds, from the text of a `/proc/<pid>/stat` file.
+fn cpu_seconds_of(stat: &str) -> Option<f64> {
     const USER_HZ: f64 = 100.0;
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // The command name (field 2) is in parentheses and may hold spaces; fields 14 and 15 (user
     // and system time) are the 12th and 13th after it.
     let after_name = &stat[stat.rfind(')')? + 1..];
@@ -472,4 +476,19 @@ async fn phase(
         errors,
         cpu_seconds,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_is_read_past_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (bench (x) y) S 1 4242 4242 0 -1 4194560 500 0 0 0 1234 567 8 9 20 0 9";
+        assert_eq!(cpu_seconds_of(stat), Some((1234.0 + 567.0) / 100.0));
+        assert_eq!(cpu_seconds_of("4242 (bench) S 1"), None);
+        assert_eq!(cpu_seconds_of("no name at all"), None);
+        assert!(process_cpu_seconds().is_some(), "Linux has /proc/self/stat");
+    }
 }
