@@ -319,7 +319,7 @@ pub async fn run(
                 ms(0.9),
                 ms(0.99),
                 ms(0.999),
-                cpu.map_or("–".to_owned(), |us| format!("{us:.1}")),
+                shown(cpu),
                 if run.errors > 0 {
                     format!("  ({} errors)", run.errors)
                 } else {
@@ -360,12 +360,8 @@ pub async fn run(
             },
             p99(&durable),
             p99(&memory),
-            durable
-                .cpu_us_per_op()
-                .map_or("–".to_owned(), |us| format!("{us:.1}")),
-            memory
-                .cpu_us_per_op()
-                .map_or("–".to_owned(), |us| format!("{us:.1}")),
+            shown(durable.cpu_us_per_op()),
+            shown(memory.cpu_us_per_op()),
         );
         report["audit_cost"] = json!({
             "durable_rps": durable.rate(), "memory_rps": memory.rate(), "share": share,
@@ -409,6 +405,11 @@ impl Measured {
         self.cpu_seconds = self.cpu_seconds.zip(other.cpu_seconds).map(|(a, b)| a + b);
         Ok(())
     }
+}
+
+/// A CPU figure for the table, or a dash where `/proc` did not tell.
+fn shown(micros: Option<f64>) -> String {
+    micros.map_or("–".to_owned(), |us| format!("{us:.1}"))
 }
 
 /// The CPU time (user and system) this process has used, from `/proc/self/stat`; `None` where
