@@ -294,13 +294,10 @@ pub async fn run(
                 )
                 .await?;
                 rates.push(run.rate());
-                measured[index] = Some(match measured[index].take() {
-                    Some(mut sum) => {
-                        sum.add(run)?;
-                        sum
-                    }
-                    None => run,
-                });
+                match &mut measured[index] {
+                    Some(sum) => sum.add(run)?,
+                    empty => *empty = Some(run),
+                }
             }
             if let [durable, memory] = rates[..] {
                 round_shares.push(durable / memory.max(f64::MIN_POSITIVE));
@@ -308,7 +305,7 @@ pub async fn run(
         }
         for (operation, run) in operations.iter().zip(measured) {
             let Some(run) = run else { continue };
-            let ms = |q: f64| run.histogram.value_at_quantile(q) as f64 / 1000.0;
+            let ms = |q: f64| run.quantile_ms(q);
             let cpu = run.cpu_us_per_op();
             println!(
                 "  {:<26} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9}{}",
@@ -341,7 +338,7 @@ pub async fn run(
     let mut report = json!({"connections": options.connections, "inproc": results});
     if let (Some(durable), Some(memory)) = reads {
         let share = durable.rate() / memory.rate().max(f64::MIN_POSITIVE);
-        let p99 = |run: &Measured| run.histogram.value_at_quantile(0.99) as f64 / 1000.0;
+        let p99 = |run: &Measured| run.quantile_ms(0.99);
         let rounds = round_shares
             .iter()
             .map(|share| format!("{:.1}", share * 100.0))
@@ -387,6 +384,10 @@ struct Measured {
 impl Measured {
     fn rate(&self) -> f64 {
         self.histogram.len() as f64 / self.seconds.max(f64::MIN_POSITIVE)
+    }
+
+    fn quantile_ms(&self, quantile: f64) -> f64 {
+        self.histogram.value_at_quantile(quantile) as f64 / 1000.0
     }
 
     fn cpu_us_per_op(&self) -> Option<f64> {
