@@ -17,7 +17,10 @@
 //!
 //! The principal comes from a real bearer token (obtained over HTTP from the running server,
 //! then checked here by `Authority::authenticate_bearer`), so nothing is bypassed. The server
-//! should be idle meanwhile: on SQLite both processes share the one write lock for audit.
+//! should be idle meanwhile: on SQLite both processes share the one write lock for audit. On
+//! SQLite, `--stop-server PID` stops the server once the token and sample are fetched: the
+//! server holds the audit journal, and the durable read measured here should pass through it
+//! as the server's does (a second process appends straight to the database).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -196,12 +199,41 @@ async fn once(context: &Bench, operation: Operation, patient: &Sampled) -> anyho
     Ok(())
 }
 
+/// Sends SIGTERM to the server `pid` and waits (at most 30 s) until `base` no longer answers,
+/// then a moment more for the process to close its files (the journal's lock goes with them).
+async fn stop(pid: u32, base: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status()
+        .context("running kill")?;
+    anyhow::ensure!(status.success(), "kill {pid} failed: {status}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{base}/healthz")).send().await.is_ok() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the server {pid} did not stop within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(())
+}
+
 pub async fn run(
     data_dir: &Path,
     options: LoadOptions,
     read_audit: ReadAudit,
     tokens: TokenSource,
+    stop_server: Option<u32>,
 ) -> anyhow::Result<Value> {
+    // Over HTTP, while the server runs: the token (checked in process below) and the sample.
+    let token = tokens.bearer().await?;
+    let sample = Arc::new(sample_patients(&options, &tokens).await?);
+    anyhow::ensure!(!sample.is_empty(), "no patients sampled");
+    if let Some(pid) = stop_server {
+        stop(pid, &options.base).await?;
+    }
     let config_path = data_dir.join("carevault.toml");
     let config: ConfigFile = toml::from_str(
         &std::fs::read_to_string(&config_path)
@@ -235,13 +267,10 @@ pub async fn run(
     ));
     let authority = Authority::new(store.clone(), audit, Arc::new(NoAssertions), 300);
     let clock = SystemClock;
-    let token = tokens.bearer().await?;
     let principal = authority
         .authenticate_bearer(&token, None, clock.now_ms())
         .await
         .context("checking the bearer token in process")?;
-    let sample = Arc::new(sample_patients(&options, &tokens).await?);
-    anyhow::ensure!(!sample.is_empty(), "no patients sampled");
     let context = Arc::new(Bench {
         store,
         records,

@@ -143,6 +143,12 @@ enum Command {
         #[arg(long, value_enum, default_value = "both")]
         audit: inproc::ReadAudit,
         #[arg(long)]
+        /// Stop the server with this process id (SIGTERM) once the token and the sample are
+        /// fetched, and open the store after it has gone. On SQLite the server holds the audit
+        /// journal, and a second process appends straight to the database: to measure the
+        /// durable read the server makes, the server must be gone.
+        #[arg(long)]
+        stop_server: Option<u32>,
         json_out: Option<PathBuf>,
     },
     /// Append, size, search and verify a synthetic audit trail in a fresh database, against the
@@ -337,6 +343,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             patients,
             sample,
             audit,
+            stop_server,
             json_out,
         } => {
             let (client_id, key) = who.resolve()?;
@@ -352,7 +359,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 patients,
                 sample: sample.max(1),
             };
-            let report = inproc::run(&data_dir, options, audit, tokens).await?;
+            let report = inproc::run(&data_dir, options, audit, tokens, stop_server).await?;
             write_json(json_out.as_ref(), &report)
         }
         Command::AuditTrail {
