@@ -514,6 +514,7 @@ macro_rules! implement_audit_store {
             #[async_trait]
             impl AuditStore for $store {
                 async fn audit_heads(&self) -> StoreResult<Vec<(TenantId, ChainHead)>> {
+                    self.settle_audit().await?;
                     let mut tx = self.begin_read(None).await?;
                     let mut tenants = vec![TenantId::platform()];
                     for row in sqlx::query(SELECT_TENANT_IDS)
@@ -535,6 +536,7 @@ macro_rules! implement_audit_store {
                 }
 
                 async fn audit_head(&self, tenant: TenantId) -> StoreResult<Option<ChainHead>> {
+                    self.settle_audit().await?;
                     let mut tx = self.begin_read(Some(tenant)).await?;
                     let head = head_on(&mut *tx, tenant).await?;
                     tx.commit().await.map_err(backend)?;
@@ -546,6 +548,7 @@ macro_rules! implement_audit_store {
                     tenant: TenantId,
                     seq: i64,
                 ) -> StoreResult<Option<ChainHash>> {
+                    self.settle_audit().await?;
                     let mut tx = self.begin_read(Some(tenant)).await?;
                     let row = sqlx::query(SELECT_SEGMENT_AT)
                         .bind(tenant.as_uuid())
@@ -571,6 +574,7 @@ macro_rules! implement_audit_store {
                     tenant: TenantId,
                     query: &LinkQuery,
                 ) -> StoreResult<Vec<StoredEntry>> {
+                    self.settle_audit().await?;
                     let since = query.since_ms.unwrap_or(i64::MIN);
                     let until = query.until_ms.unwrap_or(i64::MAX);
                     let mut after = query.after_seq;
@@ -605,6 +609,7 @@ macro_rules! implement_audit_store {
                     &self,
                     tenant: TenantId,
                 ) -> StoreResult<Vec<RetentionMarker>> {
+                    self.settle_audit().await?;
                     let mut tx = self.begin_read(Some(tenant)).await?;
                     let rows = sqlx::query(SELECT_MARKERS)
                         .bind(tenant.as_uuid())
@@ -627,6 +632,7 @@ macro_rules! implement_audit_store {
                     tenant: TenantId,
                     before_ms: i64,
                 ) -> StoreResult<Option<i64>> {
+                    self.settle_audit().await?;
                     let mut tx = self.begin_read(Some(tenant)).await?;
                     let boundary: Option<i64> = sqlx::query(SELECT_RETENTION_BOUNDARY)
                         .bind(tenant.as_uuid())
@@ -644,6 +650,7 @@ macro_rules! implement_audit_store {
                     tenant: TenantId,
                     marker: &RetentionMarker,
                 ) -> StoreResult<u64> {
+                    self.settle_audit().await?;
                     let refuse =
                         |why: &str| Err(StoreError::Backend(format!("retention refused: {why}")));
                     if marker.tenant != tenant.to_string() {
@@ -693,6 +700,7 @@ macro_rules! implement_audit_store {
                     scope: &TenantScope,
                     filter: &AuditFilter,
                 ) -> StoreResult<Vec<AuditRecord>> {
+                    self.settle_audit().await?;
                     let tenant = scope.tenant();
                     let keys = filter_keys(filter);
                     let mut before = filter.before_seq.unwrap_or(i64::MAX);

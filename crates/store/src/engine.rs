@@ -751,6 +751,7 @@ macro_rules! implement_store {
                 }
 
                 async fn audit_records(&self, tenant: TenantId) -> StoreResult<Vec<AuditRecord>> {
+                    self.settle_audit().await?;
                     super::audit_implementation::all_records(self, tenant).await
                 }
             }

@@ -2,7 +2,9 @@
 //! runtime migrator, which records each applied version and its checksum in
 //! `_sqlx_migrations` and refuses to start on a database whose applied migrations differ.
 //!
-//! To change the schema, add the next numbered file to both folders and a line to both lists.
+//! To change the schema, add the next numbered file to both folders and a line to both lists
+//! (a migration only one engine needs goes in that engine's folder and list alone: version 9,
+//! the SQLite audit journal's watermark).
 //! Numbers may have gaps and may arrive out of order (work in parallel reserves numbers): the
 //! migrator applies every listed version not yet applied, whatever its neighbours, and refuses
 //! only a database that has applied a version this build does not list. So two migrations
@@ -62,6 +64,11 @@ pub(crate) fn sqlite() -> Migrator {
             8,
             "dates",
             include_str!("../migrations/sqlite/0008_dates.sql"),
+        ),
+        migration(
+            9,
+            "audit journal",
+            include_str!("../migrations/sqlite/0009_audit_journal.sql"),
         ),
     ])
 }

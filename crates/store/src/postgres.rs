@@ -147,6 +147,11 @@ impl PgStore {
         None
     }
 
+    /// PostgreSQL commits every audit record to the trail at once: nothing to chain first.
+    async fn settle_audit(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// PostgreSQL commits in the shared transaction of `implement_store!`.
     async fn commit_fast(
         &self,

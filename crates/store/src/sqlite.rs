@@ -7,11 +7,12 @@
 //! (`sqlite/direct.rs`, `sqlite/writer.rs`). The file and its directory are created readable by
 //! the owner only.
 
+use std::collections::HashMap;
 use std::fs::{DirBuilder, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use carevault_domain::audit::AuditRecord;
@@ -30,9 +31,11 @@ use crate::people::implement_people_store;
 
 mod audit_keys;
 pub(crate) mod direct;
+mod journal;
 mod writer;
 
 use direct::DirectReads;
+use journal::Journal;
 use writer::{PendingCommit, Writer};
 
 /// How long a statement waits for a lock held by another process (a backup, the CLI).
@@ -52,6 +55,16 @@ const WRITER_AUTOCHECKPOINT: &str = "100000";
 /// 200 ms, an import wrote 34 KB to disk per resource instead of 46 KB and ran 1.06-1.33x as
 /// fast (10,000 patients, three rounds), with reads unchanged within noise.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(2_000);
+/// How often journaled read records are chained into the trail (`sqlite/journal.rs`). Each
+/// ingestion is one transaction, so the trail's commits no longer follow the reads' (thousands
+/// a second under load, each resetting every read connection's page cache). Searches of the
+/// trail, `audit verify` and the checkpointer ingest first, so they never miss a record.
+pub(crate) const INGEST_EVERY: Duration = Duration::from_millis(250);
+/// How long a process without the journal waits, once, for the server to chain its journal.
+const HOLDER_WAIT: Duration = Duration::from_secs(2);
+/// Records journaled and not ingested beyond which an append ingests first: a bound on the
+/// journal (and on the memory its pending records take) if ingestion falls behind.
+const MAX_PENDING: usize = 100_000;
 
 type TenantQuery<'q> = sqlx::query::Query<'q, Sqlite, <Sqlite as sqlx::Database>::Arguments>;
 
@@ -65,6 +78,12 @@ pub struct SqliteStore {
     tickets: AtomicU64,
     /// The bearer check, reads by id and searches, on the caller's thread.
     direct: DirectReads,
+    /// The audit journal, unless another process (the server) holds it.
+    journal: Option<Arc<Ingestion>>,
+    /// Without the journal: the database, and whether this store has waited once for the
+    /// holder of the journal to chain what it held (see [`SqliteStore::settle_audit`]).
+    path: std::path::PathBuf,
+    waited_for_holder: AtomicBool,
     /// The background checkpointer stops once this is dropped.
     _checkpointer: Arc<()>,
 }
@@ -72,6 +91,12 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if missing, mode 0600, parent directory 0700) and migrates the database.
     pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(path, INGEST_EVERY).await
+    }
+
+    /// [`SqliteStore::open`], chaining the audit journal into the trail every `ingest_every`
+    /// (tests use a long one to find records still in the journal).
+    async fn open_with(path: &Path, ingest_every: Duration) -> Result<SqliteStore, StoreError> {
         prepare_file(path)?;
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -129,6 +154,41 @@ impl SqliteStore {
                 ("wal_autocheckpoint", WRITER_AUTOCHECKPOINT),
             ],
         )?;
+        let sync_writer = Arc::new(sync_writer);
+        let journal = match Journal::open(path, sync_writer.journal_watermark()?)? {
+            Some(journal) => {
+                let ingestion = Arc::new(Ingestion {
+                    journal,
+                    lock: writer.clone(),
+                    writer: Arc::clone(&sync_writer),
+                    // Tenants whose records an earlier run held back: the first ingestion
+                    // tries them again, and their appends wait for it.
+                    failing: Mutex::new(
+                        sync_writer
+                            .held_back_tenants()?
+                            .into_iter()
+                            .map(|tenant| {
+                                (
+                                    tenant,
+                                    "the audit trail cannot be written: records held back \
+                                     by an earlier run could not be chained yet"
+                                        .to_owned(),
+                                )
+                            })
+                            .collect(),
+                    ),
+                    lost: AtomicBool::new(false),
+                });
+                // Recovery: what the last run journaled and did not ingest.
+                ingestion.settle().await?;
+                tokio::spawn(ingest_in_background(
+                    Arc::downgrade(&ingestion),
+                    ingest_every,
+                ));
+                Some(ingestion)
+            }
+            None => None,
+        };
         let alive = Arc::new(());
         tokio::spawn(checkpoint_in_background(
             checkpointer,
@@ -137,11 +197,43 @@ impl SqliteStore {
         Ok(SqliteStore {
             reader,
             writer,
-            sync_writer: Arc::new(sync_writer),
+            sync_writer,
             tickets: AtomicU64::new(0),
             direct,
+            journal,
+            path: path.to_owned(),
+            waited_for_holder: AtomicBool::new(false),
             _checkpointer: alive,
         })
+    }
+
+    /// Before a write transaction, which may append audit records of its own: the records
+    /// journaled before it are chained first, so that in this process the chain keeps the
+    /// order in which things happened. A failure is logged by the ingestion, and the write
+    /// goes on (its own records meet the same trail).
+    async fn chain_journal_first(&self) {
+        if let Some(ingestion) = &self.journal {
+            let _ = ingestion.settle().await;
+        }
+    }
+
+    /// Chains every journaled record into the trail, so that what follows reads it all. A
+    /// store without the journal (the CLI beside the server) waits, the first time, until the
+    /// server has chained what it had journaled by then (a quarter of a second, normally), so
+    /// that `audit search` right after a request finds its record.
+    pub(crate) async fn settle_audit(&self) -> StoreResult<()> {
+        if let Some(ingestion) = &self.journal {
+            return ingestion.settle().await;
+        }
+        if !self.waited_for_holder.swap(true, Ordering::Relaxed)
+            && journal::wait_for_holder(&self.path, HOLDER_WAIT).await
+        {
+            tracing::warn!(
+                "the server has not chained its audit journal within {HOLDER_WAIT:?}; the \
+                 newest read records may be missing from what follows"
+            );
+        }
+        Ok(())
     }
 
     fn read_pool(&self) -> &SqlitePool {
@@ -182,9 +274,13 @@ impl SqliteStore {
         Some(&self.direct)
     }
 
-    /// The group committer's append, on the caller's thread, while it holds the store's
-    /// write lock (the one writer connection of the pool).
+    /// The group committer's append, on the caller's thread: to the audit journal when this
+    /// process holds it, otherwise to the database while holding the store's write lock (the
+    /// one writer connection of the pool).
     async fn append_audit_fast(&self, records: &[AuditRecord]) -> Option<StoreResult<()>> {
+        if let Some(ingestion) = &self.journal {
+            return Some(ingestion.append(records).await);
+        }
         let _write_lock = match self.writer.acquire().await {
             Ok(connection) => connection,
             Err(error) => return Some(Err(backend(error))),
@@ -202,6 +298,7 @@ impl SqliteStore {
         writes: &[ResourceWrite],
         audit: &[AuditRecord],
     ) -> Option<StoreResult<()>> {
+        self.chain_journal_first().await;
         let (done, mut outcome) = tokio::sync::oneshot::channel();
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
         let queued = self.sync_writer.enqueue(PendingCommit {
@@ -266,6 +363,7 @@ impl SqliteStore {
         &self,
         _tenant: Option<TenantId>,
     ) -> StoreResult<Transaction<'static, Sqlite>> {
+        self.chain_journal_first().await;
         self.writer
             .begin_with("BEGIN IMMEDIATE")
             .await
@@ -296,6 +394,134 @@ struct WithdrawOnDrop<'a> {
 impl Drop for WithdrawOnDrop<'_> {
     fn drop(&mut self) {
         self.writer.withdraw(self.ticket);
+    }
+}
+
+/// The audit journal and what chains it into the trail.
+struct Ingestion {
+    journal: Journal,
+    /// The store's write lock (its one sqlx writer connection), held while ingesting.
+    lock: SqlitePool,
+    writer: Arc<Writer>,
+    /// Tenants whose records the last ingestion could not chain, and why (held back in the
+    /// database, or still in the journal when the whole ingestion failed). An append holding
+    /// a record of one ingests first, and fails while that tenant still fails (its trail
+    /// cannot be written, so its reads are refused). Other tenants go on.
+    failing: Mutex<HashMap<TenantId, String>>,
+    /// An ingestion was lost mid-way (its thread died): its records are only in the journal's
+    /// files now, which the next start reads. Until then every append fails.
+    lost: AtomicBool,
+}
+
+impl Ingestion {
+    async fn append(&self, records: &[AuditRecord]) -> StoreResult<()> {
+        if self.failure_among(records).is_some() || self.journal.pending() >= MAX_PENDING {
+            // A failure is logged by `settle` and shows in `failure_among` below.
+            let _ = self.settle().await;
+            if let Some(why) = self.failure_among(records) {
+                return Err(StoreError::Backend(why));
+            }
+            if self.journal.pending() >= MAX_PENDING {
+                return Err(StoreError::Backend(format!(
+                    "the audit trail cannot be written: {MAX_PENDING} records wait in the \
+                     journal and cannot be chained"
+                )));
+            }
+        }
+        self.journal.append(records)
+    }
+
+    /// Why the trail of a tenant of `records` cannot be written, if it cannot.
+    fn failure_among(&self, records: &[AuditRecord]) -> Option<String> {
+        let failing = self.failing.lock().ok()?;
+        if failing.is_empty() {
+            return None;
+        }
+        records
+            .iter()
+            .find_map(|record| failing.get(&record.tenant).cloned())
+    }
+
+    /// Ingests everything pending, in one transaction, and retries the records held back for
+    /// tenants that failed before. An error means nothing was written (the frames stay
+    /// pending); a tenant whose records could not be chained is noted in `failing`, its
+    /// records held back in the database.
+    async fn settle(&self) -> StoreResult<()> {
+        if self.lost.load(Ordering::Relaxed) {
+            return Err(StoreError::Backend(
+                "audit journal ingestion was interrupted; restart the server to recover it"
+                    .to_owned(),
+            ));
+        }
+        let retry = self.failing.lock().is_ok_and(|failing| !failing.is_empty());
+        if self.journal.pending() == 0 && !retry {
+            return Ok(());
+        }
+        let lock = self.lock.acquire().await.map_err(backend)?;
+        let batch = self.journal.take()?;
+        let writer = Arc::clone(&self.writer);
+        // Off the async threads: an ingestion is a transaction of up to thousands of records.
+        let ingested = tokio::task::spawn_blocking(move || {
+            let result = writer.ingest(&batch.frames, batch.through);
+            (result, batch, lock)
+        })
+        .await;
+        let (result, batch) = match ingested {
+            Ok((result, batch, _)) => (result, batch),
+            Err(error) => {
+                tracing::error!(%error, "audit journal ingestion was interrupted");
+                self.lost.store(true, Ordering::Relaxed);
+                return Err(StoreError::Backend(format!(
+                    "audit journal ingestion was interrupted: {error}"
+                )));
+            }
+        };
+        let Ok(mut failing) = self.failing.lock() else {
+            return Err(StoreError::Backend(
+                "the audit journal's failures are poisoned".to_owned(),
+            ));
+        };
+        match result {
+            Ok(failed) => {
+                self.journal.finish(Vec::new());
+                *failing = failed
+                    .iter()
+                    .map(|(tenant, error)| (*tenant, describe(error)))
+                    .collect();
+                for (tenant, why) in failing.iter() {
+                    tracing::error!(%tenant, error = %why, "journaled audit records could not be chained; they are held back");
+                }
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "audit journal ingestion failed");
+                let why = describe(&error);
+                for (_, records) in &batch.frames {
+                    for record in records {
+                        failing.insert(record.tenant, why.clone());
+                    }
+                }
+                self.journal.finish(batch.frames);
+                Err(error)
+            }
+        }
+    }
+}
+
+fn describe(error: &StoreError) -> String {
+    format!("the audit trail cannot be written: {error}")
+}
+
+/// Ingests the journal every `every` while the store lives. A failure is logged (and makes
+/// appends fail until an ingestion succeeds); it is tried again next time.
+async fn ingest_in_background(ingestion: Weak<Ingestion>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(ingestion) = ingestion.upgrade() else {
+            break;
+        };
+        // The error is logged by `settle`.
+        let _ = ingestion.settle().await;
     }
 }
 

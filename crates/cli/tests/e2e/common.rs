@@ -346,6 +346,7 @@ pub async fn audit_texts(server: &Server) -> Vec<String> {
     const BODIES: &str = "SELECT body FROM audit_segments ORDER BY tenant_id, first_seq";
     let bodies: Vec<Vec<u8>> = match &server.pg {
         None => {
+            wait_for_audit_journal(server).await;
             let options = sqlx::sqlite::SqliteConnectOptions::new().filename(server.sqlite_path());
             let pool = sqlx::SqlitePool::connect_with(options)
                 .await
@@ -370,6 +371,35 @@ pub async fn audit_texts(server: &Server) -> Vec<String> {
         .flat_map(|body| decode(body).unwrap_or_else(|e| panic!("{e}")))
         .map(|record| record.text)
         .collect()
+}
+
+/// Waits (at most 10 s) until the SQLite server has chained every record of its audit
+/// journal into the trail: then every journal file is empty (store/src/sqlite/journal.rs).
+/// Call it once the requests whose records are wanted have been answered.
+pub async fn wait_for_audit_journal(server: &Server) {
+    let mut directory = server.sqlite_path().into_os_string();
+    directory.push(".audit-journal");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting: u64 = std::fs::read_dir(&directory)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|entry| entry.file_name().to_string_lossy().ends_with(".frames"))
+                    .filter_map(|entry| entry.metadata().ok())
+                    .map(|metadata| metadata.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if waiting == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the audit journal still held {waiting} bytes after 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
 }
 
 impl Drop for Server {

@@ -44,6 +44,8 @@ use crate::audit::{
 use crate::engine::group_by_tenant;
 use crate::sql::{self, sqlite_placeholders};
 
+mod ingest;
+
 /// Sets a tenant's head (creating it for the tenant's first record).
 const UPSERT_HEAD: &str = "INSERT INTO audit_heads (tenant_id, seq, hash) VALUES ($1, $2, $3) \
      ON CONFLICT (tenant_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash";

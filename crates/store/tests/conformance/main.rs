@@ -115,6 +115,12 @@ impl Raw {
         }
     }
 
+    /// Whether the store under test makes read records durable in a journal before chaining
+    /// them into the trail (SQLite, in the process that holds the journal).
+    fn journals_reads(&self) -> bool {
+        matches!(self, Raw::Sqlite(_))
+    }
+
     /// Counts stored audit records as the owner (PostgreSQL: a superuser, which row-level
     /// security does not restrict).
     async fn audit_rows(&self) -> i64 {

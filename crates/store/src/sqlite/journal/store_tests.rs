@@ -1,0 +1,306 @@
+//! The journal through the store: what a crash leaves, and what a damaged trail refuses.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use carevault_crypto::SigningKey;
+use carevault_domain::audit::storage::AuditStore;
+use carevault_domain::audit::verify::verify_chain;
+use carevault_domain::audit::{AuditRecord, Outcome};
+use carevault_domain::ids::TenantId;
+use carevault_domain::store::{Store, TenantRecord, TenantStatus};
+
+use super::{directory_of, journal_files};
+use crate::SqliteStore;
+
+/// Long enough that nothing is ingested in the background during a test.
+const NEVER: Duration = Duration::from_secs(3_600);
+
+fn record(tenant: TenantId, detail: &str) -> AuditRecord {
+    AuditRecord {
+        v: 1,
+        seq: 0,
+        time_ms: 1,
+        tenant,
+        principal: "client/journal-test".to_owned(),
+        session: Some("s1".to_owned()),
+        roles: vec!["clinician".to_owned()],
+        auth_strength: "client-credentials".to_owned(),
+        source: Some("127.0.0.1".to_owned()),
+        action: "read".to_owned(),
+        resource_type: Some("Patient".to_owned()),
+        resource_id: Some(detail.to_owned()),
+        subjects: vec![detail.to_owned()],
+        categories: vec!["demographics".to_owned()],
+        purpose: None,
+        outcome: Outcome::Success,
+        detail: Some(detail.to_owned()),
+    }
+}
+
+async fn add_tenant(store: &SqliteStore) -> TenantId {
+    let tenant = TenantId::generate();
+    let record = TenantRecord {
+        id: tenant,
+        name: format!("tenant {tenant}"),
+        status: TenantStatus::Active,
+        created_ms: 1,
+    };
+    store.create_tenant(&record, &[]).await.unwrap();
+    tenant
+}
+
+/// Records in the trail's segments, read past the store.
+fn stored_records(database: &Path) -> i64 {
+    let connection = rusqlite::Connection::open(database).unwrap();
+    connection
+        .query_row(
+            "SELECT coalesce(sum(last_seq - first_seq + 1), 0) FROM audit_segments",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap()
+}
+
+fn count(database: &Path, statement: &str) -> i64 {
+    let connection = rusqlite::Connection::open(database).unwrap();
+    connection
+        .query_row(statement, [], |row| row.get(0))
+        .unwrap()
+}
+
+fn execute(database: &Path, statement: &str) {
+    let connection = rusqlite::Connection::open(database).unwrap();
+    connection.execute_batch(statement).unwrap();
+}
+
+fn details(records: &[AuditRecord]) -> Vec<String> {
+    records
+        .iter()
+        .map(|record| record.detail.clone().unwrap_or_default())
+        .collect()
+}
+
+/// Records acknowledged by the journal and never chained (the process died) are chained when
+/// the database is next opened, in order, and the chain verifies; the journal is emptied.
+#[tokio::test]
+async fn a_crash_before_ingestion_loses_no_acknowledged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let store = SqliteStore::open_with(&database, NEVER).await.unwrap();
+    let tenant = add_tenant(&store).await;
+    let before = stored_records(&database);
+    store
+        .append_audit(&[record(tenant, "r1"), record(tenant, "r2")])
+        .await
+        .unwrap();
+    store.append_audit(&[record(tenant, "r3")]).await.unwrap();
+    // Durable in the journal, not yet in the trail.
+    assert_eq!(stored_records(&database), before);
+    drop(store);
+
+    let store = Arc::new(SqliteStore::open_with(&database, NEVER).await.unwrap());
+    assert_eq!(stored_records(&database), before + 3);
+    let records = store.audit_records(tenant).await.unwrap();
+    assert_eq!(details(&records), ["r1", "r2", "r3"]);
+    assert_eq!(
+        records.iter().map(|record| record.seq).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    let key = SigningKey::create_file(&dir.path().join("signing.key")).unwrap();
+    let report = verify_chain(
+        store.clone() as Arc<dyn AuditStore>,
+        tenant,
+        Vec::new(),
+        &key.verifying_key(),
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert!(report.breaks.is_empty(), "{:?}", report.breaks);
+    assert_eq!(report.records, 3);
+    // Only the file new frames go to is left, and it is empty.
+    let files = journal_files(&directory_of(&database)).unwrap();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(std::fs::metadata(&files[0].1).unwrap().len(), 0);
+
+    // Opened again, nothing is chained twice.
+    drop(store);
+    let _store = SqliteStore::open_with(&database, NEVER).await.unwrap();
+    assert_eq!(stored_records(&database), before + 3);
+}
+
+/// A search of the trail chains the journal first, so it misses nothing just read.
+#[tokio::test]
+async fn reading_the_trail_chains_the_journal_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let store = SqliteStore::open_with(&database, NEVER).await.unwrap();
+    let tenant = add_tenant(&store).await;
+    store.append_audit(&[record(tenant, "r1")]).await.unwrap();
+    let head = store.audit_head(tenant).await.unwrap().unwrap();
+    assert_eq!(head.seq, 1);
+}
+
+/// A second store on the database (the CLI while the server runs) has no journal: its
+/// appends are in the trail at once, and it leaves the first one's journal alone.
+#[tokio::test]
+async fn a_second_store_appends_straight_to_the_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let first = SqliteStore::open_with(&database, NEVER).await.unwrap();
+    let tenant = add_tenant(&first).await;
+    first
+        .append_audit(&[record(tenant, "first")])
+        .await
+        .unwrap();
+    let before = stored_records(&database);
+    let second = SqliteStore::open_with(&database, NEVER).await.unwrap();
+    second
+        .append_audit(&[record(tenant, "second")])
+        .await
+        .unwrap();
+    assert_eq!(stored_records(&database), before + 1);
+    let records = first.audit_records(tenant).await.unwrap();
+    assert_eq!(details(&records), ["second", "first"]);
+}
+
+/// While a tenant's trail cannot be written, its appends fail (its reads are refused) once
+/// an ingestion has failed, and other tenants' go on; once it can, everything journaled is
+/// chained, in order.
+#[tokio::test]
+async fn a_tenant_whose_trail_fails_is_refused_alone_until_it_mends() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let store = SqliteStore::open_with(&database, NEVER).await.unwrap();
+    let broken = add_tenant(&store).await;
+    let bystander = add_tenant(&store).await;
+    execute(
+        &database,
+        &format!(
+            "CREATE TRIGGER audit_block BEFORE INSERT ON audit_segments \
+             WHEN NEW.tenant_id = X'{}' \
+             BEGIN SELECT RAISE(ABORT, 'audit blocked by the test'); END;",
+            broken.as_uuid().simple()
+        ),
+    );
+    // Journaled before anyone knows: durable, acknowledged.
+    store
+        .append_audit(&[record(broken, "b1"), record(bystander, "x1")])
+        .await
+        .unwrap();
+    // The ingestion chains the bystander's and keeps the other's.
+    store.settle_audit().await.unwrap();
+    assert_eq!(
+        details(&store.audit_records(bystander).await.unwrap()),
+        ["x1"]
+    );
+    let refused = store.append_audit(&[record(broken, "b2")]).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|error| error.to_string().contains("audit blocked by the test")),
+        "{refused:?}"
+    );
+    store
+        .append_audit(&[record(bystander, "x2")])
+        .await
+        .unwrap();
+    // Held back in the database, unchained.
+    assert_eq!(
+        count(&database, "SELECT count(*) FROM audit_journal_held"),
+        1
+    );
+    // A restart now: the broken tenant's record is still held back, the bystander's chained
+    // ones are not chained twice.
+    drop(store);
+    execute(&database, "DROP TRIGGER audit_block;");
+    let store = SqliteStore::open_with(&database, NEVER).await.unwrap();
+    assert_eq!(
+        details(&store.audit_records(bystander).await.unwrap()),
+        ["x1", "x2"]
+    );
+    assert_eq!(details(&store.audit_records(broken).await.unwrap()), ["b1"]);
+    store.append_audit(&[record(broken, "b3")]).await.unwrap();
+    assert_eq!(
+        details(&store.audit_records(broken).await.unwrap()),
+        ["b1", "b3"]
+    );
+}
+
+/// The same, without a restart: the refused tenant's next append, once the trail mends,
+/// chains what waited and is accepted.
+#[tokio::test]
+async fn a_refused_tenant_is_accepted_again_once_its_trail_mends() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let store = SqliteStore::open_with(&database, NEVER).await.unwrap();
+    let tenant = add_tenant(&store).await;
+    execute(
+        &database,
+        "CREATE TRIGGER audit_block BEFORE INSERT ON audit_segments \
+         BEGIN SELECT RAISE(ABORT, 'audit blocked by the test'); END;",
+    );
+    store.append_audit(&[record(tenant, "r1")]).await.unwrap();
+    // Nothing could be chained; the tenant's appends are refused and nothing is lost.
+    let _ = store.settle_audit().await;
+    assert!(store.append_audit(&[record(tenant, "r2")]).await.is_err());
+    execute(&database, "DROP TRIGGER audit_block;");
+    store.append_audit(&[record(tenant, "r3")]).await.unwrap();
+    assert_eq!(
+        details(&store.audit_records(tenant).await.unwrap()),
+        ["r1", "r3"]
+    );
+}
+
+/// An ingestion whose transaction fails (here, the watermark cannot move) writes nothing: every
+/// frame stays in the journal, the tenants in it are refused, and the next ingestion that
+/// succeeds chains them all, once.
+#[tokio::test]
+async fn a_failed_ingestion_keeps_every_frame_until_one_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let store = SqliteStore::open_with(&database, NEVER).await.unwrap();
+    let tenant = add_tenant(&store).await;
+    let other = add_tenant(&store).await;
+    execute(
+        &database,
+        "CREATE TRIGGER journal_block BEFORE UPDATE ON audit_journal \
+         BEGIN SELECT RAISE(ABORT, 'watermark blocked by the test'); END;",
+    );
+    store
+        .append_audit(&[record(tenant, "r1"), record(other, "o1")])
+        .await
+        .unwrap();
+    assert!(store.settle_audit().await.is_err());
+    assert_eq!(
+        count(&database, "SELECT count(*) FROM audit_journal_held"),
+        0
+    );
+    assert!(store.append_audit(&[record(tenant, "r2")]).await.is_err());
+    assert!(store.append_audit(&[record(other, "o2")]).await.is_err());
+    // Both frames' files are kept.
+    let waiting: u64 = journal_files(&directory_of(&database))
+        .unwrap()
+        .iter()
+        .map(|(_, path)| std::fs::metadata(path).unwrap().len())
+        .sum();
+    assert!(waiting > 0);
+    execute(&database, "DROP TRIGGER journal_block;");
+    store.append_audit(&[record(tenant, "r3")]).await.unwrap();
+    assert_eq!(
+        details(&store.audit_records(tenant).await.unwrap()),
+        ["r1", "r3"]
+    );
+    assert_eq!(details(&store.audit_records(other).await.unwrap()), ["o1"]);
+    drop(store);
+    // Reopened, nothing is chained twice.
+    let store = SqliteStore::open_with(&database, NEVER).await.unwrap();
+    assert_eq!(
+        details(&store.audit_records(tenant).await.unwrap()),
+        ["r1", "r3"]
+    );
+}
