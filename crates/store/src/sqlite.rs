@@ -4,8 +4,9 @@
 //! so concurrent writers queue in the pool instead of failing with `SQLITE_BUSY`; reads use a
 //! separate pool and, under WAL, never wait for the writer. The hottest reads, the group
 //! committer's audit append and the commits of resource writes skip sqlx's connection threads
-//! (`sqlite/direct.rs`, `sqlite/writer.rs`). The file and its directory are created readable by
-//! the owner only.
+//! (`sqlite/direct.rs`, `sqlite/writer.rs`); the group committer's records go to the audit
+//! journal beside the database and reach the trail in batches (`sqlite/journal.rs`). The file
+//! and its directory are created readable by the owner only.
 
 use std::collections::HashMap;
 use std::fs::{DirBuilder, OpenOptions};
