@@ -49,10 +49,12 @@ pub(crate) const INSERT_SEGMENT: &str = "INSERT INTO audit_segments \
 pub(crate) const SELECT_SEGMENT_AT: &str = "SELECT first_seq, last_seq, min_time_ms, max_time_ms, prev_hash, body \
      FROM audit_segments WHERE tenant_id = $1 AND first_seq <= $2 \
      ORDER BY first_seq DESC LIMIT 1";
-/// Segments after sequence number `$2` overlapping the time window `[$3, $4)`, oldest first.
+/// Segments ending after sequence number `$2` overlapping the time window `[$3, $4)`, in the
+/// order they end (for segments that do not overlap, the order they begin), through the index
+/// on `(tenant_id, last_seq)`: one seek per page of a walk (migration 0010).
 pub(crate) const SELECT_SEGMENTS_AFTER: &str = "SELECT first_seq, last_seq, min_time_ms, max_time_ms, prev_hash, body \
      FROM audit_segments WHERE tenant_id = $1 AND last_seq > $2 \
-     AND max_time_ms >= $3 AND min_time_ms < $4 ORDER BY first_seq LIMIT $5";
+     AND max_time_ms >= $3 AND min_time_ms < $4 ORDER BY last_seq LIMIT $5";
 pub(crate) const SELECT_ALL_SEGMENTS: &str = "SELECT first_seq, last_seq, min_time_ms, max_time_ms, prev_hash, body \
      FROM audit_segments WHERE tenant_id = $1 ORDER BY first_seq";
 pub(crate) const SELECT_MARKERS: &str =

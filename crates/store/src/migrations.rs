@@ -70,6 +70,11 @@ pub(crate) fn sqlite() -> Migrator {
             "audit journal",
             include_str!("../migrations/sqlite/0009_audit_journal.sql"),
         ),
+        migration(
+            10,
+            "audit segments by last seq",
+            include_str!("../migrations/sqlite/0010_audit_segments_by_last_seq.sql"),
+        ),
     ])
 }
 
@@ -114,6 +119,11 @@ pub(crate) fn postgres() -> Migrator {
             8,
             "dates",
             include_str!("../migrations/postgres/0008_dates.sql"),
+        ),
+        migration(
+            10,
+            "audit segments by last seq",
+            include_str!("../migrations/postgres/0010_audit_segments_by_last_seq.sql"),
         ),
     ])
 }
