@@ -781,6 +781,7 @@ macro_rules! implement_audit_store {
 pub(crate) use implement_audit_store;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -788,5 +789,40 @@ mod tests {
     fn keys_go_to_sqlite_as_one_json_array() {
         assert_eq!(keys_json(&[1, -2, i64::MAX]), "[1,-2,9223372036854775807]");
         assert_eq!(keys_json(&[]), "[]");
+    }
+
+    /// Each page of a walk (`audit verify`, export) seeks the first segment ending after the
+    /// last record seen. Bounded by the tenant alone, each page scanned the tenant's segments
+    /// from the start: 35-39 s to verify 10 million records instead of 11.5 s.
+    #[tokio::test]
+    async fn a_walk_seeks_its_next_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let _store = crate::SqliteStore::open(&path).await.unwrap();
+        let connection = rusqlite::Connection::open(&path).unwrap();
+        let mut plan = connection
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                crate::sql::sqlite_placeholders(SELECT_SEGMENTS_AFTER)
+            ))
+            .unwrap();
+        let lines: Vec<String> = plan
+            .query_map(
+                rusqlite::params![vec![0u8; 16], 100, 0, i64::MAX, SEGMENTS_PER_FETCH],
+                |row| row.get::<_, String>(3),
+            )
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            lines.iter().any(
+                |line| line.contains("audit_segments_by_last_seq (tenant_id=? AND last_seq>?)")
+            ),
+            "{lines:#?}"
+        );
+        assert!(
+            !lines.iter().any(|line| line.contains("TEMP B-TREE")),
+            "{lines:#?}"
+        );
     }
 }
