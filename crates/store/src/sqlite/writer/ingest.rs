@@ -79,6 +79,12 @@ impl Writer {
                 Ok(_) => savepoint.commit().map_err(backend)?,
                 Err(error) => {
                     drop(savepoint);
+                    // SQLite abandons the whole transaction on some errors (a full disk, I/O):
+                    // then nothing of the batch is written, and what follows would commit on
+                    // its own, the watermark among it.
+                    if tx.is_autocommit() {
+                        return Err(error);
+                    }
                     for (frame, group) in groups {
                         let records = serde_json::to_vec(group).map_err(|error| {
                             StoreError::Backend(format!("audit record not serialisable: {error}"))
