@@ -33,6 +33,8 @@ use crate::people::implement_people_store;
 mod audit_keys;
 pub(crate) mod direct;
 mod journal;
+#[cfg(test)]
+mod test_support;
 mod writer;
 
 use direct::DirectReads;

@@ -436,29 +436,10 @@ mod store_tests;
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use carevault_domain::audit::Outcome;
     use carevault_domain::ids::TenantId;
 
     fn record(detail: &str) -> AuditRecord {
-        AuditRecord {
-            v: 1,
-            seq: 0,
-            time_ms: 1,
-            tenant: TenantId::platform(),
-            principal: "operator/cli".to_owned(),
-            session: None,
-            roles: Vec::new(),
-            auth_strength: "host-operator".to_owned(),
-            source: None,
-            action: "read".to_owned(),
-            resource_type: Some("Patient".to_owned()),
-            resource_id: None,
-            subjects: Vec::new(),
-            categories: Vec::new(),
-            purpose: None,
-            outcome: Outcome::Success,
-            detail: Some(detail.to_owned()),
-        }
+        crate::sqlite::test_support::record(TenantId::platform(), "read", detail)
     }
 
     fn details(batch: &Batch) -> Vec<String> {

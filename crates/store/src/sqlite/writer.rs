@@ -461,13 +461,13 @@ impl Writer {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use carevault_domain::audit::Outcome;
     use carevault_domain::principal::TenantScope;
-    use carevault_domain::store::{DateEntry, Store, StoredVersion, TenantRecord, TenantStatus};
+    use carevault_domain::store::{DateEntry, Store, StoredVersion};
     use carevault_domain::testing::scope_for;
 
     use super::*;
     use crate::SqliteStore;
+    use crate::sqlite::test_support;
 
     fn create(id: &str) -> ResourceWrite {
         ResourceWrite {
@@ -490,25 +490,7 @@ mod tests {
     }
 
     fn record(tenant: TenantId, detail: &str) -> AuditRecord {
-        AuditRecord {
-            v: 1,
-            seq: 0,
-            time_ms: 1,
-            tenant,
-            principal: "operator/cli".to_owned(),
-            session: None,
-            roles: Vec::new(),
-            auth_strength: "host-operator".to_owned(),
-            source: None,
-            action: "create".to_owned(),
-            resource_type: Some("Patient".to_owned()),
-            resource_id: None,
-            subjects: Vec::new(),
-            categories: Vec::new(),
-            purpose: None,
-            outcome: Outcome::Success,
-            detail: Some(detail.to_owned()),
-        }
+        test_support::record(tenant, "create", detail)
     }
 
     fn pending(
@@ -542,14 +524,7 @@ mod tests {
 
     /// A new active tenant in `store`.
     async fn add_tenant(store: &SqliteStore) -> (TenantId, TenantScope) {
-        let tenant = TenantId::generate();
-        let record = TenantRecord {
-            id: tenant,
-            name: format!("tenant {tenant}"),
-            status: TenantStatus::Active,
-            created_ms: 1,
-        };
-        store.create_tenant(&record, &[]).await.unwrap();
+        let tenant = test_support::add_tenant(store).await;
         (tenant, scope_for(tenant))
     }
 

@@ -7,50 +7,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use carevault_crypto::SigningKey;
+use carevault_domain::audit::AuditRecord;
 use carevault_domain::audit::storage::AuditStore;
 use carevault_domain::audit::verify::verify_chain;
-use carevault_domain::audit::{AuditRecord, Outcome};
 use carevault_domain::ids::TenantId;
-use carevault_domain::store::{Store, TenantRecord, TenantStatus};
+use carevault_domain::store::Store;
 
 use super::{directory_of, journal_files};
 use crate::SqliteStore;
+use crate::sqlite::test_support::{self, add_tenant};
 
 /// Long enough that nothing is ingested in the background during a test.
 const NEVER: Duration = Duration::from_secs(3_600);
 
 fn record(tenant: TenantId, detail: &str) -> AuditRecord {
-    AuditRecord {
-        v: 1,
-        seq: 0,
-        time_ms: 1,
-        tenant,
-        principal: "client/journal-test".to_owned(),
-        session: Some("s1".to_owned()),
-        roles: vec!["clinician".to_owned()],
-        auth_strength: "client-credentials".to_owned(),
-        source: Some("127.0.0.1".to_owned()),
-        action: "read".to_owned(),
-        resource_type: Some("Patient".to_owned()),
-        resource_id: Some(detail.to_owned()),
-        subjects: vec![detail.to_owned()],
-        categories: vec!["demographics".to_owned()],
-        purpose: None,
-        outcome: Outcome::Success,
-        detail: Some(detail.to_owned()),
-    }
-}
-
-async fn add_tenant(store: &SqliteStore) -> TenantId {
-    let tenant = TenantId::generate();
-    let record = TenantRecord {
-        id: tenant,
-        name: format!("tenant {tenant}"),
-        status: TenantStatus::Active,
-        created_ms: 1,
-    };
-    store.create_tenant(&record, &[]).await.unwrap();
-    tenant
+    test_support::record(tenant, "read", detail)
 }
 
 /// Records in the trail's segments, read past the store.
