@@ -184,11 +184,7 @@ impl Journal {
         let mut retired: Vec<PathBuf> = files.into_iter().map(|(_, path)| path).collect();
         if pending.is_empty() {
             // Everything in them is in the database: nothing to keep for.
-            for path in retired.drain(..) {
-                if let Err(error) = std::fs::remove_file(&path) {
-                    tracing::warn!(file = %path.display(), %error, "an ingested audit journal file could not be deleted");
-                }
-            }
+            delete_ingested(retired.drain(..));
         }
         let file = create_file(&directory, file_number)?;
         Ok(Some(Journal {
@@ -296,13 +292,7 @@ impl Journal {
             }
             Err(_) => return,
         };
-        for path in retired {
-            // A file left behind is read again at the next open, and skipped: its frames are
-            // at or below the watermark.
-            if let Err(error) = std::fs::remove_file(&path) {
-                tracing::warn!(file = %path.display(), %error, "an ingested audit journal file could not be deleted");
-            }
-        }
+        delete_ingested(retired);
     }
 
     fn path_of(&self, number: u64) -> PathBuf {
@@ -329,6 +319,16 @@ pub(crate) async fn wait_for_holder(database: &Path, limit: std::time::Duration)
             return true;
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// Deletes journal files whose frames are all in the database. A file left behind is read
+/// again at the next open, and skipped: its frames are at or below the watermark.
+fn delete_ingested(paths: impl IntoIterator<Item = PathBuf>) {
+    for path in paths {
+        if let Err(error) = std::fs::remove_file(&path) {
+            tracing::warn!(file = %path.display(), %error, "an ingested audit journal file could not be deleted");
+        }
     }
 }
 
