@@ -91,6 +91,76 @@ pub struct AuditRecord {
 
 pub const AUDIT_RECORD_VERSION: u32 = 1;
 
+/// A record as stored, with `seq` set, borrowed: it serialises exactly as [`AuditRecord`]
+/// does (the same fields in the same order), so the chain's canonical text is written without
+/// cloning the record. [`AuditRecord::stored_as`] names every field, so a field added to the
+/// record and not here does not compile.
+#[derive(Serialize)]
+pub(crate) struct StoredRecord<'a> {
+    v: u32,
+    seq: i64,
+    time_ms: i64,
+    #[serde(with = "tenant_text")]
+    tenant: TenantId,
+    principal: &'a str,
+    session: Option<&'a str>,
+    roles: &'a [String],
+    auth_strength: &'a str,
+    source: Option<&'a str>,
+    action: &'a str,
+    resource_type: Option<&'a str>,
+    resource_id: Option<&'a str>,
+    subjects: &'a [String],
+    categories: &'a [String],
+    purpose: Option<&'a str>,
+    outcome: Outcome,
+    detail: Option<&'a str>,
+}
+
+impl AuditRecord {
+    /// This record as stored at position `seq` of its chain.
+    pub(crate) fn stored_as(&self, seq: i64) -> StoredRecord<'_> {
+        let AuditRecord {
+            v,
+            seq: _,
+            time_ms,
+            tenant,
+            principal,
+            session,
+            roles,
+            auth_strength,
+            source,
+            action,
+            resource_type,
+            resource_id,
+            subjects,
+            categories,
+            purpose,
+            outcome,
+            detail,
+        } = self;
+        StoredRecord {
+            v: *v,
+            seq,
+            time_ms: *time_ms,
+            tenant: *tenant,
+            principal,
+            session: session.as_deref(),
+            roles,
+            auth_strength,
+            source: source.as_deref(),
+            action,
+            resource_type: resource_type.as_deref(),
+            resource_id: resource_id.as_deref(),
+            subjects,
+            categories,
+            purpose: purpose.as_deref(),
+            outcome: *outcome,
+            detail: detail.as_deref(),
+        }
+    }
+}
+
 mod tenant_text {
     use serde::{Deserialize, Deserializer, Serializer};
 

@@ -25,9 +25,7 @@ const LINK_LABEL: &[u8] = b"carevault/audit-chain/v1\0";
 /// The stored form of a record: its JSON with `seq` set. This exact text is what the chain
 /// hashes and what the store keeps.
 pub fn canonical_text(record: &AuditRecord, seq: i64) -> Result<String, serde_json::Error> {
-    let mut stored = record.clone();
-    stored.seq = seq;
-    serde_json::to_string(&stored)
+    serde_json::to_string(&record.stored_as(seq))
 }
 
 /// The hash after appending the record whose canonical text is `text` to a chain ending in
@@ -123,6 +121,29 @@ pub(crate) mod tests {
         let edited = chained[1].text.replace("search", "read");
         assert_ne!(link(&chained[0].hash, edited.as_bytes()), chained[1].hash);
         assert_ne!(link(&GENESIS, chained[1].text.as_bytes()), chained[1].hash);
+    }
+
+    #[test]
+    fn the_stored_text_is_the_record_json_with_its_seq() {
+        let mut full = record("read");
+        full.session = Some("session-1".to_owned());
+        full.roles = vec!["clinician".to_owned(), "carer".to_owned()];
+        full.source = Some("192.0.2.7".to_owned());
+        full.resource_type = Some("Patient".to_owned());
+        full.resource_id = Some("p-1".to_owned());
+        full.subjects = vec!["p-1".to_owned()];
+        full.categories = vec!["demographics".to_owned(), "home-entry".to_owned()];
+        full.purpose = Some("break-glass: \"unconscious\"".to_owned());
+        full.outcome = crate::audit::Outcome::Denied;
+        full.detail = Some("line\nbreak".to_owned());
+        for record in [record("search"), full] {
+            let mut stored = record.clone();
+            stored.seq = 7;
+            assert_eq!(
+                canonical_text(&record, 7).ok(),
+                serde_json::to_string(&stored).ok()
+            );
+        }
     }
 
     #[test]
