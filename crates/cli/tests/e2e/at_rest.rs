@@ -66,10 +66,7 @@ fn scan(place: &str, haystack: &[u8]) -> Vec<String> {
     let mut found = Vec::new();
     for needle in needles() {
         for (encoding, bytes) in encodings(needle) {
-            if haystack
-                .windows(bytes.len())
-                .any(|window| window == bytes.as_slice())
-            {
+            if memchr::memmem::find(haystack, &bytes).is_some() {
                 found.push(format!("{needle:?} as {encoding} in {place}"));
             }
         }

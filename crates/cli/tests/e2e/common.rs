@@ -374,29 +374,36 @@ pub async fn audit_texts(server: &Server) -> Vec<String> {
 }
 
 /// Waits (at most 10 s) until the SQLite server has chained every record of its audit
-/// journal into the trail: then every journal file is empty (store/src/sqlite/journal.rs).
+/// journal into the trail: then no journal file holds a frame (store/src/sqlite/journal.rs).
 /// Call it once the requests whose records are wanted have been answered.
 pub async fn wait_for_audit_journal(server: &Server) {
     let mut directory = server.sqlite_path().into_os_string();
     directory.push(".audit-journal");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let waiting: u64 = std::fs::read_dir(&directory)
+        // A journal file holds frames until it is retired (renamed to a spare, or deleted);
+        // the one appends go to next starts with zeros until its first frame.
+        let waiting: Vec<String> = std::fs::read_dir(&directory)
             .map(|entries| {
                 entries
                     .flatten()
                     .filter(|entry| entry.file_name().to_string_lossy().ends_with(".frames"))
-                    .filter_map(|entry| entry.metadata().ok())
-                    .map(|metadata| metadata.len())
-                    .sum()
+                    .filter(|entry| {
+                        let mut head = [0u8; 4];
+                        std::fs::File::open(entry.path())
+                            .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut head))
+                            .is_ok_and(|()| head != [0; 4])
+                    })
+                    .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                    .collect()
             })
-            .unwrap_or(0);
-        if waiting == 0 {
+            .unwrap_or_default();
+        if waiting.is_empty() {
             return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the audit journal still held {waiting} bytes after 10 s"
+            "the audit journal still held frames in {waiting:?} after 10 s"
         );
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }

@@ -7,7 +7,7 @@
 //! of CPU against 34 µs with a bare in-memory append (bench/notes.md, 2026-11-30).
 //!
 //! So each shared commit is appended instead as one *frame* to a file in a directory beside the
-//! database, and the file is synced (`fdatasync`) before anyone is answered. About every
+//! database, and made durable (see **Files**) before anyone is answered. About every
 //! [`super::INGEST_EVERY`] the store chains everything journaled into the trail in one
 //! transaction, which also moves the *watermark* (`audit_journal.through_frame`, the last frame
 //! the database holds). Each frame's records of one tenant become one segment, as the shared
@@ -25,15 +25,28 @@
 //! **Frames.** A header (magic `CVJ1`, the frame number as u64 LE, the payload length as u32
 //! LE, the SHA-256 of number and payload) and the payload, the frame's records as a JSON
 //! array. Frame numbers rise by one from frame to frame across files; a frame whose write or
-//! sync failed was not acknowledged, and its number is written again, in a new file.
+//! sync failed was not acknowledged, and its number is written again, in a new file. Zeros
+//! follow the last frame of a file (every append writes at least a header's worth after its
+//! frame), so a reader knows where the frames end.
 //!
-//! **Files.** Each ingestion starts a new file (created and its directory synced before the
-//! first frame goes to it) and deletes the ones it ingested once its transaction commits. If
-//! the process dies between the two, the next open reads frames at or below the watermark
-//! again and skips them.
+//! **Files.** Each ingestion starts a new file (its directory synced and its first block
+//! cleared before the first frame goes to it), as does an append that would pass
+//! [`FILE_BYTES`]. Files are [`FILE_BYTES`] long from the start (sparse) and used again, so
+//! that, after a file's first use, an append overwrites blocks the file has: its sync then
+//! writes the data and a cache flush, and no metadata. Appends are direct, synchronous writes
+//! (`O_DIRECT | O_DSYNC`: whole blocks from aligned memory, the last partly filled block
+//! written again with the next frame) where the file system allows them, and go through the
+//! page cache and `fdatasync` otherwise. Measured on this kind of machine, a synced append of
+//! 20 KB took 81–151 µs of CPU growing a file, 52–72 µs overwriting one, and 34–40 µs written
+//! directly (`bench/sync-cost`; bench/notes.md, 2026-11-30, fifth). Once an ingestion's
+//! transaction commits, the files it ingested become *spares* (`NNN.spare`, at most
+//! [`SPARES`]; more are deleted) and are used again, so files are created rarely. If the
+//! process dies before a file is retired, the next open reads its frames, at or below the
+//! watermark, and skips them.
 //!
-//! **Recovery.** Opening reads every file in order. A damaged frame ends its file: the last
-//! frame of the newest file may be torn by a crash mid-write, and was then never acknowledged.
+//! **Recovery.** Opening reads every file in order, each up to the zeros after its last frame.
+//! A damaged frame ends its file: the last frame of the newest file may be torn by a crash
+//! mid-write, and was then never acknowledged.
 //! Anything else missing shows as a gap in the frame numbers above the watermark, and the
 //! store refuses to open rather than lose records it acknowledged.
 //!
@@ -43,8 +56,8 @@
 //! the server to chain what it had journaled before it reads the trail.
 
 use std::fs::{DirBuilder, File, OpenOptions, TryLockError};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -59,10 +72,16 @@ const HEADER: usize = 4 + 8 + 4 + 32;
 /// bytes), and a bound on what a damaged length can make recovery allocate.
 const MAX_PAYLOAD: usize = 64 << 20;
 const SUFFIX: &str = ".frames";
-/// While frames are left over from an ingestion that could not write (the database refused the
-/// transaction), the files holding them are kept, and new frames go on to the current file
-/// until it holds this much.
-const KEPT_FILE_BYTES: u64 = 64 << 20;
+/// Ingested files kept to be used again.
+const SPARE_SUFFIX: &str = ".spare";
+/// The length a journal file is created with: at the rate of the in-process read benchmark
+/// (about 60,000 records a second, some 450 bytes each) a quarter-second's frames fit about
+/// twice.
+const FILE_BYTES: u64 = 16 << 20;
+/// Ingested files kept as spares; more are deleted.
+const SPARES: usize = 2;
+/// Direct I/O writes whole blocks, at block offsets, from block-aligned memory.
+const BLOCK: usize = 4096;
 
 /// The journal directory of the database at `database`.
 pub(crate) fn directory_of(database: &Path) -> PathBuf {
@@ -75,6 +94,9 @@ pub(crate) struct Journal {
     directory: PathBuf,
     /// Held (locked) for the journal's life.
     _lock: File,
+    /// Whether appends are direct, synchronous writes; where the file system refuses direct
+    /// I/O, they go through the page cache and `fdatasync`.
+    direct: bool,
     state: Mutex<State>,
 }
 
@@ -82,17 +104,25 @@ struct State {
     /// The file frames are appended to; `None` after a failed write, until the next append
     /// starts a new one (a partly written frame must be the last of its file).
     file: Option<File>,
-    /// The number of the newest file, and the bytes appended to it.
+    /// The number of the newest file, and where its next frame goes (the end of its last).
     file_number: u64,
-    file_bytes: u64,
+    end: u64,
+    /// With direct I/O: the bytes of the current file's last, partly filled block, up to
+    /// `end`, written again with the next frame.
+    tail: Vec<u8>,
+    /// What an append writes from, kept between appends.
+    buffer: Vec<u8>,
     next_frame: u64,
     /// Frames journaled and not yet ingested, oldest first; the number of their records; the
     /// newest frame's number.
     pending: Vec<Frame>,
     pending_records: usize,
     pending_through: u64,
-    /// Files whose frames are all in `pending` or ingested, to delete after an ingestion.
+    /// Files whose frames are all in `pending` or ingested, to retire after an ingestion.
     retired: Vec<PathBuf>,
+    /// Ingested files waiting to be used again, and the number the next one is named by.
+    spares: Vec<PathBuf>,
+    next_spare: u64,
 }
 
 /// One frame: its number and its records (one shared commit's, of any tenants).
@@ -117,6 +147,11 @@ impl Journal {
     /// `watermark`. Returns `None` when another process holds it. Frames found in the files
     /// past the watermark are pending: the caller ingests them before serving.
     pub(crate) fn open(database: &Path, watermark: u64) -> StoreResult<Option<Journal>> {
+        Journal::open_with(database, watermark, true)
+    }
+
+    /// [`Journal::open`], with direct I/O only if `direct` (tests try both ways of writing).
+    fn open_with(database: &Path, watermark: u64, direct: bool) -> StoreResult<Option<Journal>> {
         let directory = directory_of(database);
         DirBuilder::new()
             .recursive(true)
@@ -136,7 +171,7 @@ impl Journal {
             Err(TryLockError::WouldBlock) => return Ok(None),
             Err(TryLockError::Error(error)) => return Err(io_error("lock", &lock_path, error)),
         }
-        let files = journal_files(&directory)?;
+        let files = journal_files(&directory, SUFFIX)?;
         let mut frames: Vec<(u64, Vec<AuditRecord>)> = Vec::new();
         for (index, (_, path)) in files.iter().enumerate() {
             let bytes = std::fs::read(path).map_err(|error| io_error("read", path, error))?;
@@ -182,25 +217,64 @@ impl Journal {
         let pending = frames;
         let file_number = files.last().map_or(0, |(number, _)| *number) + 1;
         let mut retired: Vec<PathBuf> = files.into_iter().map(|(_, path)| path).collect();
-        if pending.is_empty() {
-            // Everything in them is in the database: nothing to keep for.
-            delete_ingested(retired.drain(..));
-        }
-        let file = create_file(&directory, file_number)?;
-        Ok(Some(Journal {
+        // Everything in them is in the database: nothing to keep them for.
+        let ingested = if pending.is_empty() {
+            std::mem::take(&mut retired)
+        } else {
+            Vec::new()
+        };
+        let spares = journal_files(&directory, SPARE_SUFFIX)?;
+        let next_spare = spares.last().map_or(0, |(number, _)| *number) + 1;
+        let mut spares: Vec<PathBuf> = spares.into_iter().map(|(_, path)| path).collect();
+        let path = file_path(&directory, file_number);
+        prepare_file(&directory, &path, &mut spares)?;
+        // Direct I/O where the file system allows it: opening the file and clearing its head
+        // is what one without it refuses (`InvalidInput`).
+        let opened = if direct {
+            open_file(&path, true)
+        } else {
+            Err(ErrorKind::InvalidInput.into())
+        };
+        let (file, direct) = match opened {
+            Ok(file) => (file, true),
+            Err(error) if error.kind() == ErrorKind::InvalidInput => {
+                if direct {
+                    tracing::info!(
+                        directory = %directory.display(),
+                        "the file system refuses direct I/O: the audit journal is synced with \
+                         fdatasync"
+                    );
+                }
+                let file =
+                    open_file(&path, false).map_err(|error| io_error("open", &path, error))?;
+                (file, false)
+            }
+            Err(error) => return Err(io_error("open", &path, error)),
+        };
+        let journal = Journal {
             directory,
             _lock: lock,
+            direct,
             state: Mutex::new(State {
                 file: Some(file),
                 file_number,
-                file_bytes: 0,
+                end: 0,
+                tail: Vec::new(),
+                buffer: Vec::new(),
                 next_frame: through + 1,
                 pending_records: pending.iter().map(|(_, records)| records.len()).sum(),
                 pending,
                 pending_through: through,
                 retired,
+                spares,
+                next_spare,
             }),
-        }))
+        };
+        journal.retire(ingested);
+        // A spare ready for the first ingestion, so that it does not write one while appends
+        // wait.
+        journal.replenish();
+        Ok(Some(journal))
     }
 
     fn state(&self) -> StoreResult<MutexGuard<'_, State>> {
@@ -217,14 +291,11 @@ impl Journal {
         let mut state = self.state()?;
         let frame = state.next_frame;
         let bytes = encode_frame(frame, records)?;
-        if state.file.is_none() {
+        let needed = (bytes.len() + HEADER) as u64;
+        if state.file.is_none() || (state.end > 0 && state.end + needed > FILE_BYTES) {
             self.start_file(&mut state)?;
         }
-        let written = match state.file.as_mut() {
-            Some(file) => file.write_all(&bytes).and_then(|()| file.sync_data()),
-            None => Err(std::io::Error::other("no journal file")),
-        };
-        if let Err(error) = written {
+        if let Err(error) = self.write_frame(&mut state, &bytes) {
             // The frame may be partly on disk: the next append starts a new file.
             state.file = None;
             return Err(io_error(
@@ -234,11 +305,49 @@ impl Journal {
             ));
         }
         state.next_frame += 1;
-        state.file_bytes += bytes.len() as u64;
         state.pending.push((frame, records.to_vec()));
         state.pending_records += records.len();
         state.pending_through = frame;
         Ok(())
+    }
+
+    /// Writes `frame` (encoded) at the end of the current file, followed by zeros, and makes
+    /// it durable.
+    fn write_frame(&self, state: &mut State, frame: &[u8]) -> std::io::Result<()> {
+        let State {
+            file,
+            end,
+            tail,
+            buffer,
+            ..
+        } = state;
+        let Some(file) = file.as_ref() else {
+            return Err(std::io::Error::other("no journal file"));
+        };
+        let written = if self.direct {
+            // From the start of the last, partly filled block, in whole blocks.
+            let lead = tail.len();
+            let length = (lead + frame.len() + HEADER).div_ceil(BLOCK) * BLOCK;
+            let window = aligned_zeros(buffer, length)?;
+            window[..lead].copy_from_slice(tail);
+            window[lead..lead + frame.len()].copy_from_slice(frame);
+            file.write_all_at(window, *end - lead as u64)?;
+            let through = lead + frame.len();
+            let partial = ((*end + frame.len() as u64) % BLOCK as u64) as usize;
+            tail.clear();
+            tail.extend_from_slice(&window[through - partial..through]);
+            Ok(())
+        } else {
+            buffer.clear();
+            buffer.extend_from_slice(frame);
+            buffer.resize(frame.len() + HEADER, 0);
+            file.write_all_at(buffer, *end)
+                .and_then(|()| file.sync_data())
+        };
+        if written.is_ok() {
+            *end += frame.len() as u64;
+        }
+        written
     }
 
     /// Records journaled and not yet ingested.
@@ -248,14 +357,13 @@ impl Journal {
 
     /// Takes every pending frame for ingestion (none when nothing is pending: an ingestion
     /// that only retries records held back). Taking frames starts a new file, so that the ones
-    /// taken can be deleted once ingested ([`Journal::finish`]), unless files are kept already
-    /// for frames an earlier ingestion could not write and the current one is still small.
-    /// Files are created under the lock, so their numbers follow the order frames reach them.
+    /// taken can be retired once ingested ([`Journal::finish`]), unless files are kept already
+    /// for frames an earlier ingestion could not write (then the current file goes on until it
+    /// is full). Files are started under the lock, so their numbers follow the order frames
+    /// reach them.
     pub(crate) fn take(&self) -> StoreResult<Batch> {
         let mut state = self.state()?;
-        if !state.pending.is_empty()
-            && (state.retired.is_empty() || state.file_bytes >= KEPT_FILE_BYTES)
-        {
+        if !state.pending.is_empty() && state.retired.is_empty() {
             self.start_file(&mut state)?;
         }
         state.pending_records = 0;
@@ -265,21 +373,25 @@ impl Journal {
         })
     }
 
-    /// Retires the current file and starts the next.
+    /// Retires the current file and starts the next: a spare renamed, or a new file.
     fn start_file(&self, state: &mut State) -> StoreResult<()> {
         let number = state.file_number + 1;
-        let file = create_file(&self.directory, number)?;
+        let path = self.path_of(number);
+        prepare_file(&self.directory, &path, &mut state.spares)?;
+        let file = open_file(&path, self.direct).map_err(|error| io_error("open", &path, error))?;
         let previous = self.path_of(state.file_number);
         state.retired.push(previous);
         state.file_number = number;
         state.file = Some(file);
-        state.file_bytes = 0;
+        state.end = 0;
+        state.tail.clear();
         Ok(())
     }
 
     /// After an ingestion: `left` are the frames of the batch that are not in the database (all
     /// of them if its transaction failed, none if it committed); they are pending again, ahead
-    /// of any appended since. When none are left, the files the batch came from are deleted.
+    /// of any appended since. When none are left, the files the batch came from are retired
+    /// (kept as spares, or deleted).
     pub(crate) fn finish(&self, left: Vec<Frame>) {
         let retired = match self.state() {
             Ok(mut state) if left.is_empty() => std::mem::take(&mut state.retired),
@@ -292,7 +404,62 @@ impl Journal {
             }
             Err(_) => return,
         };
-        delete_ingested(retired);
+        self.retire(retired);
+        self.replenish();
+    }
+
+    /// Keeps files whose frames are all in the database as spares, up to [`SPARES`] of full
+    /// length, and deletes the rest. Renamed or deleted, a file no longer counts as holding
+    /// frames ([`wait_for_holder`]); if a crash undoes the rename, the next open reads its
+    /// frames again and skips them.
+    fn retire(&self, paths: Vec<PathBuf>) {
+        for path in paths {
+            let full = std::fs::metadata(&path).is_ok_and(|metadata| metadata.len() >= FILE_BYTES);
+            let spare = match self.state() {
+                Ok(mut state) if full && state.spares.len() < SPARES => {
+                    let number = state.next_spare;
+                    state.next_spare += 1;
+                    Some(spare_path(&self.directory, number))
+                }
+                _ => None,
+            };
+            let kept = spare.and_then(|spare| match std::fs::rename(&path, &spare) {
+                Ok(()) => Some(spare),
+                Err(error) => {
+                    tracing::warn!(file = %path.display(), %error, "an ingested audit journal file could not be kept as a spare");
+                    None
+                }
+            });
+            match (kept, self.state()) {
+                (Some(spare), Ok(mut state)) => state.spares.push(spare),
+                (Some(_), Err(_)) => {}
+                (None, _) => delete_ingested([path]),
+            }
+        }
+    }
+
+    /// Creates a spare when none is kept, outside the lock, so that the next file is started
+    /// without appends waiting for it to be created and synced.
+    fn replenish(&self) {
+        let number = match self.state() {
+            Ok(mut state) if state.spares.is_empty() => {
+                state.next_spare += 1;
+                state.next_spare - 1
+            }
+            _ => return,
+        };
+        let path = spare_path(&self.directory, number);
+        match create_sized(&path) {
+            Ok(()) => {
+                if let Ok(mut state) = self.state() {
+                    state.spares.push(path);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "a spare audit journal file could not be created");
+                delete_ingested([path]);
+            }
+        }
     }
 
     fn path_of(&self, number: u64) -> PathBuf {
@@ -301,17 +468,35 @@ impl Journal {
 }
 
 /// In a process without the journal (the CLI beside the server): waits until the holder has
-/// chained every frame journaled so far, that is, until each journal file that holds frames now
-/// has been deleted, at most `limit`. Returns whether it had to give up.
-pub(crate) async fn wait_for_holder(database: &Path, limit: std::time::Duration) -> bool {
+/// chained every frame journaled so far, that is, until each journal file that holds frames
+/// past `watermark` (the database's, read before) has been retired, at most `limit`. Returns
+/// whether it had to give up.
+pub(crate) async fn wait_for_holder(
+    database: &Path,
+    watermark: u64,
+    limit: std::time::Duration,
+) -> bool {
     let directory = directory_of(database);
-    let holding = |path: &Path| std::fs::metadata(path).is_ok_and(|metadata| metadata.len() > 0);
-    let mut waiting: Vec<PathBuf> = journal_files(&directory)
-        .map(|files| files.into_iter().map(|(_, path)| path).collect())
+    let holding = |path: &Path| {
+        std::fs::read(path).is_ok_and(|bytes| {
+            read_frames(&bytes)
+                .0
+                .iter()
+                .any(|(frame, _)| *frame > watermark)
+        })
+    };
+    let mut waiting: Vec<PathBuf> = journal_files(&directory, SUFFIX)
+        .map(|files| {
+            files
+                .into_iter()
+                .map(|(_, path)| path)
+                .filter(|path| holding(path))
+                .collect()
+        })
         .unwrap_or_default();
     let deadline = std::time::Instant::now() + limit;
     loop {
-        waiting.retain(|path| holding(path));
+        waiting.retain(|path| path.exists());
         if waiting.is_empty() {
             return false;
         }
@@ -336,20 +521,26 @@ fn file_path(directory: &Path, number: u64) -> PathBuf {
     directory.join(format!("{number:020}{SUFFIX}"))
 }
 
-/// One frame: header and payload.
+fn spare_path(directory: &Path, number: u64) -> PathBuf {
+    directory.join(format!("{number:020}{SPARE_SUFFIX}"))
+}
+
+/// One frame: header and payload, the payload serialised in place after the header.
 fn encode_frame(frame: u64, records: &[AuditRecord]) -> StoreResult<Vec<u8>> {
-    let payload = serde_json::to_vec(records)
+    let mut bytes = Vec::with_capacity(HEADER + records.len() * 512);
+    bytes.resize(HEADER, 0);
+    serde_json::to_writer(&mut bytes, records)
         .map_err(|error| StoreError::Backend(format!("audit record not serialisable: {error}")))?;
+    let payload = &bytes[HEADER..];
     let length = u32::try_from(payload.len())
         .ok()
         .filter(|length| *length as usize <= MAX_PAYLOAD)
         .ok_or_else(|| StoreError::Backend("audit journal frame too large".to_owned()))?;
-    let mut bytes = Vec::with_capacity(HEADER + payload.len());
-    bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(&frame.to_le_bytes());
-    bytes.extend_from_slice(&length.to_le_bytes());
-    bytes.extend_from_slice(&checksum(frame, &payload));
-    bytes.extend_from_slice(&payload);
+    let sum = checksum(frame, payload);
+    bytes[..4].copy_from_slice(MAGIC);
+    bytes[4..12].copy_from_slice(&frame.to_le_bytes());
+    bytes[12..16].copy_from_slice(&length.to_le_bytes());
+    bytes[16..HEADER].copy_from_slice(&sum);
     Ok(bytes)
 }
 
@@ -357,24 +548,66 @@ fn checksum(frame: u64, payload: &[u8]) -> [u8; 32] {
     sha256_parts(&[MAGIC, &frame.to_le_bytes(), payload])
 }
 
-/// Creates journal file `number` (0600) and syncs the directory, so the file survives a crash
-/// along with the frames synced to it.
-fn create_file(directory: &Path, number: u64) -> StoreResult<File> {
-    let path = file_path(directory, number);
-    let file = OpenOptions::new()
-        .append(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|error| io_error("create", &path, error))?;
+/// `length` zeros at a block-aligned place in `buffer` (grown as needed), for direct I/O.
+fn aligned_zeros(buffer: &mut Vec<u8>, length: usize) -> std::io::Result<&mut [u8]> {
+    buffer.clear();
+    buffer.resize(length + BLOCK, 0);
+    let offset = buffer.as_ptr().align_offset(BLOCK);
+    buffer
+        .get_mut(offset..offset + length)
+        .ok_or_else(|| std::io::Error::other("no block-aligned buffer"))
+}
+
+/// Makes journal file `path` ready for its first frame: a spare renamed to it, or a new file;
+/// then syncs the directory, so the file survives a crash along with the frames synced
+/// to it.
+fn prepare_file(directory: &Path, path: &Path, spares: &mut Vec<PathBuf>) -> StoreResult<()> {
+    match spares.pop() {
+        Some(spare) => std::fs::rename(&spare, path).map_err(|error| {
+            delete_ingested([spare]);
+            io_error("use a spare as", path, error)
+        })?,
+        None => create_sized(path).map_err(|error| io_error("create", path, error))?,
+    }
     File::open(directory)
         .and_then(|directory| directory.sync_all())
-        .map_err(|error| io_error("sync the directory of", &path, error))?;
+        .map_err(|error| io_error("sync the directory of", path, error))
+}
+
+/// Creates `path` (0600), [`FILE_BYTES`] long and synced. The file is sparse: it reads as zeros,
+/// and the first frames written over each part of it allocate its blocks (a slower sync, as
+/// with a growing file); once it is used again those blocks are overwritten. Writing the zeros
+/// out instead would cost every start, and every test, 16 MiB per file.
+fn create_sized(path: &Path) -> std::io::Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_len(FILE_BYTES)?;
+    file.sync_all()
+}
+
+/// Opens journal file `path` for appends (direct and synchronous, or through the page cache)
+/// and clears its first block, durably: a spare used again holds frames already ingested, and
+/// until its own first frame the file reads as holding none.
+fn open_file(path: &Path, direct: bool) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true);
+    if direct {
+        options.custom_flags(libc::O_DIRECT | libc::O_DSYNC);
+    }
+    let file = options.open(path)?;
+    let mut buffer = Vec::new();
+    file.write_all_at(aligned_zeros(&mut buffer, BLOCK)?, 0)?;
+    if !direct {
+        file.sync_data()?;
+    }
     Ok(file)
 }
 
-/// The journal files in `directory`, oldest first.
-fn journal_files(directory: &Path) -> StoreResult<Vec<(u64, PathBuf)>> {
+/// The journal files (or spares, by `suffix`) in `directory`, oldest first.
+fn journal_files(directory: &Path, suffix: &str) -> StoreResult<Vec<(u64, PathBuf)>> {
     let entries =
         std::fs::read_dir(directory).map_err(|error| io_error("list", directory, error))?;
     let mut files = Vec::new();
@@ -383,7 +616,7 @@ fn journal_files(directory: &Path) -> StoreResult<Vec<(u64, PathBuf)>> {
         let name = entry.file_name();
         let Some(number) = name
             .to_str()
-            .and_then(|name| name.strip_suffix(SUFFIX))
+            .and_then(|name| name.strip_suffix(suffix))
             .and_then(|stem| stem.parse::<u64>().ok())
         else {
             continue;
@@ -394,11 +627,16 @@ fn journal_files(directory: &Path) -> StoreResult<Vec<(u64, PathBuf)>> {
     Ok(files)
 }
 
-/// The whole frames at the start of `bytes`, and the offset of the first damaged one, if any.
+/// The whole frames at the start of `bytes` (up to the zeros after the last), and the offset of
+/// the first damaged one, if any.
 fn read_frames(bytes: &[u8]) -> (Vec<(u64, Vec<AuditRecord>)>, Option<usize>) {
     let mut frames = Vec::new();
     let mut offset = 0;
     while offset < bytes.len() {
+        if bytes[offset..].starts_with(&[0; 4]) {
+            // The zeros after the last frame.
+            break;
+        }
         match read_frame(&bytes[offset..]) {
             Some((frame, records, size)) => {
                 frames.push((frame, records));
@@ -433,138 +671,4 @@ fn read_frame(bytes: &[u8]) -> Option<(u64, Vec<AuditRecord>, usize)> {
 mod store_tests;
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-    use carevault_domain::ids::TenantId;
-
-    fn record(detail: &str) -> AuditRecord {
-        crate::sqlite::test_support::record(TenantId::platform(), "read", detail)
-    }
-
-    fn details(batch: &Batch) -> Vec<String> {
-        batch
-            .frames
-            .iter()
-            .flat_map(|(_, records)| records)
-            .map(|record| record.detail.clone().unwrap_or_default())
-            .collect()
-    }
-
-    #[test]
-    fn frames_survive_reopening_and_ingested_frames_are_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        let database = dir.path().join("db.sqlite");
-        let journal = Journal::open(&database, 0).unwrap().unwrap();
-        journal.append(&[record("a"), record("b")]).unwrap();
-        journal.append(&[record("c")]).unwrap();
-        drop(journal);
-
-        let journal = Journal::open(&database, 0).unwrap().unwrap();
-        let batch = journal.take().unwrap();
-        assert_eq!(details(&batch), ["a", "b", "c"]);
-        assert_eq!(batch.through, 2);
-        drop(journal);
-
-        // The watermark says frame 1 is in the trail: only frame 2 is pending.
-        let journal = Journal::open(&database, 1).unwrap().unwrap();
-        let batch = journal.take().unwrap();
-        assert_eq!(details(&batch), ["c"]);
-        journal.finish(Vec::new());
-        journal.append(&[record("d")]).unwrap();
-        drop(journal);
-        let journal = Journal::open(&database, 2).unwrap().unwrap();
-        let batch = journal.take().unwrap();
-        assert_eq!(details(&batch), ["d"]);
-        assert_eq!(batch.through, 3);
-    }
-
-    #[test]
-    fn a_second_opener_gets_no_journal() {
-        let dir = tempfile::tempdir().unwrap();
-        let database = dir.path().join("db.sqlite");
-        let first = Journal::open(&database, 0).unwrap();
-        assert!(first.is_some());
-        assert!(Journal::open(&database, 0).unwrap().is_none());
-        drop(first);
-        assert!(Journal::open(&database, 0).unwrap().is_some());
-    }
-
-    #[test]
-    fn a_torn_last_frame_is_dropped_and_a_lost_frame_refuses_the_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let database = dir.path().join("db.sqlite");
-        let journal = Journal::open(&database, 0).unwrap().unwrap();
-        journal.append(&[record("a")]).unwrap();
-        journal.append(&[record("b")]).unwrap();
-        drop(journal);
-        let (_, path) = journal_files(&directory_of(&database))
-            .unwrap()
-            .into_iter()
-            .next()
-            .unwrap();
-        let whole = std::fs::read(&path).unwrap();
-
-        // Cut inside the second frame: a crash while it was written.
-        std::fs::write(&path, &whole[..whole.len() - 5]).unwrap();
-        let journal = Journal::open(&database, 0).unwrap().unwrap();
-        assert_eq!(details(&journal.take().unwrap()), ["a"]);
-        drop(journal);
-
-        // A flipped byte in the first frame of two: the second was acknowledged and is lost.
-        for file in journal_files(&directory_of(&database)).unwrap() {
-            std::fs::remove_file(file.1).unwrap();
-        }
-        let mut flipped = whole.clone();
-        flipped[HEADER + 3] ^= 1;
-        std::fs::write(&path, &flipped).unwrap();
-        // The second frame, alone in a later file, after the damaged first.
-        let (frames, damaged) = read_frames(&whole);
-        assert_eq!((frames.len(), damaged), (2, None));
-        let first_size = read_frame(&whole).unwrap().2;
-        let later = file_path(&directory_of(&database), 99);
-        std::fs::write(&later, &whole[first_size..]).unwrap();
-        let error = Journal::open(&database, 0).err().unwrap();
-        assert!(error.to_string().contains("missing frame 1"), "{error}");
-        // Once frame 1 is in the trail, the rest opens.
-        let journal = Journal::open(&database, 1).unwrap().unwrap();
-        assert_eq!(details(&journal.take().unwrap()), ["b"]);
-    }
-
-    #[test]
-    fn a_frame_written_again_in_a_later_file_replaces_the_unacknowledged_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let database = dir.path().join("db.sqlite");
-        let directory = directory_of(&database);
-        std::fs::create_dir_all(&directory).unwrap();
-        let mut first = encode_frame(1, &[record("a")]).unwrap();
-        first.extend(encode_frame(2, &[record("unacknowledged")]).unwrap());
-        std::fs::write(file_path(&directory, 1), first).unwrap();
-        let mut second = encode_frame(2, &[record("b")]).unwrap();
-        second.extend(encode_frame(3, &[record("c")]).unwrap());
-        std::fs::write(file_path(&directory, 2), second).unwrap();
-        let journal = Journal::open(&database, 0).unwrap().unwrap();
-        let batch = journal.take().unwrap();
-        assert_eq!(details(&batch), ["a", "b", "c"]);
-        assert_eq!(batch.through, 3);
-    }
-
-    #[test]
-    fn a_failed_ingestion_puts_its_records_back_ahead_of_newer_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let database = dir.path().join("db.sqlite");
-        let journal = Journal::open(&database, 0).unwrap().unwrap();
-        journal.append(&[record("a")]).unwrap();
-        let batch = journal.take().unwrap();
-        journal.append(&[record("b")]).unwrap();
-        journal.finish(batch.frames);
-        assert_eq!(journal.pending(), 2);
-        let batch = journal.take().unwrap();
-        assert_eq!(details(&batch), ["a", "b"]);
-        assert_eq!(batch.through, 2);
-        journal.finish(Vec::new());
-        assert!(journal.take().unwrap().frames.is_empty());
-        // Only the file appends go to now is left.
-        assert_eq!(journal_files(&directory_of(&database)).unwrap().len(), 1);
-    }
-}
+mod tests;

@@ -13,7 +13,7 @@ use carevault_domain::audit::verify::verify_chain;
 use carevault_domain::ids::TenantId;
 use carevault_domain::store::Store;
 
-use super::{directory_of, journal_files};
+use super::{SUFFIX, directory_of, journal_files, read_frames};
 use crate::SqliteStore;
 use crate::sqlite::test_support::{self, add_tenant};
 
@@ -46,6 +46,11 @@ fn count(database: &Path, statement: &str) -> i64 {
 fn execute(database: &Path, statement: &str) {
     let connection = rusqlite::Connection::open(database).unwrap();
     connection.execute_batch(statement).unwrap();
+}
+
+/// The frames a journal file holds.
+fn frames_in(path: &Path) -> usize {
+    read_frames(&std::fs::read(path).unwrap()).0.len()
 }
 
 fn details(records: &[AuditRecord]) -> Vec<String> {
@@ -93,10 +98,10 @@ async fn a_crash_before_ingestion_loses_no_acknowledged_record() {
     .unwrap();
     assert!(report.breaks.is_empty(), "{:?}", report.breaks);
     assert_eq!(report.records, 3);
-    // Only the file new frames go to is left, and it is empty.
-    let files = journal_files(&directory_of(&database)).unwrap();
+    // Only the file new frames go to is left, and it holds none yet.
+    let files = journal_files(&directory_of(&database), SUFFIX).unwrap();
     assert_eq!(files.len(), 1, "{files:?}");
-    assert_eq!(std::fs::metadata(&files[0].1).unwrap().len(), 0);
+    assert_eq!(frames_in(&files[0].1), 0);
 
     // Opened again, nothing is chained twice.
     drop(store);
@@ -253,13 +258,13 @@ async fn a_failed_ingestion_keeps_every_frame_until_one_succeeds() {
     );
     assert!(store.append_audit(&[record(tenant, "r2")]).await.is_err());
     assert!(store.append_audit(&[record(other, "o2")]).await.is_err());
-    // Both frames' files are kept.
-    let waiting: u64 = journal_files(&directory_of(&database))
+    // The frame's file is kept.
+    let waiting: usize = journal_files(&directory_of(&database), SUFFIX)
         .unwrap()
         .iter()
-        .map(|(_, path)| std::fs::metadata(path).unwrap().len())
+        .map(|(_, path)| frames_in(path))
         .sum();
-    assert!(waiting > 0);
+    assert_eq!(waiting, 1);
     execute(&database, "DROP TRIGGER journal_block;");
     store.append_audit(&[record(tenant, "r3")]).await.unwrap();
     assert_eq!(
