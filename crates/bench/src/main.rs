@@ -142,13 +142,13 @@ enum Command {
         /// and family always use the durable trail).
         #[arg(long, value_enum, default_value = "both")]
         audit: inproc::ReadAudit,
-        #[arg(long)]
         /// Stop the server with this process id (SIGTERM) once the token and the sample are
         /// fetched, and open the store after it has gone. On SQLite the server holds the audit
         /// journal, and a second process appends straight to the database: to measure the
         /// durable read the server makes, the server must be gone.
         #[arg(long)]
         stop_server: Option<u32>,
+        #[arg(long)]
         json_out: Option<PathBuf>,
     },
     /// Append, size, search and verify a synthetic audit trail in a fresh database, against the
@@ -412,6 +412,97 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    /// The command lines `bench/run` gives: a flag taken for a positional argument (as
+    /// `inproc --json-out` once was) fails here rather than in the middle of a benchmark run.
+    #[test]
+    fn bench_run_command_lines_parse() {
+        let lines: [&[&str]; 4] = [
+            &[
+                "populate",
+                "--data-dir",
+                "d",
+                "--base",
+                "http://localhost:1",
+                "--patients",
+                "10",
+                "--first",
+                "0",
+                "--seed",
+                "1",
+                "--quiet",
+                "--json-out",
+                "p.json",
+            ],
+            &[
+                "load",
+                "--credentials",
+                "c.json",
+                "--base",
+                "http://localhost:1",
+                "--patients",
+                "10",
+                "--seed",
+                "1",
+                "--connections",
+                "64",
+                "--duration",
+                "1s",
+                "--solo",
+                "read,nhs",
+                "--mix",
+                "",
+                "--json-out",
+                "l.json",
+            ],
+            &[
+                "inproc",
+                "--data-dir",
+                "d",
+                "--credentials",
+                "c.json",
+                "--base",
+                "http://localhost:1",
+                "--patients",
+                "10",
+                "--seed",
+                "1",
+                "--connections",
+                "64",
+                "--duration",
+                "1s",
+                "--stop-server",
+                "1",
+                "--json-out",
+                "i.json",
+            ],
+            &[
+                "audit-trail",
+                "--records",
+                "10",
+                "--seed",
+                "1",
+                "--quiet",
+                "--json",
+                "a.json",
+                "--dir",
+                "d",
+            ],
+        ];
+        for line in lines {
+            let args = std::iter::once("carevault-bench").chain(line.iter().copied());
+            if let Err(error) = Cli::try_parse_from(args) {
+                panic!("{line:?}: {error}");
+            }
         }
     }
 }
