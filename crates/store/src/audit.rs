@@ -21,6 +21,8 @@
 //! [`AuditStore`]: carevault_domain::audit::storage::AuditStore
 //! [`AuditStore::audit_retain`]: carevault_domain::audit::storage::AuditStore::audit_retain
 
+use std::collections::HashSet;
+
 use carevault_domain::audit::AuditRecord;
 use carevault_domain::audit::chain::{self, ChainHash};
 use carevault_domain::audit::storage::{StoredEntry, StoredLink};
@@ -144,8 +146,8 @@ fn damaged(error: DamagedSegment) -> StoreError {
     StoreError::Backend(error.to_string())
 }
 
-/// The search keys of one record.
-fn record_keys(record: &AuditRecord) -> impl Iterator<Item = i64> + '_ {
+/// What one record is found by: its search keys' kinds and values.
+fn record_keys(record: &AuditRecord) -> impl Iterator<Item = (KeyKind, &str)> + '_ {
     let singles = [
         Some((KeyKind::Principal, record.principal.as_str())),
         record
@@ -159,16 +161,12 @@ fn record_keys(record: &AuditRecord) -> impl Iterator<Item = i64> + '_ {
         Some((KeyKind::Action, record.action.as_str())),
         Some((KeyKind::Outcome, record.outcome.as_str())),
     ];
-    singles
-        .into_iter()
-        .flatten()
-        .chain(
-            record
-                .subjects
-                .iter()
-                .map(|patient| (KeyKind::Patient, patient.as_str())),
-        )
-        .map(|(kind, value)| search_key(kind, value))
+    singles.into_iter().flatten().chain(
+        record
+            .subjects
+            .iter()
+            .map(|patient| (KeyKind::Patient, patient.as_str())),
+    )
 }
 
 /// Chains `records` onto `(previous_seq, previous_hash)` and packs them into segments of at
@@ -195,7 +193,14 @@ pub(crate) fn build_segments(
                 hash: link.hash,
             })
             .collect();
-        let mut keys: Vec<i64> = originals.iter().flat_map(|r| record_keys(r)).collect();
+        // Each distinct key hashed once: a segment's records mostly share their principal,
+        // session, source, action and outcome.
+        let named: HashSet<(KeyKind, &str)> =
+            originals.iter().flat_map(|r| record_keys(r)).collect();
+        let mut keys: Vec<i64> = named
+            .into_iter()
+            .map(|(kind, value)| search_key(kind, value))
+            .collect();
         keys.sort_unstable();
         keys.dedup();
         segments.push(NewSegment {

@@ -20,7 +20,7 @@
 //! record its chain hash (32 bytes), its time (i64 LE, milliseconds) and its text (u32 LE length,
 //! then UTF-8). Tests that play attacker use [`encode`] and [`decode`] to rewrite a body.
 
-use carevault_crypto::sha256;
+use carevault_crypto::sha256_parts;
 use carevault_domain::audit::chain::ChainHash;
 use std::cell::RefCell;
 
@@ -146,7 +146,7 @@ impl<'a> Reader<'a> {
 }
 
 /// What a search key names.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum KeyKind {
     Patient,
     Principal,
@@ -172,12 +172,12 @@ impl KeyKind {
 /// The 64-bit search key for `value` of `kind`: the first eight bytes of a labelled SHA-256.
 /// Not secret (records hold ids only) and not unique: a search re-checks every record it opens.
 pub fn search_key(kind: KeyKind, value: &str) -> i64 {
-    let mut input = Vec::with_capacity(32 + value.len());
-    input.extend_from_slice(b"carevault/audit-key/v1\0");
-    input.extend_from_slice(kind.label());
-    input.push(0);
-    input.extend_from_slice(value.as_bytes());
-    let digest = sha256(&input);
+    let digest = sha256_parts(&[
+        b"carevault/audit-key/v1\0",
+        kind.label(),
+        b"\0",
+        value.as_bytes(),
+    ]);
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     i64::from_be_bytes(first)
@@ -216,6 +216,20 @@ mod tests {
             panic!("compress");
         };
         assert!(decode(&short).is_err());
+    }
+
+    /// Stored keys were computed from one buffer of label, kind, a zero byte and the value;
+    /// a key computed now must equal them, or searches miss older segments.
+    #[test]
+    fn a_search_key_is_the_labelled_sha256_of_kind_and_value() {
+        let input = b"carevault/audit-key/v1\0patient\0p-1";
+        let digest = carevault_crypto::sha256(input);
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        assert_eq!(
+            search_key(KeyKind::Patient, "p-1"),
+            i64::from_be_bytes(first)
+        );
     }
 
     #[test]
