@@ -229,12 +229,7 @@ impl SqliteStore {
             return ingestion.settle().await;
         }
         if !self.waited_for_holder.swap(true, Ordering::Relaxed)
-            && journal::wait_for_holder(
-                &self.path,
-                self.sync_writer.journal_watermark()?,
-                HOLDER_WAIT,
-            )
-            .await
+            && journal::wait_for_holder(&self.path, HOLDER_WAIT).await
         {
             tracing::warn!(
                 "the server has not chained its audit journal within {HOLDER_WAIT:?}; the \

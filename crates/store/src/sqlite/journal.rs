@@ -230,15 +230,13 @@ impl Journal {
         prepare_file(&directory, &path, &mut spares)?;
         // Direct I/O where the file system allows it: opening the file and clearing its head
         // is what one without it refuses (`InvalidInput`).
-        let opened = if direct {
-            open_file(&path, true)
-        } else {
-            Err(ErrorKind::InvalidInput.into())
-        };
-        let (file, direct) = match opened {
-            Ok(file) => (file, true),
-            Err(error) if error.kind() == ErrorKind::InvalidInput => {
-                if direct {
+        let (file, direct) = match direct.then(|| open_file(&path, true)) {
+            Some(Ok(file)) => (file, true),
+            Some(Err(error)) if error.kind() != ErrorKind::InvalidInput => {
+                return Err(io_error("open", &path, error));
+            }
+            refused => {
+                if refused.is_some() {
                     tracing::info!(
                         directory = %directory.display(),
                         "the file system refuses direct I/O: the audit journal is synced with \
@@ -249,7 +247,6 @@ impl Journal {
                     open_file(&path, false).map_err(|error| io_error("open", &path, error))?;
                 (file, false)
             }
-            Err(error) => return Err(io_error("open", &path, error)),
         };
         let journal = Journal {
             directory,
@@ -468,29 +465,17 @@ impl Journal {
 }
 
 /// In a process without the journal (the CLI beside the server): waits until the holder has
-/// chained every frame journaled so far, that is, until each journal file that holds frames
-/// past `watermark` (the database's, read before) has been retired, at most `limit`. Returns
-/// whether it had to give up.
-pub(crate) async fn wait_for_holder(
-    database: &Path,
-    watermark: u64,
-    limit: std::time::Duration,
-) -> bool {
+/// chained every frame journaled so far, that is, until each journal file that holds frames now
+/// has been retired (renamed to a spare, or deleted), at most `limit`. Returns whether it had to
+/// give up.
+pub(crate) async fn wait_for_holder(database: &Path, limit: std::time::Duration) -> bool {
     let directory = directory_of(database);
-    let holding = |path: &Path| {
-        std::fs::read(path).is_ok_and(|bytes| {
-            read_frames(&bytes)
-                .0
-                .iter()
-                .any(|(frame, _)| *frame > watermark)
-        })
-    };
     let mut waiting: Vec<PathBuf> = journal_files(&directory, SUFFIX)
         .map(|files| {
             files
                 .into_iter()
                 .map(|(_, path)| path)
-                .filter(|path| holding(path))
+                .filter(|path| holds_frames(path))
                 .collect()
         })
         .unwrap_or_default();
@@ -505,6 +490,15 @@ pub(crate) async fn wait_for_holder(
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
+}
+
+/// Whether journal file `path` holds a frame: a file's first block is cleared when it is put to
+/// use, so it starts with zeros until its first frame.
+fn holds_frames(path: &Path) -> bool {
+    let mut head = [0; 4];
+    File::open(path)
+        .and_then(|file| file.read_exact_at(&mut head, 0))
+        .is_ok_and(|()| head != [0; 4])
 }
 
 /// Deletes journal files whose frames are all in the database. A file left behind is read

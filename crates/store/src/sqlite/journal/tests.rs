@@ -147,8 +147,10 @@ fn ingested_files_are_used_again_and_their_old_frames_stay_behind() {
         let current = &journal_files(&directory, SUFFIX).unwrap()[0].1;
         let (frames, damaged) = read_frames(&std::fs::read(current).unwrap());
         assert!(frames.is_empty() && damaged.is_none());
+        assert!(!holds_frames(current));
         // Frame 9, short, over frames of an earlier round.
         journal.append(&[record("e")]).unwrap();
+        assert!(holds_frames(current));
         drop(journal);
         let files = journal_files(&directory, SUFFIX).unwrap();
         let spares = journal_files(&directory, SPARE_SUFFIX).unwrap();
