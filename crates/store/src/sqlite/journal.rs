@@ -10,10 +10,11 @@
 //! database, and made durable (see **Files**) before anyone is answered. About every
 //! [`super::INGEST_EVERY`] the store chains everything journaled into the trail in one
 //! transaction, which also moves the *watermark* (`audit_journal.through_frame`, the last frame
-//! the database holds). Each frame's records of one tenant become one segment, as the shared
-//! commit's did before. Records of writes do not pass through here: they commit with their
-//! write, after the journal is chained (so that within the process the chain keeps the order
-//! in which things happened).
+//! the database holds). A tenant's records of the whole ingestion, whatever frames they came in,
+//! are packed into segments of up to 512 (a frame's records alone made segments of a dozen
+//! records from 64 connections). Records of writes do not pass through here: they commit with
+//! their write, after the journal is chained (so that within the process the chain keeps the
+//! order in which things happened).
 //!
 //! **A tenant that cannot be chained** (its chain is damaged) does not hold up the others: each
 //! tenant is chained in a savepoint of its own, and the records of one that fails are kept in

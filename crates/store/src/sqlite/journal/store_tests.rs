@@ -109,6 +109,73 @@ async fn a_crash_before_ingestion_loses_no_acknowledged_record() {
     assert_eq!(stored_records(&database), before + 3);
 }
 
+/// An ingestion packs a tenant's records into segments of up to `SEGMENT_RECORDS`, whatever
+/// frames they came in: many small shared commits (reads from 64 connections) make a few
+/// large segments, not a segment each. The chain is the same and verifies.
+#[tokio::test]
+async fn an_ingestion_packs_small_frames_into_large_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let store = Arc::new(SqliteStore::open_with(&database, NEVER).await.unwrap());
+    let tenant = add_tenant(&store).await;
+    let other = add_tenant(&store).await;
+    let tenant_bytes = tenant.as_uuid().simple();
+    let segments = |database: &Path| {
+        count(
+            database,
+            &format!("SELECT count(*) FROM audit_segments WHERE tenant_id = X'{tenant_bytes}'"),
+        )
+    };
+    let before = segments(&database);
+    // 60 frames of ten records, the other tenant's between them.
+    for frame in 0..60 {
+        let mut records: Vec<AuditRecord> = (0..10)
+            .map(|index| record(tenant, &format!("{frame}.{index}")))
+            .collect();
+        records.push(record(other, &format!("other {frame}")));
+        store.append_audit(&records).await.unwrap();
+    }
+    store.settle_audit().await.unwrap();
+    // 600 records: one full segment of 512 and one of 88.
+    assert_eq!(segments(&database) - before, 2);
+    let stored: Vec<(i64, i64)> = {
+        let connection = rusqlite::Connection::open(&database).unwrap();
+        let mut statement = connection
+            .prepare(&format!(
+                "SELECT first_seq, last_seq FROM audit_segments \
+                 WHERE tenant_id = X'{tenant_bytes}' ORDER BY first_seq DESC LIMIT 2"
+            ))
+            .unwrap();
+        statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let last = stored[0].1;
+    assert_eq!(stored, [(last - 87, last), (last - 599, last - 88)]);
+    let records = store.audit_records(tenant).await.unwrap();
+    let expected: Vec<String> = (0..60)
+        .flat_map(|frame| (0..10).map(move |index| format!("{frame}.{index}")))
+        .collect();
+    let mut found = details(&records);
+    found.retain(|detail| detail.contains('.'));
+    assert_eq!(found, expected);
+    let key = SigningKey::create_file(&dir.path().join("signing.key")).unwrap();
+    for tenant in [tenant, other] {
+        let report = verify_chain(
+            store.clone() as Arc<dyn AuditStore>,
+            tenant,
+            Vec::new(),
+            &key.verifying_key(),
+            &|_| {},
+        )
+        .await
+        .unwrap();
+        assert!(report.breaks.is_empty(), "{:?}", report.breaks);
+    }
+}
+
 /// A search of the trail chains the journal first, so it misses nothing just read.
 #[tokio::test]
 async fn reading_the_trail_chains_the_journal_first() {
