@@ -61,11 +61,15 @@ def audit_trail_section(w, run, load_engines):
     trails = {e: load(os.path.join(run, f"audit-trail-{e}.json")) for e in ("sqlite", "postgres")}
     trails = {e: t for e, t in trails.items() if t}
     costs = {}
+    http_costs = {}
     for engine in load_engines:
         inproc = load(os.path.join(run, engine, "inproc.json"))
         if inproc and inproc.get("audit_cost"):
             costs[engine] = inproc["audit_cost"]
-    if not trails and not costs:
+        http = load(os.path.join(run, engine, "http-audit.json"))
+        if http:
+            http_costs[engine] = http
+    if not trails and not costs and not http_costs:
         return
     w("## Audit trail")
     w("")
@@ -157,6 +161,23 @@ def audit_trail_section(w, run, load_engines):
               f"{c['memory_p99_ms']:.2f} | {cpu(c.get('memory_cpu_us'))} | "
               f"{c['share'] * 100:.1f} % ({rounds}) | "
               f"≥ {c['target_share'] * 100:.0f} % ({'met' if ok else '**missed**'}) |")
+        w("")
+    if http_costs:
+        w("The server's read by id over HTTP with the durable trail against the same server with "
+          "a bare in-memory append behind reads (`carevault-bench http-audit`: the server as "
+          "`carevault serve` composes it, started on the same data directory with each trail in "
+          "turn, the order swapped every round; a benchmark switch, not a server setting):")
+        w("")
+        w("| engine | durable trail reads/s | p99 ms | server CPU µs/read | in-memory append reads/s | p99 ms | server CPU µs/read | durable ÷ memory (by round) | target |")
+        w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        for engine, h in http_costs.items():
+            d, m = h["durable"], h["memory"]
+            ok = h["durable_share"] >= h["target_share"]
+            rounds = ", ".join(f"{r * 100:.0f}" for r in h.get("round_shares", []))
+            w(f"| {engine} | {fmt(d['rps'])} | {d['p99_ms']:.2f} | {d['server_cpu_us_per_read']:.1f} | "
+              f"{fmt(m['rps'])} | {m['p99_ms']:.2f} | {m['server_cpu_us_per_read']:.1f} | "
+              f"{h['durable_share'] * 100:.1f} % ({rounds}) | "
+              f"≥ {h['target_share'] * 100:.0f} % ({'met' if ok else '**missed**'}) |")
         w("")
 
 
@@ -342,6 +363,8 @@ def main():
     w(f"target/release/carevault-bench load --credentials D/bench-client.json --base http://127.0.0.1:8080 --patients {args.patients} --seed {args.seed} \\")
     w("    --connections 64 --duration 20s --solo read,nhs,family --mix read=60,nhs=15,family=10,create=10,transaction=3,history=2")
     w(f"target/release/carevault-bench inproc --data-dir D --credentials D/bench-client.json --base http://127.0.0.1:8080 --patients {args.patients}")
+    w("kill %1  # http-audit serves D itself, with each trail in turn")
+    w(f"target/release/carevault-bench http-audit --data-dir D --credentials D/bench-client.json --patients {args.patients} --seed {args.seed}")
     w("target/release/carevault-bench audit-trail --records 10000000 --json audit-trail-sqlite.json")
     w("target/release/carevault-bench audit-trail --records 10000000 --database postgres://postgres@127.0.0.1:5432/postgres")
     w("cargo bench -p carevault-bench --bench hot_paths")

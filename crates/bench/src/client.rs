@@ -43,6 +43,11 @@ impl ClientKey {
         Ok(ClientKey { pkcs8, pair, kid })
     }
 
+    /// The same key again (a token source owns its key).
+    pub fn duplicate(&self) -> anyhow::Result<ClientKey> {
+        ClientKey::from_pkcs8(self.pkcs8.clone())
+    }
+
     /// Reads a PEM `PRIVATE KEY` (PKCS#8) file.
     pub fn load(path: &Path) -> anyhow::Result<ClientKey> {
         let text = std::fs::read_to_string(path)

@@ -99,7 +99,7 @@ const MEMORY_LOG_LIMIT: usize = 100_000;
 
 /// A bare in-memory append: the floor the durable trail is measured against.
 #[derive(Default)]
-struct MemorySink {
+pub(crate) struct MemorySink {
     log: Mutex<Vec<AuditRecord>>,
 }
 
@@ -119,7 +119,7 @@ impl AuditSink for MemorySink {
 }
 
 /// The durable trail's share of the memory-append read throughput that issue #4 asks for.
-const TARGET_DURABLE_SHARE: f64 = 0.75;
+pub(crate) const TARGET_DURABLE_SHARE: f64 = 0.75;
 
 /// With `--audit both`, the durable and the memory-append reads take turns this many times
 /// within their --duration each. Measured one after the other for 10 s each, their ratio moved
@@ -449,7 +449,7 @@ fn process_cpu_seconds() -> Option<f64> {
 }
 
 /// User plus system time, in seconds, from the text of a `/proc/<pid>/stat` file.
-fn cpu_seconds_of(stat: &str) -> Option<f64> {
+pub(crate) fn cpu_seconds_of(stat: &str) -> Option<f64> {
     const USER_HZ: f64 = 100.0;
     // The command name (field 2) is in parentheses and may hold spaces; fields 14 and 15 (user
     // and system time) are the 12th and 13th after it.

@@ -6,6 +6,9 @@
 //! - `inproc`: the same reads and searches through the domain and the store in this process,
 //!   without HTTP (the "raw store" baseline), and the read with its audit records appended in
 //!   memory only (the durable trail's cost);
+//! - `serve` and `http-audit`: the server as `carevault serve` composes it, with the durable
+//!   audit trail or a bare in-memory append behind reads, and reads by id over HTTP against
+//!   each in turn (the durable trail's cost on the server's read);
 //! - `audit-trail`: the audit trail at scale (append, size, search, verify) in a fresh
 //!   database, beside in-memory baselines of the same records.
 //!
@@ -13,6 +16,7 @@
 
 mod audit_trail;
 mod client;
+mod http_audit;
 mod inproc;
 mod load;
 mod populate;
@@ -148,6 +152,47 @@ enum Command {
         /// durable read the server makes, the server must be gone.
         #[arg(long)]
         stop_server: Option<u32>,
+        #[arg(long)]
+        json_out: Option<PathBuf>,
+    },
+    /// Serve a data directory on loopback as `carevault serve` does, with the audit trail
+    /// behind reads chosen (a benchmark switch: the `carevault` binary has none). Stops on
+    /// SIGTERM or Ctrl-C. `http-audit` starts it; stop the data directory's own server first.
+    Serve {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// A loopback address, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long, value_enum)]
+        audit: http_audit::ServeAudit,
+    },
+    /// Reads by id over HTTP against the same data directory served with the durable audit
+    /// trail and with a bare in-memory append, in turn for --rounds rounds: the durable read's
+    /// share of the memory-append read (issue #4 wants at least 75 %), p99 and server CPU per
+    /// read. The data directory's own server must be stopped (on SQLite it holds the audit
+    /// journal the durable reads should pass through).
+    HttpAudit {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        who: Who,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Each measured turn (one trail, one round).
+        #[arg(long, default_value = "5s")]
+        duration: String,
+        /// Reads before each turn, on the freshly started server.
+        #[arg(long, default_value = "2s")]
+        warmup: String,
+        #[arg(long, default_value_t = 4)]
+        rounds: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 10_000)]
+        patients: u64,
+        #[arg(long, default_value_t = 1000)]
+        sample: usize,
         #[arg(long)]
         json_out: Option<PathBuf>,
     },
@@ -362,6 +407,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let report = inproc::run(&data_dir, options, audit, tokens, stop_server).await?;
             write_json(json_out.as_ref(), &report)
         }
+        Command::Serve {
+            data_dir,
+            listen,
+            audit,
+        } => {
+            anyhow::ensure!(
+                listen.ip().is_loopback(),
+                "--listen {listen}: the bench server serves loopback only (e.g. 127.0.0.1:8080)"
+            );
+            http_audit::serve(&data_dir, listen, audit).await
+        }
+        Command::HttpAudit {
+            data_dir,
+            who,
+            connections,
+            duration,
+            warmup,
+            rounds,
+            seed,
+            patients,
+            sample,
+            json_out,
+        } => {
+            let (client_id, key) = who.resolve()?;
+            let report = http_audit::run(http_audit::HttpAuditOptions {
+                data_dir,
+                client_id,
+                key,
+                connections: connections.max(1),
+                duration: load::parse_duration(&duration)?,
+                warmup: load::parse_duration(&warmup)?,
+                rounds,
+                seed,
+                patients,
+                sample: sample.max(1),
+            })
+            .await?;
+            write_json(json_out.as_ref(), &report)
+        }
         Command::AuditTrail {
             records,
             batch,
@@ -426,7 +510,7 @@ mod tests {
     /// `inproc --json-out` once was) fails here rather than in the middle of a benchmark run.
     #[test]
     fn bench_run_command_lines_parse() {
-        let lines: [&[&str]; 4] = [
+        let lines: [&[&str]; 6] = [
             &[
                 "populate",
                 "--data-dir",
@@ -484,6 +568,32 @@ mod tests {
                 "1",
                 "--json-out",
                 "i.json",
+            ],
+            &[
+                "http-audit",
+                "--data-dir",
+                "d",
+                "--credentials",
+                "c.json",
+                "--patients",
+                "10",
+                "--seed",
+                "1",
+                "--connections",
+                "64",
+                "--duration",
+                "1s",
+                "--json-out",
+                "h.json",
+            ],
+            &[
+                "serve",
+                "--data-dir",
+                "d",
+                "--listen",
+                "127.0.0.1:8080",
+                "--audit",
+                "memory",
             ],
             &[
                 "audit-trail",

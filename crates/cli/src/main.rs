@@ -1,10 +1,5 @@
 //! `carevault`: the command line for every operator task.
 
-mod audit;
-mod config;
-mod runtime;
-mod user;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,7 +9,8 @@ use carevault_domain::ids::{ClientId, TenantId};
 use carevault_domain::store::{ClientStatus, TenantStatus};
 use clap::{Parser, Subcommand};
 
-use crate::runtime::{Runtime, initialise};
+use carevault_cli::runtime::{Runtime, initialise};
+use carevault_cli::{audit, config, user};
 
 /// mimalloc for the whole process (its `override` feature also serves SQLite's and zstd's
 /// `malloc`): glibc's allocator was about 15 % of the server's CPU on reads, and reads over HTTP
@@ -218,8 +214,6 @@ async fn serve(data_dir: &Path, listen: Option<SocketAddr>) -> anyhow::Result<()
             Some(config::default_public_url(bound, listener.uses_tls()));
     }
     let services = runtime.services()?;
-    let state = runtime.server_state(&services);
-    let checkpoints = audit::Checkpointer::new(&runtime, data_dir)?.start();
     let base = runtime.config.public_url();
     tracing::info!(
         address = %bound,
@@ -237,12 +231,9 @@ async fn serve(data_dir: &Path, listen: Option<SocketAddr>) -> anyhow::Result<()
     println!(
         "first steps: carevault tenant create --name \"My Organisation\"; then carevault client register (see README)"
     );
-    let served = listener
-        .serve(carevault_server::router(state), shutdown_signal())
-        .await;
-    checkpoints.finish().await;
-    served?;
-    Ok(())
+    runtime
+        .serve(data_dir, &services, listener, shutdown_signal())
+        .await
 }
 
 async fn shutdown_signal() {

@@ -154,7 +154,12 @@ impl Runtime {
 
     /// Builds the use cases. Starts the audit committer, so call inside the Tokio runtime.
     pub fn services(&self) -> anyhow::Result<Services> {
-        let audit = AuditTrail::start(self.store.clone());
+        self.services_with(AuditTrail::start(self.store.clone()))
+    }
+
+    /// The use cases over `audit`: the server's is [`AuditTrail::start`]'s, durable; a
+    /// benchmark may give a bare in-memory append to measure what the durable trail costs.
+    pub fn services_with(&self, audit: AuditTrail) -> anyhow::Result<Services> {
         let records = Arc::new(Records::new(
             self.store.clone(),
             self.keyring.clone(),
@@ -209,6 +214,27 @@ impl Runtime {
             clock: self.clock.clone(),
             base_url: self.config.public_url(),
         }
+    }
+
+    /// Serves the API on `listener` until `shutdown` completes, signing audit checkpoints
+    /// meanwhile (and once more at the end).
+    pub async fn serve(
+        &self,
+        data_dir: &Path,
+        services: &Services,
+        listener: carevault_server::Listener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let checkpoints = crate::audit::Checkpointer::new(self, data_dir)?.start();
+        let served = listener
+            .serve(
+                carevault_server::router(self.server_state(services)),
+                shutdown,
+            )
+            .await;
+        checkpoints.finish().await;
+        served?;
+        Ok(())
     }
 
     /// A one-time link for the first platform administrator (supplier staff), valid for 15
