@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use carevault_crypto::SigningKey;
+use carevault_domain::audit::AuditRecord;
 use carevault_domain::audit::chain::{self, GENESIS};
 use carevault_domain::audit::retention::RetentionMarker;
 use carevault_domain::audit::storage::{AuditFilter, LinkQuery, StoredEntry, StoredLink};
@@ -24,6 +25,15 @@ conformance!(
     retention_removes_whole_segments_behind_a_signed_marker,
     moved_times_are_reported,
 );
+
+/// Appends `records` (of one tenant) as a segment of their own. On SQLite, reads' records are
+/// journaled and chained in batches, a tenant's records of a batch packed into segments of up
+/// to 512; reading the trail chains what is journaled first, so the next append starts a new
+/// segment. On PostgreSQL every append is a segment already.
+async fn append_as_segment(store: &Arc<dyn Store>, records: &[AuditRecord]) {
+    store.append_audit(records).await.unwrap();
+    store.audit_head(records[0].tenant).await.unwrap();
+}
 
 /// The records of a walk, every entry readable.
 fn links_of(entries: Vec<StoredEntry>) -> Vec<StoredLink> {
@@ -257,15 +267,9 @@ async fn retention_removes_whole_segments_behind_a_signed_marker(store: Arc<dyn 
         record
     };
     // Three appends, three segments: 1-3 and 4-5 are old, 6 is recent.
-    store
-        .append_audit(&[at(T0, "1"), at(T0 + 1, "2"), at(T0 + 2, "3")])
-        .await
-        .unwrap();
-    store
-        .append_audit(&[at(T0 + 3, "4"), at(T0 + 4, "5")])
-        .await
-        .unwrap();
-    store.append_audit(&[at(T0 + 100_000, "6")]).await.unwrap();
+    append_as_segment(&store, &[at(T0, "1"), at(T0 + 1, "2"), at(T0 + 2, "3")]).await;
+    append_as_segment(&store, &[at(T0 + 3, "4"), at(T0 + 4, "5")]).await;
+    append_as_segment(&store, &[at(T0 + 100_000, "6")]).await;
     store.append_audit(&[audit(b, "read", "b")]).await.unwrap();
 
     assert_eq!(
@@ -398,11 +402,8 @@ async fn retention_removes_whole_segments_behind_a_signed_marker(store: Arc<dyn 
 /// exports and retention use to skip segments) are checked against the records' hashed texts.
 async fn moved_times_are_reported(store: Arc<dyn Store>, raw: &Raw) {
     let (a, _) = new_tenant(&store, "moved times").await;
-    store
-        .append_audit(&[audit(a, "read", "1"), audit(a, "read", "2")])
-        .await
-        .unwrap();
-    store.append_audit(&[audit(a, "read", "3")]).await.unwrap();
+    append_as_segment(&store, &[audit(a, "read", "1"), audit(a, "read", "2")]).await;
+    append_as_segment(&store, &[audit(a, "read", "3")]).await;
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::create_file(&dir.path().join("signing.key")).unwrap();
     let verifying = key.verifying_key();
