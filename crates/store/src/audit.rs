@@ -29,7 +29,7 @@ use carevault_domain::audit::storage::{StoredEntry, StoredLink};
 use carevault_domain::store::StoreError;
 
 mod legacy;
-mod search;
+pub(crate) mod search;
 
 pub(crate) use legacy::legacy_segments;
 pub(crate) use search::{array_search_statement, filter_keys, matching_records, search_statement};
@@ -707,8 +707,8 @@ macro_rules! implement_audit_store {
                     scope: &TenantScope,
                     filter: &AuditFilter,
                 ) -> StoreResult<Vec<AuditRecord>> {
-                    self.settle_audit().await?;
                     let tenant = scope.tenant();
+                    self.settle_audit_for(tenant, filter).await?;
                     let keys = filter_keys(filter);
                     let mut before = filter.before_seq.unwrap_or(i64::MAX);
                     let mut found = Vec::new();

@@ -93,7 +93,32 @@ pub fn encode(records: &[SegmentRecord]) -> Result<Vec<u8>, DamagedSegment> {
 /// The records of a stored body, in order. Any damage (bad compression, truncation, trailing
 /// bytes, text that is not UTF-8) is an error, never a panic.
 pub fn decode(body: &[u8]) -> Result<Vec<SegmentRecord>, DamagedSegment> {
-    let plain = zstd::bulk::decompress(body, MAX_OPENED)
+    // The buffer is as large as the frame says its content is (the compressor writes the
+    // size), never more than MAX_OPENED. `zstd::bulk::decompress` reserved MAX_OPENED (64 MiB,
+    // mapped and unmapped by the allocator) and created a decompression context for every
+    // segment a search or a verification opened.
+    let size = match zstd::zstd_safe::get_frame_content_size(body) {
+        Ok(Some(size)) => usize::try_from(size)
+            .ok()
+            .filter(|size| *size <= MAX_OPENED)
+            .ok_or_else(|| DamagedSegment(format!("a body claims {size} bytes opened")))?,
+        Ok(None) => MAX_OPENED,
+        Err(_) => return Err(DamagedSegment("not a compressed body".to_owned())),
+    };
+    thread_local! {
+        static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { RefCell::new(None) };
+    }
+    let mut plain = Vec::with_capacity(size);
+    DECOMPRESSOR
+        .with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let decompressor = match slot.as_mut() {
+                Some(decompressor) => decompressor,
+                None => slot.insert(zstd::bulk::Decompressor::new()?),
+            };
+            decompressor.decompress_to_buffer(body, &mut plain)
+        })
         .map_err(|error| DamagedSegment(format!("cannot decompress: {error}")))?;
     let mut reader = Reader { rest: &plain };
     if reader.take(1)? != [FORMAT] {
@@ -216,6 +241,30 @@ mod tests {
             panic!("compress");
         };
         assert!(decode(&short).is_err());
+    }
+
+    /// A body is opened into a buffer of the size its frame declares (the compressor declares
+    /// it); one declaring more than MAX_OPENED is refused before anything is allocated for it.
+    #[test]
+    fn a_body_opens_into_what_its_frame_declares_and_no_more() {
+        let Ok(huge) = zstd::bulk::compress(&vec![0u8; MAX_OPENED + 1], LEVEL) else {
+            panic!("compress");
+        };
+        let refused = decode(&huge);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|error| error.0.contains("claims")),
+            "{refused:?}"
+        );
+        let body = encode(&records()).unwrap_or_default();
+        let declared = zstd::zstd_safe::get_frame_content_size(&body);
+        assert!(
+            matches!(declared, Ok(Some(size)) if size > 0),
+            "{declared:?}"
+        );
+        // The same records again after a refusal: the thread's decompressor is still sound.
+        assert_eq!(decode(&body), Ok(records()));
     }
 
     /// Stored keys were computed from one buffer of label, kind, a zero byte and the value;

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use carevault_domain::audit::AuditRecord;
+use carevault_domain::audit::storage::AuditFilter;
 use carevault_domain::ids::TenantId;
 use carevault_domain::store::{ResourceWrite, StoreError, StoreResult};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
@@ -149,6 +150,11 @@ impl PgStore {
 
     /// PostgreSQL commits every audit record to the trail at once: nothing to chain first.
     async fn settle_audit(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Nothing to chain first (see [`PgStore::settle_audit`]).
+    async fn settle_audit_for(&self, _tenant: TenantId, _filter: &AuditFilter) -> StoreResult<()> {
         Ok(())
     }
 

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use carevault_domain::audit::AuditRecord;
+use carevault_domain::audit::storage::AuditFilter;
 use carevault_domain::ids::TenantId;
 use carevault_domain::store::{ResourceWrite, StoreError, StoreResult};
 use sqlx::sqlite::{
@@ -239,6 +240,21 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Before a search of `tenant`'s trail by `filter`: [`SqliteStore::settle_audit`], unless
+    /// this process holds the journal and no record it has journaled and not chained could be
+    /// among the results (none is of the tenant and matches the filter, no ingestion is under
+    /// way, and no tenant's records are held back). An operator's search appends a record of
+    /// its own, so without this every search paid for an ingestion of the one before it: a
+    /// transaction and its sync.
+    async fn settle_audit_for(&self, tenant: TenantId, filter: &AuditFilter) -> StoreResult<()> {
+        if let Some(ingestion) = &self.journal
+            && !ingestion.may_hold(tenant, filter)
+        {
+            return Ok(());
+        }
+        self.settle_audit().await
+    }
+
     fn read_pool(&self) -> &SqlitePool {
         &self.reader
     }
@@ -432,6 +448,19 @@ impl Ingestion {
             }
         }
         self.journal.append(records)
+    }
+
+    /// Whether a record journaled and not yet in the trail could match a search of `tenant`'s
+    /// trail by `filter`. Held-back records and an ingestion under way count as could.
+    fn may_hold(&self, tenant: TenantId, filter: &AuditFilter) -> bool {
+        let held_back = self
+            .failing
+            .lock()
+            .map_or(true, |failing| !failing.is_empty());
+        held_back
+            || self.journal.any_unchained(|record| {
+                record.tenant == tenant && crate::audit::search::may_match(record, filter)
+            })
     }
 
     /// Why the trail of a tenant of `records` cannot be written, if it cannot.

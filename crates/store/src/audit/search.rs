@@ -169,6 +169,14 @@ pub(crate) fn matching_records(
     Ok(())
 }
 
+/// Whether `record`, not yet chained (it has no sequence number), could be among the results of
+/// a search by `filter`: everything but the filter's `before_seq` is checked.
+pub(crate) fn may_match(record: &AuditRecord, filter: &AuditFilter) -> bool {
+    filter.since_ms.is_none_or(|since| record.time_ms >= since)
+        && filter.until_ms.is_none_or(|until| record.time_ms < until)
+        && matches(record, filter)
+}
+
 fn matches(record: &AuditRecord, filter: &AuditFilter) -> bool {
     let same = |wanted: Option<&String>, actual: Option<&str>| {
         wanted.is_none_or(|wanted| Some(wanted.as_str()) == actual)

@@ -119,6 +119,8 @@ struct State {
     pending: Vec<Frame>,
     pending_records: usize,
     pending_through: u64,
+    /// Whether frames taken by an ingestion are not yet in the database or pending again.
+    taken: bool,
     /// Files whose frames are all in `pending` or ingested, to retire after an ingestion.
     retired: Vec<PathBuf>,
     /// Ingested files waiting to be used again, and the number the next one is named by.
@@ -263,6 +265,7 @@ impl Journal {
                 pending_records: pending.iter().map(|(_, records)| records.len()).sum(),
                 pending,
                 pending_through: through,
+                taken: false,
                 retired,
                 spares,
                 next_spare,
@@ -348,6 +351,18 @@ impl Journal {
         written
     }
 
+    /// Whether a record journaled and not yet in the database satisfies `test`: a pending one,
+    /// or any at all while an ingestion has frames taken (they are in neither place to look).
+    pub(crate) fn any_unchained(&self, test: impl Fn(&AuditRecord) -> bool) -> bool {
+        self.state().map_or(true, |state| {
+            state.taken
+                || state
+                    .pending
+                    .iter()
+                    .any(|(_, records)| records.iter().any(&test))
+        })
+    }
+
     /// Records journaled and not yet ingested.
     pub(crate) fn pending(&self) -> usize {
         self.state().map_or(0, |state| state.pending_records)
@@ -365,6 +380,7 @@ impl Journal {
             self.start_file(&mut state)?;
         }
         state.pending_records = 0;
+        state.taken = !state.pending.is_empty();
         Ok(Batch {
             frames: std::mem::take(&mut state.pending),
             through: state.pending_through,
@@ -392,8 +408,12 @@ impl Journal {
     /// (kept as spares, or deleted).
     pub(crate) fn finish(&self, left: Vec<Frame>) {
         let retired = match self.state() {
-            Ok(mut state) if left.is_empty() => std::mem::take(&mut state.retired),
+            Ok(mut state) if left.is_empty() => {
+                state.taken = false;
+                std::mem::take(&mut state.retired)
+            }
             Ok(mut state) => {
+                state.taken = false;
                 state.pending_records +=
                     left.iter().map(|(_, records)| records.len()).sum::<usize>();
                 let newer = std::mem::replace(&mut state.pending, left);

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use carevault_crypto::SigningKey;
 use carevault_domain::audit::AuditRecord;
-use carevault_domain::audit::storage::AuditStore;
+use carevault_domain::audit::storage::{AuditFilter, AuditStore};
 use carevault_domain::audit::verify::verify_chain;
 use carevault_domain::ids::TenantId;
 use carevault_domain::store::Store;
+use carevault_domain::testing::scope_for;
 
 use super::{SUFFIX, directory_of, journal_files, read_frames};
 use crate::SqliteStore;
@@ -174,6 +175,84 @@ async fn an_ingestion_packs_small_frames_into_large_segments() {
         .unwrap();
         assert!(report.breaks.is_empty(), "{:?}", report.breaks);
     }
+}
+
+/// A search chains the journal first only when a record journaled and not yet chained could
+/// be among its results (of its tenant, matching its filter); otherwise it reads the trail as
+/// it is, and what is journaled stays pending. What it could find, it finds.
+#[tokio::test]
+async fn a_search_chains_the_journal_only_for_records_it_could_find() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("db.sqlite");
+    let store = SqliteStore::open_with(&database, NEVER).await.unwrap();
+    let tenant = add_tenant(&store).await;
+    let other = add_tenant(&store).await;
+    store.settle_audit().await.unwrap();
+    let before = stored_records(&database);
+    let about = |tenant: TenantId, patient: &str, detail: &str| {
+        let mut record = record(tenant, detail);
+        record.subjects = vec![patient.to_owned()];
+        record
+    };
+    store
+        .append_audit(&[
+            about(tenant, "p1", "first"),
+            about(other, "p2", "elsewhere"),
+        ])
+        .await
+        .unwrap();
+    let search = |scope: TenantId, patient: &str| {
+        let filter = AuditFilter {
+            patient: Some(patient.to_owned()),
+            limit: 10,
+            ..AuditFilter::default()
+        };
+        let store = &store;
+        async move {
+            store
+                .audit_search(&scope_for(scope), &filter)
+                .await
+                .unwrap()
+        }
+    };
+
+    // Another patient of the tenant, and the other tenant's patient seen from this tenant.
+    assert!(search(tenant, "p2").await.is_empty());
+    assert!(search(other, "p1").await.is_empty());
+    assert_eq!(stored_records(&database), before);
+
+    // The journaled record's own patient: chained first, and found.
+    assert_eq!(details(&search(tenant, "p1").await), ["first"]);
+    assert_eq!(stored_records(&database), before + 2);
+    assert_eq!(details(&search(other, "p2").await), ["elsewhere"]);
+
+    // A time window that excludes a journaled record leaves it pending too.
+    let mut late = about(tenant, "p1", "late");
+    late.time_ms = 5_000;
+    store.append_audit(&[late]).await.unwrap();
+    let filter = AuditFilter {
+        patient: Some("p1".to_owned()),
+        until_ms: Some(5_000),
+        limit: 10,
+        ..AuditFilter::default()
+    };
+    let found = store
+        .audit_search(&scope_for(tenant), &filter)
+        .await
+        .unwrap();
+    assert_eq!(details(&found), ["first"]);
+    assert_eq!(stored_records(&database), before + 2);
+    let filter = AuditFilter {
+        since_ms: Some(5_000),
+        until_ms: None,
+        ..filter
+    };
+    let found = store
+        .audit_search(&scope_for(tenant), &filter)
+        .await
+        .unwrap();
+    assert_eq!(details(&found), ["late"]);
+    assert_eq!(stored_records(&database), before + 3);
 }
 
 /// A search of the trail chains the journal first, so it misses nothing just read.
