@@ -345,7 +345,7 @@ async fn wait_until_up(server: &mut Child, base: &str) -> anyhow::Result<()> {
     loop {
         if let Some(status) = server.try_wait()? {
             anyhow::bail!(
-                "the bench server exited at start ({status}); is a server still running on this data directory?"
+                "the bench server exited at start ({status}); its error is printed above"
             );
         }
         if client
