@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use carevault_cli::config::default_public_url;
-use carevault_cli::runtime::Runtime;
+use carevault_cli::runtime::{Runtime, shutdown_signal};
 use carevault_domain::audit::AuditTrail;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
@@ -65,22 +65,8 @@ pub async fn serve(data_dir: &Path, listen: SocketAddr, audit: ServeAudit) -> an
         audit.name()
     );
     runtime
-        .serve(data_dir, &services, listener, terminated())
+        .serve(data_dir, &services, listener, shutdown_signal())
         .await
-}
-
-async fn terminated() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 pub struct HttpAuditOptions {

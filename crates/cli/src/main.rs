@@ -9,7 +9,7 @@ use carevault_domain::ids::{ClientId, TenantId};
 use carevault_domain::store::{ClientStatus, TenantStatus};
 use clap::{Parser, Subcommand};
 
-use carevault_cli::runtime::{Runtime, initialise};
+use carevault_cli::runtime::{Runtime, initialise, shutdown_signal};
 use carevault_cli::{audit, config, user};
 
 /// mimalloc for the whole process (its `override` feature also serves SQLite's and zstd's
@@ -234,29 +234,6 @@ async fn serve(data_dir: &Path, listen: Option<SocketAddr>) -> anyhow::Result<()
     runtime
         .serve(data_dir, &services, listener, shutdown_signal())
         .await
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = terminate.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }
 
 fn parse_tenant(text: &str) -> anyhow::Result<TenantId> {
