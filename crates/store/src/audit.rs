@@ -32,7 +32,7 @@ mod legacy;
 pub(crate) mod search;
 
 pub(crate) use legacy::legacy_segments;
-pub(crate) use search::{array_search_statement, filter_keys, matching_records, search_statement};
+pub(crate) use search::{RecordScan, array_search_statement, filter_keys, search_statement};
 
 use crate::audit_segment::{self, DamagedSegment, KeyKind, MAX_RECORDS, SegmentRecord, search_key};
 
@@ -230,11 +230,7 @@ impl SegmentRow {
     /// The segment's records with their positions and links, or `None` when it is damaged
     /// (unreadable, or holding another number of records than its sequence numbers claim).
     pub fn open(&self) -> Option<Vec<(i64, SegmentRecord)>> {
-        let records = audit_segment::decode(&self.body).ok()?;
-        let count = i64::try_from(records.len()).ok()?;
-        if count != self.last_seq - self.first_seq + 1 {
-            return None;
-        }
+        let records = self.opened()?.into_records().ok()?;
         Some(
             records
                 .into_iter()
@@ -242,6 +238,14 @@ impl SegmentRow {
                 .map(|(index, record)| (self.first_seq + index as i64, record))
                 .collect(),
         )
+    }
+
+    /// The body opened in place, if it holds exactly the records its row says (`None` is
+    /// damage), for a scan that copies out only what it keeps.
+    pub fn opened(&self) -> Option<audit_segment::OpenedSegment> {
+        let opened = audit_segment::open(&self.body).ok()?;
+        let count = i64::try_from(opened.len()).ok()?;
+        (count == self.last_seq - self.first_seq + 1).then_some(opened)
     }
 
     /// Appends the segment's records after `after_seq` and within `[since, until)` as
@@ -323,12 +327,12 @@ macro_rules! implement_audit_store {
 
             use super::*;
             use crate::audit::{
-                ADVANCE_HEAD, DROP_LEGACY, INSERT_MARKER, NewSegment, SEGMENTS_PER_FETCH,
-                SELECT_ALL_SEGMENTS, SELECT_FIRST_SEQ, SELECT_HEAD, SELECT_LEGACY_ROWS,
-                SELECT_LEGACY_TENANTS, SELECT_MARKERS, SELECT_RETENTION_BOUNDARY,
-                SELECT_SEGMENT_AT, SELECT_SEGMENT_ENDING, SELECT_SEGMENTS_AFTER, SELECT_TENANT_IDS,
-                SET_HEAD_HASH, SegmentRow, bucket_of, build_segments, filter_keys, legacy_segments,
-                matching_records, previous_hash,
+                ADVANCE_HEAD, DROP_LEGACY, INSERT_MARKER, NewSegment, RecordScan,
+                SEGMENTS_PER_FETCH, SELECT_ALL_SEGMENTS, SELECT_FIRST_SEQ, SELECT_HEAD,
+                SELECT_LEGACY_ROWS, SELECT_LEGACY_TENANTS, SELECT_MARKERS,
+                SELECT_RETENTION_BOUNDARY, SELECT_SEGMENT_AT, SELECT_SEGMENT_ENDING,
+                SELECT_SEGMENTS_AFTER, SELECT_TENANT_IDS, SET_HEAD_HASH, SegmentRow, bucket_of,
+                build_segments, filter_keys, legacy_segments, previous_hash,
             };
             use crate::engine::{backend, parse_audit};
 
@@ -710,6 +714,7 @@ macro_rules! implement_audit_store {
                     let tenant = scope.tenant();
                     self.settle_audit_for(tenant, filter).await?;
                     let keys = filter_keys(filter);
+                    let scan = RecordScan::new(filter);
                     let mut before = filter.before_seq.unwrap_or(i64::MAX);
                     let mut found = Vec::new();
                     let mut tx = self.begin_read(Some(tenant)).await?;
@@ -758,7 +763,7 @@ macro_rules! implement_audit_store {
                             let segment = segment_row(row)?;
                             let in_window: bool = get(row, 6)?;
                             if in_window {
-                                matching_records(&segment, filter, &mut found)?;
+                                scan.matching_records(&segment, &mut found)?;
                             }
                             before = before.min(segment.first_seq);
                             if found.len() >= filter.limit {

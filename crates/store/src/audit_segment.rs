@@ -93,6 +93,29 @@ pub fn encode(records: &[SegmentRecord]) -> Result<Vec<u8>, DamagedSegment> {
 /// The records of a stored body, in order. Any damage (bad compression, truncation, trailing
 /// bytes, text that is not UTF-8) is an error, never a panic.
 pub fn decode(body: &[u8]) -> Result<Vec<SegmentRecord>, DamagedSegment> {
+    open(body)?.into_records()
+}
+
+/// A body opened but not yet copied out: the plain bytes and where each record lies in them.
+/// A search reads a segment of hundreds of records to keep the one or two that match, so it
+/// looks at each record's text where it lies ([`OpenedSegment::text_bytes`]) and copies out
+/// only those it keeps.
+pub struct OpenedSegment {
+    plain: Vec<u8>,
+    records: Vec<Placed>,
+}
+
+/// Where one record lies in an opened body.
+struct Placed {
+    hash_at: usize,
+    time_ms: i64,
+    text: std::ops::Range<usize>,
+}
+
+/// Opens a stored body and finds its records. Damage to the compression or the layout
+/// (truncation, trailing bytes, a count that does not match) is an error, never a panic; a
+/// record's text is checked to be UTF-8 when it is read ([`OpenedSegment::text`]).
+pub fn open(body: &[u8]) -> Result<OpenedSegment, DamagedSegment> {
     // The buffer is as large as the frame says its content is (the compressor writes the
     // size), never more than MAX_OPENED. `zstd::bulk::decompress` reserved MAX_OPENED (64 MiB,
     // mapped and unmapped by the allocator) and created a decompression context for every
@@ -120,24 +143,27 @@ pub fn decode(body: &[u8]) -> Result<Vec<SegmentRecord>, DamagedSegment> {
             decompressor.decompress_to_buffer(body, &mut plain)
         })
         .map_err(|error| DamagedSegment(format!("cannot decompress: {error}")))?;
-    let mut reader = Reader { rest: &plain };
+    let mut reader = Reader {
+        rest: &plain,
+        at: 0,
+    };
     if reader.take(1)? != [FORMAT] {
         return Err(DamagedSegment("unknown segment format".to_owned()));
     }
     let count = u32::from_le_bytes(reader.array()?);
     let mut records = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(MAX_RECORDS));
     for _ in 0..count {
-        let hash: ChainHash = reader.array()?;
+        let hash_at = reader.at;
+        reader.take(32)?;
         let time_ms = i64::from_le_bytes(reader.array()?);
         let length = usize::try_from(u32::from_le_bytes(reader.array()?))
             .map_err(|_| DamagedSegment("record length out of range".to_owned()))?;
-        let text = std::str::from_utf8(reader.take(length)?)
-            .map_err(|_| DamagedSegment("record text is not UTF-8".to_owned()))?
-            .to_owned();
-        records.push(SegmentRecord {
-            text,
+        let start = reader.at;
+        reader.take(length)?;
+        records.push(Placed {
+            hash_at,
             time_ms,
-            hash,
+            text: start..reader.at,
         });
     }
     if !reader.rest.is_empty() {
@@ -145,11 +171,65 @@ pub fn decode(body: &[u8]) -> Result<Vec<SegmentRecord>, DamagedSegment> {
             "trailing bytes after the last record".to_owned(),
         ));
     }
-    Ok(records)
+    Ok(OpenedSegment { plain, records })
+}
+
+impl OpenedSegment {
+    /// How many records the body holds.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The time of record `index` (counted from the segment's first), if there is one.
+    pub fn time_ms(&self, index: usize) -> Option<i64> {
+        self.records.get(index).map(|record| record.time_ms)
+    }
+
+    /// The bytes of record `index`'s text, not yet checked to be UTF-8: for a scan.
+    pub fn text_bytes(&self, index: usize) -> Option<&[u8]> {
+        self.records
+            .get(index)
+            .and_then(|record| self.plain.get(record.text.clone()))
+    }
+
+    /// Record `index`'s text; text that is not UTF-8 is damage.
+    pub fn text(&self, index: usize) -> Result<&str, DamagedSegment> {
+        let bytes = self
+            .text_bytes(index)
+            .ok_or_else(|| DamagedSegment("no such record".to_owned()))?;
+        std::str::from_utf8(bytes)
+            .map_err(|_| DamagedSegment("record text is not UTF-8".to_owned()))
+    }
+
+    /// Every record, copied out.
+    pub fn into_records(self) -> Result<Vec<SegmentRecord>, DamagedSegment> {
+        (0..self.records.len())
+            .zip(&self.records)
+            .map(|(index, record)| {
+                let mut hash: ChainHash = [0u8; 32];
+                hash.copy_from_slice(
+                    self.plain
+                        .get(record.hash_at..record.hash_at + 32)
+                        .ok_or_else(|| DamagedSegment("no such record".to_owned()))?,
+                );
+                Ok(SegmentRecord {
+                    text: self.text(index)?.to_owned(),
+                    time_ms: record.time_ms,
+                    hash,
+                })
+            })
+            .collect()
+    }
 }
 
 struct Reader<'a> {
     rest: &'a [u8],
+    /// How far into the body `rest` starts.
+    at: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -159,6 +239,7 @@ impl<'a> Reader<'a> {
         }
         let (taken, rest) = self.rest.split_at(length);
         self.rest = rest;
+        self.at += length;
         Ok(taken)
     }
 
@@ -241,6 +322,55 @@ mod tests {
             panic!("compress");
         };
         assert!(decode(&short).is_err());
+    }
+
+    /// A body laid out by hand: records of any bytes, compressed as an append would.
+    fn body_of(texts: &[&[u8]]) -> Vec<u8> {
+        let mut plain = vec![FORMAT];
+        plain.extend_from_slice(&u32::try_from(texts.len()).unwrap_or(0).to_le_bytes());
+        for (index, text) in texts.iter().enumerate() {
+            plain.extend_from_slice(&[7u8; 32]);
+            plain.extend_from_slice(&(1_000 + index as i64).to_le_bytes());
+            plain.extend_from_slice(&u32::try_from(text.len()).unwrap_or(0).to_le_bytes());
+            plain.extend_from_slice(text);
+        }
+        zstd::bulk::compress(&plain, LEVEL).unwrap_or_default()
+    }
+
+    /// An opened body gives each record's time and text where they lie. A text that is not
+    /// UTF-8 is damage when that record is read, and `decode`, which reads them all, refuses
+    /// the body.
+    #[test]
+    fn an_opened_body_reads_records_in_place_and_bad_text_is_damage_when_read() {
+        let body = encode(&records()).unwrap_or_default();
+        let Ok(opened) = open(&body) else {
+            panic!("open");
+        };
+        assert_eq!(opened.len(), 3);
+        for (index, record) in records().iter().enumerate() {
+            assert_eq!(opened.time_ms(index), Some(record.time_ms));
+            assert_eq!(opened.text_bytes(index), Some(record.text.as_bytes()));
+            assert_eq!(opened.text(index), Ok(record.text.as_str()));
+        }
+        assert_eq!(opened.time_ms(3), None);
+        assert_eq!(opened.text_bytes(3), None);
+        assert!(opened.text(3).is_err());
+        assert_eq!(opened.into_records(), Ok(records()));
+
+        let body = body_of(&[b"{\"seq\":1}", b"{\"seq\":\xff}"]);
+        let Ok(opened) = open(&body) else {
+            panic!("open");
+        };
+        assert_eq!(opened.text(0), Ok("{\"seq\":1}"));
+        assert_eq!(opened.text_bytes(1), Some(&b"{\"seq\":\xff}"[..]));
+        assert!(opened.text(1).is_err_and(|error| error.0.contains("UTF-8")));
+        assert!(decode(&body).is_err_and(|error| error.0.contains("UTF-8")));
+        // A record whose length runs past the body is damage when the body is opened.
+        let mut truncated = body_of(&[b"{}"]);
+        truncated = zstd::bulk::decompress(&truncated, 1 << 10).unwrap_or_default();
+        truncated.pop();
+        let truncated = zstd::bulk::compress(&truncated, LEVEL).unwrap_or_default();
+        assert!(open(&truncated).is_err_and(|error| error.0.contains("ends inside")));
     }
 
     /// A body is opened into a buffer of the size its frame declares (the compressor declares

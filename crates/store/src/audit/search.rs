@@ -117,56 +117,77 @@ pub(crate) fn array_search_statement(keys: usize) -> String {
     )
 }
 
-/// The strings every matching record's text must contain (a cheap test before parsing it).
-fn needles(filter: &AuditFilter) -> Vec<String> {
-    [
-        filter.patient.as_ref(),
-        filter.session.as_ref(),
-        filter.principal.as_ref(),
-        filter.source.as_ref(),
-        filter.action.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    .filter_map(|value| serde_json::to_string(value).ok())
-    .collect()
+/// A filter made ready to scan opened segments: the strings every matching record's text must
+/// contain (the filter's values as JSON strings, a cheap test before a record is parsed), each
+/// with its searcher built once for the whole search.
+pub(crate) struct RecordScan<'f> {
+    filter: &'f AuditFilter,
+    needles: Vec<memchr::memmem::Finder<'static>>,
 }
 
-/// The records of an opened segment that match `filter`, newest first. A damaged segment
-/// cannot be searched: it is an error, for the operator's `audit verify` to locate.
-pub(crate) fn matching_records(
-    segment: &SegmentRow,
-    filter: &AuditFilter,
-    out: &mut Vec<AuditRecord>,
-) -> Result<(), StoreError> {
-    let records = segment.open().ok_or_else(|| {
-        StoreError::Backend(format!(
-            "audit records {} to {} are damaged; run `carevault audit verify`",
-            segment.first_seq, segment.last_seq
-        ))
-    })?;
-    let needles = needles(filter);
-    for (seq, stored) in records.into_iter().rev() {
-        if out.len() >= filter.limit {
-            break;
-        }
-        if filter.before_seq.is_some_and(|before| seq >= before)
-            || filter.since_ms.is_some_and(|since| stored.time_ms < since)
-            || filter.until_ms.is_some_and(|until| stored.time_ms >= until)
-            || !needles
-                .iter()
-                .all(|needle| stored.text.contains(needle.as_str()))
-        {
-            continue;
-        }
-        let record: AuditRecord = serde_json::from_str(&stored.text).map_err(|error| {
-            StoreError::Backend(format!("stored audit record unreadable: {error}"))
-        })?;
-        if record.seq == seq && matches(&record, filter) {
-            out.push(record);
-        }
+impl<'f> RecordScan<'f> {
+    pub(crate) fn new(filter: &'f AuditFilter) -> RecordScan<'f> {
+        let needles = [
+            filter.patient.as_ref(),
+            filter.session.as_ref(),
+            filter.principal.as_ref(),
+            filter.source.as_ref(),
+            filter.action.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|value| serde_json::to_string(value).ok())
+        .map(|needle| memchr::memmem::Finder::new(needle.as_bytes()).into_owned())
+        .collect();
+        RecordScan { filter, needles }
     }
-    Ok(())
+
+    /// Appends the records of an opened segment that match the filter, newest first, until
+    /// the filter's page is full. Only those records are parsed (and their text checked to be
+    /// UTF-8); the rest are looked at where they lie. A damaged segment cannot be searched: it
+    /// is an error, for the operator's `audit verify` to locate.
+    pub(crate) fn matching_records(
+        &self,
+        segment: &SegmentRow,
+        out: &mut Vec<AuditRecord>,
+    ) -> Result<(), StoreError> {
+        let damaged = || {
+            StoreError::Backend(format!(
+                "audit records {} to {} are damaged; run `carevault audit verify`",
+                segment.first_seq, segment.last_seq
+            ))
+        };
+        let filter = self.filter;
+        let opened = segment.opened().ok_or_else(damaged)?;
+        for index in (0..opened.len()).rev() {
+            if out.len() >= filter.limit {
+                break;
+            }
+            let seq = segment.first_seq + index as i64;
+            let (Some(time_ms), Some(text)) = (opened.time_ms(index), opened.text_bytes(index))
+            else {
+                return Err(damaged());
+            };
+            if filter.before_seq.is_some_and(|before| seq >= before)
+                || filter.since_ms.is_some_and(|since| time_ms < since)
+                || filter.until_ms.is_some_and(|until| time_ms >= until)
+                || !self
+                    .needles
+                    .iter()
+                    .all(|needle| needle.find(text).is_some())
+            {
+                continue;
+            }
+            let text = opened.text(index).map_err(|_| damaged())?;
+            let record: AuditRecord = serde_json::from_str(text).map_err(|error| {
+                StoreError::Backend(format!("stored audit record unreadable: {error}"))
+            })?;
+            if record.seq == seq && matches(&record, filter) {
+                out.push(record);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Whether `record`, not yet chained (it has no sequence number), could be among the results of
@@ -197,6 +218,132 @@ fn matches(record: &AuditRecord, filter: &AuditFilter) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit_segment::{SegmentRecord, encode};
+    use carevault_domain::ids::TenantId;
+
+    fn record(seq: i64, principal: &str, subjects: &[&str], time_ms: i64) -> AuditRecord {
+        AuditRecord {
+            v: 1,
+            seq,
+            time_ms,
+            tenant: TenantId::platform(),
+            principal: principal.to_owned(),
+            session: None,
+            roles: vec!["clinician".to_owned()],
+            auth_strength: "mfa".to_owned(),
+            source: None,
+            action: "read".to_owned(),
+            resource_type: Some("Patient".to_owned()),
+            resource_id: subjects.first().map(|id| (*id).to_owned()),
+            subjects: subjects.iter().map(|id| (*id).to_owned()).collect(),
+            categories: vec!["demographics".to_owned()],
+            purpose: None,
+            outcome: Outcome::Success,
+            detail: None,
+        }
+    }
+
+    fn segment(first_seq: i64, texts: Vec<String>) -> SegmentRow {
+        let records: Vec<SegmentRecord> = texts
+            .into_iter()
+            .map(|text| SegmentRecord {
+                text,
+                time_ms: 0,
+                hash: [0; 32],
+            })
+            .collect();
+        SegmentRow {
+            first_seq,
+            last_seq: first_seq + records.len() as i64 - 1,
+            min_time_ms: 0,
+            max_time_ms: 0,
+            prev_hash: vec![0; 32],
+            body: encode(&records).unwrap_or_default(),
+        }
+    }
+
+    /// The scan finds records by their text, then keeps only those that match exactly: a
+    /// patient's id found in another field (here, as a principal), a record outside the page's
+    /// `before_seq`, or past the page's limit is not returned; the newest come first.
+    #[test]
+    fn a_scan_keeps_exact_matches_newest_first_within_the_page() {
+        let texts = [
+            record(10, "person/a", &["p1"], 1),
+            record(11, "p1", &["p2"], 2),
+            record(12, "person/b", &["p2", "p1"], 3),
+            record(13, "person/a", &["p3"], 4),
+            record(14, "person/a", &["p1"], 5),
+        ]
+        .iter()
+        .map(|record| serde_json::to_string(record).unwrap_or_default())
+        .collect();
+        let row = segment(10, texts);
+        let find = |filter: AuditFilter| {
+            let mut out = Vec::new();
+            let result = RecordScan::new(&filter).matching_records(&row, &mut out);
+            assert!(result.is_ok(), "{result:?}");
+            out.iter().map(|record| record.seq).collect::<Vec<_>>()
+        };
+        let by_patient = AuditFilter {
+            patient: Some("p1".to_owned()),
+            limit: 10,
+            ..AuditFilter::default()
+        };
+        assert_eq!(find(by_patient.clone()), vec![14, 12, 10]);
+        assert_eq!(
+            find(AuditFilter {
+                limit: 2,
+                ..by_patient.clone()
+            }),
+            vec![14, 12]
+        );
+        assert_eq!(
+            find(AuditFilter {
+                before_seq: Some(14),
+                ..by_patient.clone()
+            }),
+            vec![12, 10]
+        );
+        assert_eq!(
+            find(AuditFilter {
+                principal: Some("person/a".to_owned()),
+                ..by_patient
+            }),
+            vec![14, 10]
+        );
+    }
+
+    /// A record the scan passes over is not parsed, so damage confined to its text does not
+    /// stop the search (`audit verify` reports it); damage in a record the search would return
+    /// is an error, never a wrong answer; so is a body that does not open.
+    #[test]
+    fn a_scan_reads_only_the_records_it_keeps_and_refuses_damage_in_them() {
+        let good = serde_json::to_string(&record(1, "person/a", &["p1"], 1)).unwrap_or_default();
+        let bad = "{\"subjects\":[\"p1\"]}".to_owned();
+        let filter = |patient: &str| AuditFilter {
+            patient: Some(patient.to_owned()),
+            limit: 10,
+            ..AuditFilter::default()
+        };
+        // Text that does not parse as a record, holding the patient's id: an error.
+        let row = segment(1, vec![good.clone(), bad]);
+        let mut out = Vec::new();
+        let found = RecordScan::new(&filter("p1")).matching_records(&row, &mut out);
+        assert!(found.is_err_and(|error| error.to_string().contains("unreadable")));
+        // The same segment searched for another patient passes over it.
+        let mut out = Vec::new();
+        let found = RecordScan::new(&filter("p9")).matching_records(&row, &mut out);
+        assert!(found.is_ok() && out.is_empty());
+        // A body that does not open, or holds fewer records than its row says.
+        let mut broken = segment(1, vec![good.clone()]);
+        broken.body.truncate(broken.body.len() / 2);
+        let found = RecordScan::new(&filter("p1")).matching_records(&broken, &mut Vec::new());
+        assert!(found.is_err_and(|error| error.to_string().contains("audit verify")));
+        let mut short = segment(1, vec![good]);
+        short.last_seq += 1;
+        let found = RecordScan::new(&filter("p1")).matching_records(&short, &mut Vec::new());
+        assert!(found.is_err_and(|error| error.to_string().contains("audit verify")));
+    }
 
     #[test]
     fn a_search_walks_the_first_key_and_requires_the_others_in_the_same_segment() {
