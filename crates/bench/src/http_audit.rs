@@ -11,7 +11,7 @@
 //!   latencies, and the server's CPU per read (from `/proc/<pid>/stat`).
 //!
 //! `inproc` measures the same comparison without HTTP, where the trail's cost is a larger share
-//! of a smaller whole.
+//! of a smaller whole: a diagnostic, without a target.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,8 +27,12 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use crate::client::{ClientKey, TokenSource};
-use crate::inproc::{MemorySink, TARGET_DURABLE_SHARE, cpu_seconds_of};
+use crate::inproc::{MemorySink, cpu_seconds_of};
 use crate::load::{LoadOptions, Op, run_phase, sample_patients};
+
+/// The durable read's share of the memory-append read's throughput that issue #4 point 9 asks
+/// for.
+const TARGET_DURABLE_SHARE: f64 = 0.75;
 
 /// The audit trail behind the bench server's reads.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]

@@ -6,10 +6,12 @@
 //!   open, re-check, durable audit) exactly as the HTTP handler calls it;
 //! - `domain read (memory audit)`: the same read whose audit records go to a bare in-memory
 //!   append ([`MemorySink`]) instead of the database, in the same run: the durable trail's cost
-//!   is the difference (issue #4 point 2 wants the durable read at 75 % or more of this one).
-//!   Which of the two reads run is a benchmark switch (`--audit`); the server has no such
-//!   setting. With both, the two take turns in [`ALTERNATIONS`] rounds, and the ratio is
-//!   also shown per round.
+//!   is the difference. Which of the two reads run is a benchmark switch (`--audit`); the
+//!   server has no such setting. With both, the two take turns in [`ALTERNATIONS`] rounds, and
+//!   the ratio is also shown per round. This is a diagnostic: issue #4 point 9's target (the
+//!   durable read at 75 % or more of this one) is for the server's read, which `http-audit`
+//!   measures over HTTP. Here, without HTTP, the read is so cheap that the wait for a shared
+//!   commit bounds the durable read, and the share is lower.
 //!
 //! Each operation's line also shows the CPU time the whole process used per operation (every
 //! thread: the tasks, the audit committer, SQLite), which moves far less than the rates do when
@@ -117,9 +119,6 @@ impl AuditSink for MemorySink {
         Ok(())
     }
 }
-
-/// The durable trail's share of the memory-append read throughput that issue #4 asks for.
-pub(crate) const TARGET_DURABLE_SHARE: f64 = 0.75;
 
 /// With `--audit both`, the durable and the memory-append reads take turns this many times
 /// within their --duration each. Measured one after the other for 10 s each, their ratio moved
@@ -375,15 +374,10 @@ pub async fn run(
             .join(", ");
         println!(
             "  durable trail: the read keeps {:.1} % of its throughput with a bare in-memory \
-             append (target at least {:.0} %, {}; by round: {rounds} %); p99 {:.2} ms durable, \
-             {:.2} ms memory; CPU per read {} µs durable, {} µs memory",
+             append, in process (by round: {rounds} %; a diagnostic: the target is for the \
+             server's read, see `http-audit`); p99 {:.2} ms durable, {:.2} ms memory; CPU per \
+             read {} µs durable, {} µs memory",
             share * 100.0,
-            TARGET_DURABLE_SHARE * 100.0,
-            if share >= TARGET_DURABLE_SHARE {
-                "met"
-            } else {
-                "missed"
-            },
             p99(&durable),
             p99(&memory),
             shown(durable.cpu_us_per_op()),
@@ -392,7 +386,7 @@ pub async fn run(
         report["audit_cost"] = json!({
             "durable_rps": durable.rate(), "memory_rps": memory.rate(), "share": share,
             "durable_p99_ms": p99(&durable), "memory_p99_ms": p99(&memory),
-            "target_share": TARGET_DURABLE_SHARE, "round_shares": round_shares,
+            "round_shares": round_shares,
             "durable_cpu_us": durable.cpu_us_per_op(), "memory_cpu_us": memory.cpu_us_per_op(),
         });
     }
