@@ -107,7 +107,7 @@ pub struct OpenedSegment {
 
 /// Where one record lies in an opened body.
 struct Placed {
-    hash_at: usize,
+    hash: ChainHash,
     time_ms: i64,
     text: std::ops::Range<usize>,
 }
@@ -153,15 +153,14 @@ pub fn open(body: &[u8]) -> Result<OpenedSegment, DamagedSegment> {
     let count = u32::from_le_bytes(reader.array()?);
     let mut records = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(MAX_RECORDS));
     for _ in 0..count {
-        let hash_at = reader.at;
-        reader.take(32)?;
+        let hash: ChainHash = reader.array()?;
         let time_ms = i64::from_le_bytes(reader.array()?);
         let length = usize::try_from(u32::from_le_bytes(reader.array()?))
             .map_err(|_| DamagedSegment("record length out of range".to_owned()))?;
         let start = reader.at;
         reader.take(length)?;
         records.push(Placed {
-            hash_at,
+            hash,
             time_ms,
             text: start..reader.at,
         });
@@ -207,19 +206,14 @@ impl OpenedSegment {
 
     /// Every record, copied out.
     pub fn into_records(self) -> Result<Vec<SegmentRecord>, DamagedSegment> {
-        (0..self.records.len())
-            .zip(&self.records)
+        self.records
+            .iter()
+            .enumerate()
             .map(|(index, record)| {
-                let mut hash: ChainHash = [0u8; 32];
-                hash.copy_from_slice(
-                    self.plain
-                        .get(record.hash_at..record.hash_at + 32)
-                        .ok_or_else(|| DamagedSegment("no such record".to_owned()))?,
-                );
                 Ok(SegmentRecord {
                     text: self.text(index)?.to_owned(),
                     time_ms: record.time_ms,
-                    hash,
+                    hash: record.hash,
                 })
             })
             .collect()
