@@ -398,8 +398,16 @@ pub(crate) fn current_many(tenant: TenantId, refs: &[(String, String)]) -> Sql {
     sql
 }
 
-/// History: newest first, ordered by (last_updated desc, id asc, version desc) within the type,
-/// keyset-paged strictly after `before` in that order. Tombstones included.
+/// History, newest first, keyset-paged strictly after `before`. Tombstones included.
+///
+/// - Type history: ordered by (last_updated desc, id asc, version desc) within the type, which
+///   the `resource_versions_history` index serves.
+/// - Instance history: one resource's versions, newest version first (FHIR: "oldest versions
+///   last"), paged by version. The primary key serves both the look-up and the order. Ordered
+///   by time instead, SQLite's planner walked the history index through every version of the
+///   type in the tenant to find the resource's few: 442 ms at p50 for a Patient's history at
+///   100,000 patients. Version order is also the right one if the clock ever stepped back
+///   between two updates.
 pub(crate) fn history(tenant: TenantId, query: &HistoryQuery) -> Sql {
     let mut sql = Sql::new();
     sql.push("SELECT ")
@@ -408,12 +416,18 @@ pub(crate) fn history(tenant: TenantId, query: &HistoryQuery) -> Sql {
         .bind(tenant_value(tenant))
         .push(" AND v.resource_type = ")
         .bind(Value::Text(query.resource_type.clone()));
-    if let Some(id) = &query.id {
-        sql.push(" AND v.id = ").bind(Value::Text(id.clone()));
-    }
     if let Some(since) = query.since_ms {
         sql.push(" AND v.last_updated_ms >= ")
             .bind(Value::Int(since));
+    }
+    if let Some(id) = &query.id {
+        sql.push(" AND v.id = ").bind(Value::Text(id.clone()));
+        if let Some((_, _, version)) = &query.before {
+            sql.push(" AND v.version < ").bind(Value::Int(*version));
+        }
+        sql.push(" ORDER BY v.version DESC LIMIT ")
+            .bind(Value::Int(limit_value(query.limit)));
+        return sql;
     }
     if let Some((last_updated, id, version)) = &query.before {
         sql.push(" AND (v.last_updated_ms < ")
@@ -698,4 +712,61 @@ fn push_conditions(sql: &mut Sql, conditions: &[DateCondition], range: date_sql:
 /// Limits beyond i64 cannot be expressed and are meaningless; clamp.
 fn limit_value(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::sqlite::SqliteStore;
+
+    /// SQLite's plan lines for `statement`.
+    fn plan(connection: &rusqlite::Connection, statement: &Sql) -> Vec<String> {
+        let mut plan = connection
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", statement.sqlite_text()))
+            .unwrap();
+        plan.query_map(rusqlite::params_from_iter(statement.values()), |row| {
+            row.get::<_, String>(3)
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    /// An instance's history is found and ordered by the primary key, whatever the page: it
+    /// must not walk every version of the type in the tenant (the history index) to find the
+    /// resource's few, as it did when it was ordered by time.
+    #[tokio::test]
+    async fn sqlite_finds_an_instances_history_by_its_primary_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let _store = SqliteStore::open(&path).await.unwrap();
+        let connection = rusqlite::Connection::open(&path).unwrap();
+        let instance = HistoryQuery {
+            resource_type: "Patient".to_owned(),
+            id: Some("p1".to_owned()),
+            since_ms: None,
+            before: None,
+            limit: 50,
+        };
+        for query in [
+            instance.clone(),
+            HistoryQuery {
+                before: Some((10, "p1".to_owned(), 3)),
+                since_ms: Some(5),
+                ..instance.clone()
+            },
+        ] {
+            let lines = plan(&connection, &history(TenantId::generate(), &query));
+            // One look-up of the primary key's index (SQLite names it), and no sort.
+            assert_eq!(lines.len(), 1, "{lines:#?}");
+            assert!(
+                lines[0].contains(
+                    "USING INDEX sqlite_autoindex_resource_versions_1 \
+                     (tenant_id=? AND resource_type=? AND id=?"
+                ),
+                "{lines:#?}"
+            );
+        }
+    }
 }

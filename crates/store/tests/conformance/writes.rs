@@ -352,6 +352,78 @@ async fn history_is_newest_first_and_pages(store: Arc<dyn Store>, _raw: &Raw) {
         .map(|v| v.version)
         .collect();
     assert_eq!(versions, vec![3, 2, 1]);
+    // Instance history pages by version, one at a time, to the same sequence.
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .history(
+                &scope,
+                &HistoryQuery {
+                    before: before.clone(),
+                    limit: 1,
+                    ..instance.clone()
+                },
+            )
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        assert_eq!(page.len(), 1);
+        before = Some((last.last_updated_ms, last.id.clone(), last.version));
+        paged.push(last.version);
+    }
+    assert_eq!(paged, vec![3, 2, 1]);
+    // An instance's history is in version order even when the clock stepped back between two
+    // updates (version 2 written "before" version 1), and `_since` still filters by time.
+    store
+        .commit(&scope, &[create("Encounter", "e", 100)], &[])
+        .await
+        .unwrap();
+    store
+        .commit(&scope, &[update("Encounter", "e", 2, 90)], &[])
+        .await
+        .unwrap();
+    let encounter = HistoryQuery {
+        resource_type: "Encounter".to_owned(),
+        id: Some("e".to_owned()),
+        ..all.clone()
+    };
+    let versions = |page: Vec<carevault_domain::store::StoredVersion>| -> Vec<i64> {
+        page.iter().map(|v| v.version).collect()
+    };
+    assert_eq!(
+        versions(store.history(&scope, &encounter).await.unwrap()),
+        vec![2, 1]
+    );
+    let first = store
+        .history(
+            &scope,
+            &HistoryQuery {
+                limit: 1,
+                ..encounter.clone()
+            },
+        )
+        .await
+        .unwrap();
+    let rest = store
+        .history(
+            &scope,
+            &HistoryQuery {
+                before: Some((90, "e".to_owned(), 2)),
+                ..encounter.clone()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((versions(first), versions(rest)), (vec![2], vec![1]));
+    let recent = HistoryQuery {
+        since_ms: Some(95),
+        ..encounter
+    };
+    assert_eq!(
+        versions(store.history(&scope, &recent).await.unwrap()),
+        vec![1]
+    );
     let since = HistoryQuery {
         since_ms: Some(30),
         ..all.clone()
