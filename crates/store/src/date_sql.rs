@@ -196,17 +196,14 @@ mod tests {
     use carevault_domain::store::{CandidateFilter, CandidateQuery, SortBy};
 
     use super::*;
-    use crate::sqlite::SqliteStore;
+    use crate::sql::tests::{migrated_database, plan};
 
     /// SQLite's plan for a search driven by a date filter uses an index range for every term
     /// (a bound on `low`, or `high` among the long ranges): none walks all of the parameter's
     /// rows, as `ge` and `le` did with an index on each end. (`ne` cannot be bounded.)
     #[tokio::test]
     async fn sqlite_bounds_every_date_term_by_an_index_range() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db.sqlite");
-        let _store = SqliteStore::open(&path).await.unwrap();
-        let connection = rusqlite::Connection::open(&path).unwrap();
+        let (_dir, connection) = migrated_database().await;
         for prefix in [
             DatePrefix::Eq,
             DatePrefix::Lt,
@@ -235,16 +232,7 @@ mod tests {
                 limit: 10,
             };
             let statement = crate::sql::search(TenantId::generate(), &query, Some(1));
-            let mut plan = connection
-                .prepare(&format!("EXPLAIN QUERY PLAN {}", statement.sqlite_text()))
-                .unwrap();
-            let lines: Vec<String> = plan
-                .query_map(rusqlite::params_from_iter(statement.values()), |row| {
-                    row.get::<_, String>(3)
-                })
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+            let lines = plan(&connection, &statement);
             let dates: Vec<&String> = lines
                 .iter()
                 .filter(|line| line.contains("search_dates"))

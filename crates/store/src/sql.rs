@@ -716,12 +716,22 @@ fn limit_value(limit: usize) -> i64 {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::sqlite::SqliteStore;
 
+    /// A migrated, empty SQLite database (kept while the directory lives) and a connection to
+    /// it, for reading plans.
+    pub(crate) async fn migrated_database() -> (tempfile::TempDir, rusqlite::Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        drop(SqliteStore::open(&path).await.unwrap());
+        let connection = rusqlite::Connection::open(&path).unwrap();
+        (dir, connection)
+    }
+
     /// SQLite's plan lines for `statement`.
-    fn plan(connection: &rusqlite::Connection, statement: &Sql) -> Vec<String> {
+    pub(crate) fn plan(connection: &rusqlite::Connection, statement: &Sql) -> Vec<String> {
         let mut plan = connection
             .prepare(&format!("EXPLAIN QUERY PLAN {}", statement.sqlite_text()))
             .unwrap();
@@ -738,10 +748,7 @@ mod tests {
     /// resource's few, as it did when it was ordered by time.
     #[tokio::test]
     async fn sqlite_finds_an_instances_history_by_its_primary_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db.sqlite");
-        let _store = SqliteStore::open(&path).await.unwrap();
-        let connection = rusqlite::Connection::open(&path).unwrap();
+        let (_dir, connection) = migrated_database().await;
         let instance = HistoryQuery {
             resource_type: "Patient".to_owned(),
             id: Some("p1".to_owned()),
