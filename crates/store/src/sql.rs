@@ -623,8 +623,13 @@ pub(crate) fn search(tenant: TenantId, query: &CandidateQuery, driver: Option<us
             _ => push_filter(&mut sql, filter),
         }
     }
+    // The candidates drive, their versions are looked up by primary key: `CROSS JOIN` keeps
+    // that order on SQLite, whose planner otherwise walked every version of the type (the
+    // history index) and sorted them, even for the first page of an unfiltered search (13.8 s
+    // for `GET /fhir/Patient` at 100,000 patients, against under 1 ms walking
+    // `resource_current_by_update` in the page's order). PostgreSQL plans the join either way.
     sql.push(
-        ") s JOIN resource_versions v ON v.tenant_id = $1 AND v.resource_type = $2 \
+        ") s CROSS JOIN resource_versions v WHERE v.tenant_id = $1 AND v.resource_type = $2 \
          AND v.id = s.id AND v.version = s.version",
     );
     let (comparison, order) = if query.descending {
@@ -633,7 +638,7 @@ pub(crate) fn search(tenant: TenantId, query: &CandidateQuery, driver: Option<us
         (" > ", " ORDER BY s.sort_value ASC, s.id ASC LIMIT ")
     };
     if let Some((sort_value, id)) = &query.after {
-        sql.push(" WHERE (s.sort_value")
+        sql.push(" AND (s.sort_value")
             .push(comparison)
             .bind(Value::Int(*sort_value));
         let value_index = sql.last();
@@ -772,6 +777,34 @@ pub(crate) mod tests {
                     "USING INDEX sqlite_autoindex_resource_versions_1 \
                      (tenant_id=? AND resource_type=? AND id=?"
                 ),
+                "{lines:#?}"
+            );
+        }
+    }
+
+    /// The first page of a search without filters, newest first, walks the current versions'
+    /// index in the page's order and stops at the page's end: no sort of the whole type, and no
+    /// walk of every version of it.
+    #[tokio::test]
+    async fn sqlite_pages_an_unfiltered_search_along_the_update_index() {
+        use carevault_domain::store::{CandidateQuery, SortBy};
+
+        let (_dir, connection) = migrated_database().await;
+        for descending in [true, false] {
+            let query = CandidateQuery {
+                resource_type: "Patient".to_owned(),
+                filters: Vec::new(),
+                sort: SortBy::LastUpdated,
+                descending,
+                after: None,
+                limit: 20,
+            };
+            let lines = plan(&connection, &search(TenantId::generate(), &query, None));
+            assert_eq!(lines.len(), 2, "{lines:#?}");
+            assert!(
+                lines[0].contains("USING INDEX resource_current_by_update")
+                    && lines[1].contains("sqlite_autoindex_resource_versions_1")
+                    && lines.iter().all(|line| !line.contains("TEMP B-TREE")),
                 "{lines:#?}"
             );
         }
