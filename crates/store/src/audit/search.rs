@@ -221,11 +221,11 @@ mod tests {
     use crate::audit_segment::{SegmentRecord, encode};
     use carevault_domain::ids::TenantId;
 
-    fn record(seq: i64, principal: &str, subjects: &[&str], time_ms: i64) -> AuditRecord {
+    fn record(seq: i64, principal: &str, subjects: &[&str]) -> AuditRecord {
         AuditRecord {
             v: 1,
             seq,
-            time_ms,
+            time_ms: 0,
             tenant: TenantId::platform(),
             principal: principal.to_owned(),
             session: None,
@@ -268,11 +268,11 @@ mod tests {
     #[test]
     fn a_scan_keeps_exact_matches_newest_first_within_the_page() {
         let texts = [
-            record(10, "person/a", &["p1"], 1),
-            record(11, "p1", &["p2"], 2),
-            record(12, "person/b", &["p2", "p1"], 3),
-            record(13, "person/a", &["p3"], 4),
-            record(14, "person/a", &["p1"], 5),
+            record(10, "person/a", &["p1"]),
+            record(11, "p1", &["p2"]),
+            record(12, "person/b", &["p2", "p1"]),
+            record(13, "person/a", &["p3"]),
+            record(14, "person/a", &["p1"]),
         ]
         .iter()
         .map(|record| serde_json::to_string(record).unwrap_or_default())
@@ -318,7 +318,7 @@ mod tests {
     /// is an error, never a wrong answer; so is a body that does not open.
     #[test]
     fn a_scan_reads_only_the_records_it_keeps_and_refuses_damage_in_them() {
-        let good = serde_json::to_string(&record(1, "person/a", &["p1"], 1)).unwrap_or_default();
+        let good = serde_json::to_string(&record(1, "person/a", &["p1"])).unwrap_or_default();
         let bad = "{\"subjects\":[\"p1\"]}".to_owned();
         let filter = |patient: &str| AuditFilter {
             patient: Some(patient.to_owned()),

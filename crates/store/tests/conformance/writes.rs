@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use carevault_domain::principal::TenantScope;
 use carevault_domain::store::{
     CandidateFilter, HistoryQuery, Precondition, ResourceWrite, Store, StoreError,
 };
@@ -313,31 +314,7 @@ async fn history_is_newest_first_and_pages(store: Arc<dyn Store>, _raw: &Raw) {
     assert!(first[0].deleted && first[0].body.is_empty());
 
     // Keyset paging, two at a time, gives the same sequence.
-    let mut paged = Vec::new();
-    let mut before = None;
-    loop {
-        let page = store
-            .history(
-                &scope,
-                &HistoryQuery {
-                    before: before.clone(),
-                    limit: 2,
-                    ..all.clone()
-                },
-            )
-            .await
-            .unwrap();
-        if page.is_empty() {
-            break;
-        }
-        assert!(page.len() <= 2);
-        let last = page.last().unwrap();
-        before = Some((last.last_updated_ms, last.id.clone(), last.version));
-        paged.extend(
-            page.into_iter()
-                .map(|v| (v.last_updated_ms, v.id, v.version)),
-        );
-    }
+    let paged = paged_history(&store, &scope, &all, 2).await;
     assert_eq!(paged, expected);
 
     let instance = HistoryQuery {
@@ -353,26 +330,14 @@ async fn history_is_newest_first_and_pages(store: Arc<dyn Store>, _raw: &Raw) {
         .collect();
     assert_eq!(versions, vec![3, 2, 1]);
     // Instance history pages by version, one at a time, to the same sequence.
-    let mut paged = Vec::new();
-    let mut before = None;
-    loop {
-        let page = store
-            .history(
-                &scope,
-                &HistoryQuery {
-                    before: before.clone(),
-                    limit: 1,
-                    ..instance.clone()
-                },
-            )
-            .await
-            .unwrap();
-        let Some(last) = page.last() else { break };
-        assert_eq!(page.len(), 1);
-        before = Some((last.last_updated_ms, last.id.clone(), last.version));
-        paged.push(last.version);
-    }
-    assert_eq!(paged, vec![3, 2, 1]);
+    let paged = paged_history(&store, &scope, &instance, 1).await;
+    assert_eq!(
+        paged
+            .iter()
+            .map(|(_, _, version)| *version)
+            .collect::<Vec<_>>(),
+        vec![3, 2, 1]
+    );
     // An instance's history is in version order even when the clock stepped back between two
     // updates (version 2 written "before" version 1), and `_since` still filters by time.
     store
@@ -395,27 +360,10 @@ async fn history_is_newest_first_and_pages(store: Arc<dyn Store>, _raw: &Raw) {
         versions(store.history(&scope, &encounter).await.unwrap()),
         vec![2, 1]
     );
-    let first = store
-        .history(
-            &scope,
-            &HistoryQuery {
-                limit: 1,
-                ..encounter.clone()
-            },
-        )
-        .await
-        .unwrap();
-    let rest = store
-        .history(
-            &scope,
-            &HistoryQuery {
-                before: Some((90, "e".to_owned(), 2)),
-                ..encounter.clone()
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!((versions(first), versions(rest)), (vec![2], vec![1]));
+    assert_eq!(
+        paged_history(&store, &scope, &encounter, 1).await,
+        vec![(90, "e".to_owned(), 2), (100, "e".to_owned(), 1)]
+    );
     let recent = HistoryQuery {
         since_ms: Some(95),
         ..encounter
@@ -441,6 +389,40 @@ async fn history_is_newest_first_and_pages(store: Arc<dyn Store>, _raw: &Raw) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Every entry of `query`'s history, fetched `size` at a time, each page after the last entry
+/// of the one before, as (last updated, id, version).
+async fn paged_history(
+    store: &Arc<dyn Store>,
+    scope: &TenantScope,
+    query: &HistoryQuery,
+    size: usize,
+) -> Vec<(i64, String, i64)> {
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .history(
+                scope,
+                &HistoryQuery {
+                    before: before.clone(),
+                    limit: size,
+                    ..query.clone()
+                },
+            )
+            .await
+            .unwrap();
+        let Some(last) = page.last() else {
+            return paged;
+        };
+        assert!(page.len() <= size);
+        before = Some((last.last_updated_ms, last.id.clone(), last.version));
+        paged.extend(
+            page.into_iter()
+                .map(|v| (v.last_updated_ms, v.id, v.version)),
+        );
+    }
 }
 
 /// A blind token unique to `index`.
