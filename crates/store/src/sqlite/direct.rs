@@ -206,3 +206,34 @@ impl DirectReads {
         })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use rusqlite::Connection;
+
+    /// The SQLite linked in is built as `.cargo/config.toml` asks: no memory statistics, and
+    /// a page cache of its own per connection (no process-wide page-cache mutex). Both were
+    /// measured on the read path (bench/notes.md); a build without the config would lose them
+    /// silently.
+    #[test]
+    fn sqlite_is_built_without_process_wide_memory_locks() {
+        let connection = Connection::open_in_memory().unwrap();
+        let mut statement = connection.prepare("PRAGMA compile_options").unwrap();
+        let options: Vec<String> = statement
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            options.iter().any(|option| option == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+        assert!(
+            !options
+                .iter()
+                .any(|option| option.starts_with("ENABLE_MEMORY_MANAGEMENT")),
+            "{options:?}"
+        );
+    }
+}
