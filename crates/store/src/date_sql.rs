@@ -231,7 +231,12 @@ mod tests {
                 after: None,
                 limit: 10,
             };
-            let statement = crate::sql::search(TenantId::generate(), &query, Some(1));
+            let statement = crate::sql::search(
+                TenantId::generate(),
+                &query,
+                Some(1),
+                crate::sql::Probes::OnDriverRows,
+            );
             let lines = plan(&connection, &statement);
             let dates: Vec<&String> = lines
                 .iter()

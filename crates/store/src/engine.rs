@@ -694,7 +694,12 @@ macro_rules! implement_store {
                             }
                         }
                     }
-                    let statement = sql::search(scope.tenant(), query, driver);
+                    let probes = if $engine == "sqlite" {
+                        sql::Probes::OnDriverRows
+                    } else {
+                        sql::Probes::OnCandidates
+                    };
+                    let statement = sql::search(scope.tenant(), query, driver, probes);
                     if let Some(direct) = self.direct_reads() {
                         return direct.candidates(&statement);
                     }
