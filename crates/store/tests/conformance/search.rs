@@ -496,14 +496,20 @@ async fn several_token_filters_match_their_intersection_whichever_is_smaller(
     // that its sizes would change the driver if they were counted: its resources never appear,
     // and this tenant's answer stays the same.
     let (_, other) = new_tenant(&store, "intersection, other tenant").await;
-    let foreign: Vec<ResourceWrite> = (0..300)
+    let mut foreign: Vec<ResourceWrite> = (0..300)
         .map(|index: usize| {
             let mut write = create("Patient", &format!("x{index:04}"), T0);
             write.tokens = vec![token(1), token(2), token(4)];
             write
         })
         .collect();
+    // And a resource with this tenant's id p0007 that carries the tokens this tenant's p0007
+    // lacks: a probe of another filter must look at this tenant's rows of that id only.
+    let mut same_id = create("Patient", "p0007", T0);
+    same_id.tokens = vec![token(2), token(3)];
+    foreign.push(same_id);
     store.commit(&other, &foreign, &[]).await.unwrap();
+    assert!(all_pages(vec![any(&[4]), any(&[3])]).await.is_empty());
     assert_eq!(all_pages(vec![any(&[1]), any(&[2])]).await, common_and_rare);
     assert_eq!(
         all_pages(vec![any(&[2]), any(&[4])]).await,
@@ -576,7 +582,7 @@ async fn a_token_and_a_date_filter_match_their_intersection_whichever_is_smaller
     // Another tenant with the same token bytes and days on many rows: never in the answer, and
     // its rows do not change which filter drives.
     let (_, other) = new_tenant(&store, "token and date, other tenant").await;
-    let foreign: Vec<ResourceWrite> = (0..300)
+    let mut foreign: Vec<ResourceWrite> = (0..300)
         .map(|index: usize| {
             let mut write = create("Patient", &format!("x{index:04}"), T0);
             write.tokens = vec![token(1), token(2)];
@@ -584,6 +590,11 @@ async fn a_token_and_a_date_filter_match_their_intersection_whichever_is_smaller
             write
         })
         .collect();
+    // And a resource with this tenant's id p0000 (token 2, born on day 0 here) born on day 20:
+    // the date probe of the token-driven search must look at this tenant's rows only.
+    let mut same_id = create("Patient", "p0000", T0);
+    same_id.dates.push(date("birthdate", 20, 30));
+    foreign.push(same_id);
     store.commit(&other, &foreign, &[]).await.unwrap();
     assert_eq!(
         all_pages(vec![any(1), born(DatePrefix::Eq, 20, 30)]).await,
