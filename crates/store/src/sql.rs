@@ -807,11 +807,19 @@ pub(crate) mod tests {
 
     /// SQLite's plan lines for `statement`.
     pub(crate) fn plan(connection: &rusqlite::Connection, statement: &Sql) -> Vec<String> {
+        plan_tree(connection, statement)
+            .into_iter()
+            .map(|(_, _, detail)| detail)
+            .collect()
+    }
+
+    /// SQLite's plan lines for `statement`, each as (id, parent id, detail).
+    fn plan_tree(connection: &rusqlite::Connection, statement: &Sql) -> Vec<(i64, i64, String)> {
         let mut plan = connection
             .prepare(&format!("EXPLAIN QUERY PLAN {}", statement.sqlite_text()))
             .unwrap();
         plan.query_map(rusqlite::params_from_iter(statement.values()), |row| {
-            row.get::<_, String>(3)
+            Ok((row.get(0)?, row.get(1)?, row.get(3)?))
         })
         .unwrap()
         .collect::<Result<_, _>>()
@@ -914,17 +922,7 @@ pub(crate) mod tests {
             limit: 20,
         };
         let statement = search(TenantId::generate(), &query, Some(1), Probes::OnDriverRows);
-        let mut explain = connection
-            .prepare(&format!("EXPLAIN QUERY PLAN {}", statement.sqlite_text()))
-            .unwrap();
-        // (id, parent, detail) of each plan line.
-        let lines: Vec<(i64, i64, String)> = explain
-            .query_map(rusqlite::params_from_iter(statement.values()), |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(3)?))
-            })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let lines = plan_tree(&connection, &statement);
         let parent_of = |id: i64| {
             lines
                 .iter()
