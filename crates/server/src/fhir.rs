@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::ServerState;
 use crate::auth::Authenticated;
 use crate::capability::capability_statement;
-use crate::outcome::{ApiError, fhir_response, outcome};
+use crate::outcome::{ApiError, fhir_response, fhir_text_response, outcome};
 use crate::render::{bundle_response, history_bundle, prefer_return, resource_response, searchset};
 
 /// Every FHIR path template, as [`routes`] registers them (listed for the route walk).
@@ -272,9 +272,9 @@ async fn run_search(
         .records
         .search(principal, rt, &pairs, state.now_ms())
         .await?;
-    Ok(fhir_response(
+    Ok(fhir_text_response(
         StatusCode::OK,
-        &searchset(&state.fhir_base(), rt, &pairs, &page),
+        searchset(&state.fhir_base(), rt, &pairs, &page),
     ))
 }
 

@@ -109,13 +109,16 @@ pub(crate) fn encode_query(pairs: &[(String, String)]) -> String {
     serializer.finish()
 }
 
-/// A searchset Bundle with self and next links (the next link carries the opaque cursor).
+/// A searchset Bundle with self and next links (the next link carries the opaque cursor), as
+/// JSON text. Each resource goes in as the text it was sealed as, the way a read sends it, not
+/// as a tree copied into the Bundle's and written out again: that copy and its serialisation
+/// were a tenth of the server's CPU in an NHS-number search at 100,000 patients.
 pub fn searchset(
     fhir_base: &str,
     rt: ResourceType,
     pairs: &[(String, String)],
     page: &SearchPage,
-) -> Value {
+) -> String {
     let kept: Vec<(String, String)> = pairs
         .iter()
         .filter(|(key, _)| key != "_cursor")
@@ -131,32 +134,36 @@ pub fn searchset(
             "url": format!("{fhir_base}/{}?{}", rt.name(), encode_query(&next)),
         }));
     }
-    let entries: Vec<Value> = page
+    let entries = page
         .matches
         .iter()
         .map(|view| (view, "match"))
-        .chain(page.included.iter().map(|view| (view, "include")))
-        .map(|(view, mode)| {
-            // Built member by member: `json!` would copy the resource's tree once more through
-            // the serializer.
-            let mut entry = serde_json::Map::new();
-            entry.insert("fullUrl".to_owned(), json!(full_url(fhir_base, view)));
-            entry.insert(
-                "resource".to_owned(),
-                view.body
-                    .as_ref()
-                    .map_or(Value::Null, |body| body.value().clone()),
-            );
-            entry.insert("search".to_owned(), json!({"mode": mode}));
-            Value::Object(entry)
-        })
-        .collect();
-    json!({
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "link": links,
-        "entry": entries,
-    })
+        .chain(page.included.iter().map(|view| (view, "include")));
+    let resources: usize = entries
+        .clone()
+        .filter_map(|(view, _)| view.body.as_ref())
+        .map(|body| body.text().len() + 128)
+        .sum();
+    let mut text = String::with_capacity(resources + 256);
+    text.push_str(r#"{"resourceType":"Bundle","type":"searchset","link":"#);
+    text.push_str(&Value::Array(links).to_string());
+    text.push_str(r#","entry":["#);
+    for (index, (view, mode)) in entries.enumerate() {
+        if index > 0 {
+            text.push(',');
+        }
+        text.push_str(r#"{"fullUrl":"#);
+        text.push_str(&Value::from(full_url(fhir_base, view)).to_string());
+        if let Some(body) = &view.body {
+            text.push_str(r#","resource":"#);
+            text.push_str(body.text());
+        }
+        text.push_str(r#","search":{"mode":""#);
+        text.push_str(mode);
+        text.push_str(r#""}}"#);
+    }
+    text.push_str("]}");
+    text
 }
 
 pub fn history_bundle(
@@ -248,7 +255,9 @@ pub fn bundle_response(
                 }
                 EntryBody::Search(rt, page) => {
                     response["status"] = json!(status_line(entry.status));
-                    resource = Some(searchset(fhir_base, *rt, &[], page));
+                    // The searchset's text is JSON by construction; parsed here to sit in the
+                    // response's tree (a search inside a batch is rare).
+                    resource = serde_json::from_str(&searchset(fhir_base, *rt, &[], page)).ok();
                 }
                 EntryBody::None => response["status"] = json!(status_line(entry.status)),
             }
@@ -276,4 +285,75 @@ pub fn bundle_response(
         "type": format!("{kind}-response"),
         "entry": entries,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use carevault_domain::records::ResourceBody;
+
+    use super::*;
+
+    fn patient() -> ResourceType {
+        carevault_fhir::resource_type("Patient").unwrap()
+    }
+
+    fn view(id: &str, body: Value) -> ResourceView {
+        ResourceView {
+            resource_type: patient(),
+            id: id.to_owned(),
+            version: 3,
+            last_updated_ms: 1_700_000_000_000,
+            body: Some(ResourceBody::from_value(body)),
+        }
+    }
+
+    #[test]
+    fn a_searchset_written_as_text_is_the_bundle_with_each_resource_as_stored() {
+        // Text that needs escaping, numbers written as given (arbitrary precision), members
+        // in their own order: each must come back exactly.
+        let first: Value = serde_json::from_str(
+            r#"{"resourceType":"Patient","id":"a1","name":[{"family":"O\"Brien \\ \u00e9\n"}],
+                "extension":[{"url":"x","valueDecimal":1.50}]}"#,
+        )
+        .unwrap();
+        let second = json!({"resourceType": "Patient", "id": "b2", "active": true});
+        let page = SearchPage {
+            matches: vec![view("a1", first.clone())],
+            included: vec![view("b2", second.clone())],
+            next_cursor: Some("c&d=e".to_owned()),
+        };
+        let pairs = vec![
+            ("family".to_owned(), "O'Brien & Sons".to_owned()),
+            ("_cursor".to_owned(), "old".to_owned()),
+        ];
+        let text = searchset("https://cv.example/fhir", patient(), &pairs, &page);
+        let bundle: Value = serde_json::from_str(&text).expect("the searchset is JSON");
+        assert_eq!(
+            bundle,
+            json!({
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "link": [
+                    {"relation": "self", "url": "https://cv.example/fhir/Patient?family=O%27Brien+%26+Sons&_cursor=old"},
+                    {"relation": "next", "url": "https://cv.example/fhir/Patient?family=O%27Brien+%26+Sons&_cursor=c%26d%3De"},
+                ],
+                "entry": [
+                    {"fullUrl": "https://cv.example/fhir/Patient/a1", "resource": first, "search": {"mode": "match"}},
+                    {"fullUrl": "https://cv.example/fhir/Patient/b2", "resource": second, "search": {"mode": "include"}},
+                ],
+            })
+        );
+        assert!(text.contains(r#""valueDecimal":1.50"#), "{text}");
+
+        let empty = SearchPage {
+            matches: Vec::new(),
+            included: Vec::new(),
+            next_cursor: None,
+        };
+        let text = searchset("https://cv.example/fhir", patient(), &[], &empty);
+        let bundle: Value = serde_json::from_str(&text).expect("the searchset is JSON");
+        assert_eq!(bundle["entry"], json!([]));
+        assert_eq!(bundle["link"].as_array().map(Vec::len), Some(1));
+    }
 }
