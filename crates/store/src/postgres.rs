@@ -30,6 +30,14 @@ mod audit_keys;
 pub const APP_ROLE: &str = "carevault_app";
 
 const POOL_SIZE: u32 = 16;
+
+/// Each pooled connection plans a prepared statement once, for any values bound. The statements
+/// are shaped for the plan they need (the search picks its driving filter itself), and under
+/// the default (`auto`) PostgreSQL kept planning an NHS-number search afresh on every execution,
+/// its generic plan's estimate being higher than the custom ones': 0.49 ms of planning for
+/// 0.07 ms of execution, with row-level security's policy and three tables to plan.
+pub(crate) const PLAN_ONCE: &str = "SET plan_cache_mode = force_generic_plan";
+
 /// A pooled connection idle for longer than this is pinged before it is handed out (a server
 /// restart or a dropped socket then costs no request); one used more recently is handed out as
 /// it is, saving a round trip per transaction under load.
@@ -82,6 +90,7 @@ impl PgStore {
                     if switch_role {
                         connection.execute("SET ROLE carevault_app").await?;
                     }
+                    connection.execute(PLAN_ONCE).await?;
                     Ok(())
                 })
             })

@@ -8,6 +8,8 @@ use carevault_domain::store::{
     TenantStatus, WrappedKey,
 };
 
+use sqlx::Row;
+
 use crate::Raw;
 use crate::fixtures::*;
 
@@ -19,6 +21,7 @@ conformance!(
     jti_replay_is_refused_until_expiry,
     access_tokens_reflect_quarantine_and_disable,
     postgres_replaces_a_pooled_connection_the_server_dropped,
+    postgres_plans_a_prepared_statement_once,
 );
 
 async fn ping_and_engine(store: Arc<dyn Store>, raw: &Raw) {
@@ -338,4 +341,39 @@ async fn access_tokens_reflect_quarantine_and_disable(store: Arc<dyn Store>, _ra
     assert_eq!(store.find_access_token(&[9; 32]).await.unwrap(), None);
     let kept = store.find_access_token(&[10; 32]).await.unwrap().unwrap();
     assert_eq!(kept.client_status, ClientStatus::Active);
+}
+
+/// A pooled connection plans a prepared statement once, whatever values are bound to it
+/// (`PLAN_ONCE` in postgres.rs). Under PostgreSQL's default, the first five executions are
+/// planned afresh, and an NHS-number search then kept being planned at every execution (0.49 ms
+/// of planning for 0.07 ms of execution).
+async fn postgres_plans_a_prepared_statement_once(_store: Arc<dyn Store>, raw: &Raw) {
+    let Raw::Postgres { store: pg, .. } = raw else {
+        return;
+    };
+    // The shape of a search driven by a token, as the store runs it.
+    let statement = "SELECT c.id FROM resource_current c \
+         WHERE c.tenant_id = $1::uuid AND c.resource_type = $2 AND c.deleted = FALSE \
+           AND c.id IN (SELECT t.id FROM search_tokens t \
+                        WHERE t.tenant_id = $1::uuid AND t.resource_type = $2 AND t.token IN ($3))";
+    let mut connection = pg.pool_for_tests().acquire().await.unwrap();
+    for round in 0u8..8 {
+        sqlx::query(statement)
+            .bind("00000000-0000-7000-8000-000000000001")
+            .bind("Patient")
+            .bind(vec![round; 16])
+            .fetch_all(&mut *connection)
+            .await
+            .unwrap();
+    }
+    let row = sqlx::query(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+    )
+    .bind(statement)
+    .fetch_one(&mut *connection)
+    .await
+    .unwrap();
+    let (generic, custom): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(custom, 0, "planned afresh for the values bound");
+    assert_eq!(generic, 8);
 }
