@@ -4,7 +4,7 @@
 //!
 //! To change the schema, add the next numbered file to both folders and a line to both lists
 //! (a migration only one engine needs goes in that engine's folder and list alone: version 9,
-//! the SQLite audit journal's watermark).
+//! the SQLite audit journal's watermark; version 11, SQLite's token list on the resource).
 //! Numbers may have gaps and may arrive out of order (work in parallel reserves numbers): the
 //! migrator applies every listed version not yet applied, whatever its neighbours, and refuses
 //! only a database that has applied a version this build does not list. So two migrations
@@ -74,6 +74,11 @@ pub(crate) fn sqlite() -> Migrator {
             10,
             "audit segments by last seq",
             include_str!("../migrations/sqlite/0010_audit_segments_by_last_seq.sql"),
+        ),
+        migration(
+            11,
+            "tokens listed on the resource",
+            include_str!("../migrations/sqlite/0011_tokens_listed_on_the_resource.sql"),
         ),
     ])
 }

@@ -174,6 +174,8 @@ pub(crate) const SELECT_VERSION: &str = "SELECT v.resource_type, v.id, v.version
      WHERE v.tenant_id = $1 AND v.resource_type = $2 AND v.id = $3 AND v.version = $4";
 pub(crate) const SELECT_CURRENT_VERSION_NUMBER: &str = "SELECT version FROM resource_current \
      WHERE tenant_id = $1 AND resource_type = $2 AND id = $3";
+/// A resource's token rows (PostgreSQL, whose key starts with the id; SQLite's writer deletes
+/// the rows listed on the current row one by one, by its key).
 pub(crate) const DELETE_TOKENS: &str =
     "DELETE FROM search_tokens WHERE tenant_id = $1 AND resource_type = $2 AND id = $3";
 pub(crate) const DELETE_DATES: &str =
@@ -938,7 +940,10 @@ pub(crate) mod tests {
         };
         let driver =
             find("SEARCH t USING PRIMARY KEY (tenant_id=? AND resource_type=? AND token=?)");
-        let token_probe = find("SEARCH p USING COVERING INDEX search_tokens_by_resource");
+        // By the table's key: there is no index of token rows by resource (migration 0011).
+        let token_probe = find(
+            "SEARCH p USING PRIMARY KEY (tenant_id=? AND resource_type=? AND token=? AND id=?)",
+        );
         let date_probe = find("SEARCH d USING");
         // Each probe is a subquery of the driver's set, not of the outer look-up.
         assert_eq!(parent_of(token_probe.1), driver.1, "{lines:#?}");

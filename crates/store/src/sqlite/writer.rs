@@ -53,12 +53,20 @@ const UPSERT_HEAD: &str = "INSERT INTO audit_heads (tenant_id, seq, hash) VALUES
 const INSERT_VERSION: &str = "INSERT INTO resource_versions \
      (tenant_id, resource_type, id, version, last_updated_ms, deleted, body) \
      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING";
+/// The current row, with the current version's blind tokens listed (16 bytes each, NULL for
+/// none): an update or a delete finds the tokens it replaces there (migration 0011).
 const UPSERT_CURRENT: &str = "INSERT INTO resource_current \
-     (tenant_id, resource_type, id, version, last_updated_ms, deleted) \
-     VALUES ($1, $2, $3, $4, $5, $6) \
+     (tenant_id, resource_type, id, version, last_updated_ms, deleted, tokens) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) \
      ON CONFLICT (tenant_id, resource_type, id) DO UPDATE SET \
        version = excluded.version, last_updated_ms = excluded.last_updated_ms, \
-       deleted = excluded.deleted";
+       deleted = excluded.deleted, tokens = excluded.tokens";
+/// The current version number and the tokens listed for it.
+const SELECT_CURRENT_TOKENS: &str = "SELECT version, tokens FROM resource_current \
+     WHERE tenant_id = $1 AND resource_type = $2 AND id = $3";
+/// One token row, by the table's key.
+const DELETE_TOKEN: &str = "DELETE FROM search_tokens \
+     WHERE tenant_id = $1 AND resource_type = $2 AND token = $3 AND id = $4";
 const INSERT_TOKEN: &str = "INSERT INTO search_tokens (tenant_id, resource_type, id, token) \
      VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
 
@@ -93,8 +101,8 @@ struct Statements {
     upsert_head: String,
     insert_segment: String,
     insert_keys: String,
-    select_current_version: String,
-    delete_tokens: String,
+    select_current_tokens: String,
+    delete_token: String,
     delete_dates: String,
     insert_version: String,
     upsert_current: String,
@@ -137,8 +145,8 @@ impl Writer {
                 upsert_head: sqlite_placeholders(UPSERT_HEAD),
                 insert_segment: sqlite_placeholders(INSERT_SEGMENT),
                 insert_keys: sqlite_placeholders(insert_keys),
-                select_current_version: sqlite_placeholders(sql::SELECT_CURRENT_VERSION_NUMBER),
-                delete_tokens: sqlite_placeholders(sql::DELETE_TOKENS),
+                select_current_tokens: sqlite_placeholders(SELECT_CURRENT_TOKENS),
+                delete_token: sqlite_placeholders(DELETE_TOKEN),
                 delete_dates: sqlite_placeholders(sql::DELETE_DATES),
                 insert_version: sqlite_placeholders(INSERT_VERSION),
                 upsert_current: sqlite_placeholders(UPSERT_CURRENT),
@@ -383,29 +391,42 @@ impl Writer {
             // refuses a create of an existing id, and a new id has no search rows to replace.
             let creates = write.precondition == Precondition::Absent && version.version == 1;
             if !creates {
-                let current: Option<i64> = {
+                let current: Option<(i64, Option<Vec<u8>>)> = {
                     let mut statement = connection
-                        .prepare_cached(&statements.select_current_version)
+                        .prepare_cached(&statements.select_current_tokens)
                         .map_err(backend)?;
                     let mut rows = statement
                         .query(params![tenant, resource_type, id])
                         .map_err(backend)?;
                     match rows.next().map_err(backend)? {
-                        Some(row) => Some(row.get(0).map_err(backend)?),
+                        Some(row) => {
+                            Some((row.get(0).map_err(backend)?, row.get(1).map_err(backend)?))
+                        }
                         None => None,
                     }
                 };
                 let holds = match write.precondition {
                     Precondition::Absent => current.is_none(),
-                    Precondition::CurrentVersion(expected) => current == Some(expected),
+                    Precondition::CurrentVersion(expected) => {
+                        current.as_ref().map(|(version, _)| *version) == Some(expected)
+                    }
                 };
                 if !holds {
                     return Err(conflict());
                 }
-                run(
-                    &statements.delete_tokens,
-                    params![tenant, resource_type, id],
-                )?;
+                let listed = current.and_then(|(_, tokens)| tokens).unwrap_or_default();
+                if !listed.len().is_multiple_of(16) {
+                    return Err(StoreError::Backend(format!(
+                        "the token list of {resource_type}/{id} is {} bytes, not a multiple of 16",
+                        listed.len()
+                    )));
+                }
+                for token in listed.chunks_exact(16) {
+                    run(
+                        &statements.delete_token,
+                        params![tenant, resource_type, token, id],
+                    )?;
+                }
                 run(&statements.delete_dates, params![tenant, resource_type, id])?;
             }
             let inserted = run(
@@ -423,6 +444,8 @@ impl Writer {
             if inserted == 0 {
                 return Err(conflict());
             }
+            let tokens: Option<Vec<u8>> =
+                (!version.deleted && !write.tokens.is_empty()).then(|| write.tokens.concat());
             run(
                 &statements.upsert_current,
                 params![
@@ -432,6 +455,7 @@ impl Writer {
                     version.version,
                     version.last_updated_ms,
                     version.deleted,
+                    tokens,
                 ],
             )?;
             if version.deleted {
@@ -526,6 +550,113 @@ mod tests {
     async fn add_tenant(store: &SqliteStore) -> (TenantId, TenantScope) {
         let tenant = test_support::add_tenant(store).await;
         (tenant, scope_for(tenant))
+    }
+
+    /// Migration 0011 on a database of version 10: each current row lists its version's
+    /// tokens, the index of token rows by resource is gone, and an update through the store then
+    /// replaces exactly the tokens the migration listed.
+    #[tokio::test]
+    async fn migration_11_lists_each_resources_tokens_and_an_update_replaces_them() {
+        use sqlx::migrate::Migrator;
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+        use sqlx::{Connection as _, Row, SqliteConnection};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        let mut connection = SqliteConnection::connect_with(&options).await.unwrap();
+        let through_10 = Migrator::with_migrations(
+            crate::migrations::sqlite()
+                .iter()
+                .filter(|migration| migration.version <= 10)
+                .cloned()
+                .collect(),
+        );
+        through_10.run(&mut connection).await.unwrap();
+        let tenant = TenantId::generate();
+        sqlx::query(
+            "INSERT INTO tenants (id, name, status, created_ms) VALUES (?, 't', 'active', 1)",
+        )
+        .bind(tenant.as_uuid())
+        .execute(&mut connection)
+        .await
+        .unwrap();
+        for (id, tokens) in [("two", vec![[1u8; 16], [2; 16]]), ("none", Vec::new())] {
+            for statement in [
+                "INSERT INTO resource_versions VALUES (?1, 'Patient', ?2, 1, 1, 0, x'00')",
+                "INSERT INTO resource_current VALUES (?1, 'Patient', ?2, 1, 1, 0)",
+            ] {
+                sqlx::query(statement)
+                    .bind(tenant.as_uuid())
+                    .bind(id)
+                    .execute(&mut connection)
+                    .await
+                    .unwrap();
+            }
+            for token in tokens {
+                sqlx::query(INSERT_TOKEN)
+                    .bind(tenant.as_uuid())
+                    .bind("Patient")
+                    .bind(id)
+                    .bind(token.to_vec())
+                    .execute(&mut connection)
+                    .await
+                    .unwrap();
+            }
+        }
+        crate::migrations::sqlite()
+            .run(&mut connection)
+            .await
+            .unwrap();
+        let listed = |id: &'static str| {
+            sqlx::query("SELECT tokens FROM resource_current WHERE id = ?").bind(id)
+        };
+        let two: Vec<u8> = listed("two")
+            .fetch_one(&mut connection)
+            .await
+            .unwrap()
+            .get(0);
+        let mut chunks: Vec<&[u8]> = two.chunks(16).collect();
+        chunks.sort();
+        assert_eq!(chunks, vec![&[1u8; 16][..], &[2u8; 16][..]]);
+        let none: Option<Vec<u8>> = listed("none")
+            .fetch_one(&mut connection)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(none, None);
+        let by_resource: i64 = sqlx::query(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'search_tokens_by_resource'",
+        )
+        .fetch_one(&mut connection)
+        .await
+        .unwrap()
+        .get(0);
+        assert_eq!(by_resource, 0);
+        connection.close().await.unwrap();
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let mut update = create("two");
+        update.version.version = 2;
+        update.precondition = Precondition::CurrentVersion(1);
+        update.tokens = vec![[3; 16]];
+        store
+            .commit(&scope_for(tenant), &[update], &[])
+            .await
+            .unwrap();
+        let connection = Connection::open(&path).unwrap();
+        let mut statement = connection
+            .prepare("SELECT token FROM search_tokens WHERE id = 'two'")
+            .unwrap();
+        let left: Vec<Vec<u8>> = statement
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(left, vec![vec![3u8; 16]]);
     }
 
     /// A group whose middle commit conflicts is written again commit by commit: the commits
