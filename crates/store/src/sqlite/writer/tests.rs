@@ -1,4 +1,5 @@
-//! The group writer's tests: grouping, failures and withdrawals, tenants kept apart, and migration 0011's token lists.
+//! The group writer's tests: grouping, failures and withdrawals, tenants kept apart, and
+//! migration 0011's token lists.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
