@@ -265,24 +265,9 @@ mod tests {
     /// others are kept, and the index on every `high` gives way to the partial one.
     #[tokio::test]
     async fn migration_8_orders_reversed_ranges_and_replaces_the_index_on_high() {
-        use sqlx::migrate::Migrator;
-        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
-        use sqlx::{Connection, Row, SqliteConnection};
+        use sqlx::Row;
 
-        let dir = tempfile::tempdir().unwrap();
-        let options = SqliteConnectOptions::new()
-            .filename(dir.path().join("db.sqlite"))
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal);
-        let mut connection = SqliteConnection::connect_with(&options).await.unwrap();
-        let through_7 = Migrator::with_migrations(
-            crate::migrations::sqlite()
-                .iter()
-                .filter(|migration| migration.version <= 7)
-                .cloned()
-                .collect(),
-        );
-        through_7.run(&mut connection).await.unwrap();
+        let (_dir, _path, mut connection) = crate::sqlite::test_support::database_through(7).await;
         let tenant = TenantId::generate();
         for (id, low, high) in [
             ("reversed", 5_000, 1_000),

@@ -23,6 +23,19 @@ fn migration(version: i64, description: &'static str, sql: &'static str) -> Migr
     )
 }
 
+/// SQLite's migrations up to `version` and no further: a migration's test writes rows the old
+/// way first.
+#[cfg(test)]
+pub(crate) fn sqlite_through(version: i64) -> Migrator {
+    Migrator::with_migrations(
+        sqlite()
+            .iter()
+            .filter(|migration| migration.version <= version)
+            .cloned()
+            .collect(),
+    )
+}
+
 pub(crate) fn sqlite() -> Migrator {
     Migrator::with_migrations(vec![
         migration(

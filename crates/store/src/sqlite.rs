@@ -35,7 +35,7 @@ mod audit_keys;
 pub(crate) mod direct;
 mod journal;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 mod writer;
 
 use direct::DirectReads;

@@ -165,7 +165,6 @@ mod tests {
 mod migration_tests {
     use carevault_domain::audit::chain::{self, GENESIS};
     use sqlx::Row;
-    use sqlx::migrate::Migrator;
 
     use crate::audit_segment;
 
@@ -177,14 +176,12 @@ mod migration_tests {
         let Ok(pool) = sqlx::SqlitePool::connect("sqlite::memory:").await else {
             panic!("in-memory SQLite");
         };
-        let before = Migrator::with_migrations(
-            crate::migrations::sqlite()
-                .iter()
-                .filter(|migration| migration.version <= 5)
-                .cloned()
-                .collect(),
+        assert!(
+            crate::migrations::sqlite_through(5)
+                .run(&pool)
+                .await
+                .is_ok()
         );
-        assert!(before.run(&pool).await.is_ok());
         let texts = [
             r#"{"seq":1,"principal":"person/n","subjects":["p1"]}"#,
             r#"{"seq":2,"principal":"person/n","subjects":["p2"]}"#,

@@ -1,4 +1,5 @@
-//! What the SQLite store's unit tests share: an audit record and a tenant.
+//! What the SQLite store's unit tests share: an audit record, a tenant, a file migrated only
+//! part of the way.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -42,4 +43,32 @@ pub(crate) async fn add_tenant(store: &SqliteStore) -> TenantId {
     };
     store.create_tenant(&record, &[]).await.unwrap();
     tenant
+}
+
+/// A fresh file (`db.sqlite` in the returned directory) migrated through `version` and no
+/// further, and a connection to it: where a migration's test writes rows the old way.
+pub(crate) async fn database_through(
+    version: i64,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    sqlx::SqliteConnection,
+) {
+    use sqlx::Connection;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal);
+    let mut connection = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    crate::migrations::sqlite_through(version)
+        .run(&mut connection)
+        .await
+        .unwrap();
+    (dir, path, connection)
 }

@@ -75,25 +75,9 @@ async fn add_tenant(store: &SqliteStore) -> (TenantId, TenantScope) {
 /// replaces exactly the tokens the migration listed.
 #[tokio::test]
 async fn migration_11_lists_each_resources_tokens_and_an_update_replaces_them() {
-    use sqlx::migrate::Migrator;
-    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
-    use sqlx::{Connection as _, Row, SqliteConnection};
+    use sqlx::{Connection as _, Row};
 
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db.sqlite");
-    let options = SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal);
-    let mut connection = SqliteConnection::connect_with(&options).await.unwrap();
-    let through_10 = Migrator::with_migrations(
-        crate::migrations::sqlite()
-            .iter()
-            .filter(|migration| migration.version <= 10)
-            .cloned()
-            .collect(),
-    );
-    through_10.run(&mut connection).await.unwrap();
+    let (_dir, path, mut connection) = test_support::database_through(10).await;
     let tenant = TenantId::generate();
     sqlx::query("INSERT INTO tenants (id, name, status, created_ms) VALUES (?, 't', 'active', 1)")
         .bind(tenant.as_uuid())
