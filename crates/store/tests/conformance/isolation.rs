@@ -17,6 +17,7 @@ use crate::fixtures::*;
 
 conformance!(
     tenants_cannot_see_each_other,
+    an_update_replaces_only_its_own_tenants_search_rows,
     audit_sequences_are_contiguous_per_tenant,
     concurrent_commits_serialise,
     audit_trail_refuses_update_and_delete,
@@ -152,6 +153,59 @@ async fn tenants_cannot_see_each_other(store: Arc<dyn Store>, _raw: &Raw) {
     );
     assert_eq!(store.history(&scope_a, &instance).await.unwrap().len(), 3);
     assert_eq!(store.history(&scope_b, &instance).await.unwrap().len(), 1);
+}
+
+/// Two tenants hold a resource with the same id and the same token and date. One tenant's
+/// update, and then its delete, remove that tenant's search rows and never the other's (the
+/// SQLite writer deletes the token rows a resource lists by key, the key's tenant included).
+async fn an_update_replaces_only_its_own_tenants_search_rows(store: Arc<dyn Store>, _raw: &Raw) {
+    let (_, scope_a) = new_tenant(&store, "a").await;
+    let (_, scope_b) = new_tenant(&store, "b").await;
+    for scope in [&scope_a, &scope_b] {
+        let mut write = create("Patient", "shared-id", T0);
+        write.tokens = vec![token(7)];
+        write.dates = vec![date("birthdate", 0, 10)];
+        store.commit(scope, &[write], &[]).await.unwrap();
+    }
+    let by_token = |byte: u8| {
+        query(
+            "Patient",
+            vec![CandidateFilter::AnyToken(vec![token(byte)])],
+        )
+    };
+    let by_date = query(
+        "Patient",
+        vec![CandidateFilter::AnyDate {
+            param: "birthdate".to_owned(),
+            conditions: vec![DateCondition {
+                prefix: DatePrefix::Eq,
+                low: 0,
+                high: 10,
+            }],
+        }],
+    );
+    let shared = strings(&["shared-id"]);
+
+    let mut replaced = update("Patient", "shared-id", 2, T0 + 1);
+    replaced.tokens = vec![token(8)];
+    store.commit(&scope_a, &[replaced], &[]).await.unwrap();
+    assert!(search_ids(&store, &scope_a, &by_token(7)).await.is_empty());
+    assert!(search_ids(&store, &scope_a, &by_date).await.is_empty());
+    assert_eq!(search_ids(&store, &scope_a, &by_token(8)).await, shared);
+    assert_eq!(search_ids(&store, &scope_b, &by_token(7)).await, shared);
+    assert_eq!(search_ids(&store, &scope_b, &by_date).await, shared);
+
+    store
+        .commit(
+            &scope_a,
+            &[tombstone("Patient", "shared-id", 3, T0 + 2)],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(search_ids(&store, &scope_a, &by_token(8)).await.is_empty());
+    assert_eq!(search_ids(&store, &scope_b, &by_token(7)).await, shared);
+    assert_eq!(search_ids(&store, &scope_b, &by_date).await, shared);
 }
 
 async fn audit_sequences_are_contiguous_per_tenant(store: Arc<dyn Store>, _raw: &Raw) {
