@@ -672,8 +672,16 @@ macro_rules! implement_store {
                     if query.limit == 0 {
                         return Ok(Vec::new());
                     }
+                    // How this engine's search tables name a resource.
+                    let engine = if $engine == "sqlite" {
+                        sql::Engine::Sqlite
+                    } else {
+                        sql::Engine::Postgres
+                    };
                     let mut driver = None;
-                    if let Some((sizes, positions)) = sql::filter_sizes(scope.tenant(), query) {
+                    if let Some((sizes, positions)) =
+                        sql::filter_sizes(scope.tenant(), query, engine)
+                    {
                         let counted = match self.direct_reads() {
                             Some(direct) => direct.integers(&sizes, positions.len())?,
                             None => match self.read_one(scope.tenant(), dynamic(&sizes)).await? {
@@ -694,12 +702,7 @@ macro_rules! implement_store {
                             }
                         }
                     }
-                    let probes = if $engine == "sqlite" {
-                        sql::Probes::OnDriverRows
-                    } else {
-                        sql::Probes::OnCandidates
-                    };
-                    let statement = sql::search(scope.tenant(), query, driver, probes);
+                    let statement = sql::search(scope.tenant(), query, driver, engine);
                     if let Some(direct) = self.direct_reads() {
                         return direct.candidates(&statement);
                     }

@@ -4,11 +4,12 @@
 //!
 //! To change the schema, add the next numbered file to both folders and a line to both lists
 //! (a migration only one engine needs goes in that engine's folder and list alone: version 9,
-//! the SQLite audit journal's watermark; version 11, SQLite's token list on the resource).
-//! Numbers may have gaps and may arrive out of order (work in parallel reserves numbers): the
-//! migrator applies every listed version not yet applied, whatever its neighbours, and refuses
-//! only a database that has applied a version this build does not list. So two migrations
-//! developed apart must not depend on each other.
+//! the SQLite audit journal's watermark; version 11, SQLite's token list on the resource;
+//! version 12, SQLite's search rows keyed by resource). Numbers may have gaps and may arrive
+//! out of order (work in parallel reserves numbers): the migrator applies every listed version
+//! not yet applied, whatever its neighbours, and refuses only a database that has applied a
+//! version this build does not list. So two migrations developed apart must not depend on each
+//! other.
 
 use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -92,6 +93,11 @@ pub(crate) fn sqlite() -> Migrator {
             11,
             "tokens listed on the resource",
             include_str!("../migrations/sqlite/0011_tokens_listed_on_the_resource.sql"),
+        ),
+        migration(
+            12,
+            "search rows by resource key",
+            include_str!("../migrations/sqlite/0012_search_rows_by_resource_key.sql"),
         ),
     ])
 }

@@ -174,8 +174,9 @@ pub(crate) const SELECT_VERSION: &str = "SELECT v.resource_type, v.id, v.version
      WHERE v.tenant_id = $1 AND v.resource_type = $2 AND v.id = $3 AND v.version = $4";
 pub(crate) const SELECT_CURRENT_VERSION_NUMBER: &str = "SELECT version FROM resource_current \
      WHERE tenant_id = $1 AND resource_type = $2 AND id = $3";
-/// A resource's token rows (PostgreSQL, whose key starts with the id; SQLite's writer deletes
-/// the rows listed on the current row one by one, by its key).
+/// A resource's token and date rows (PostgreSQL, whose keys start with the id; SQLite's
+/// writer deletes the token rows listed on the current row one by one, by the table's key, and
+/// the date rows by the resource's key).
 pub(crate) const DELETE_TOKENS: &str =
     "DELETE FROM search_tokens WHERE tenant_id = $1 AND resource_type = $2 AND id = $3";
 pub(crate) const DELETE_DATES: &str =
@@ -460,7 +461,11 @@ const FILTER_SIZE_BOUND: i64 = 100;
 /// SQLite's planner cannot tell a family name shared by thousands of patients from a birth date
 /// shared by three, and drove from whichever filter came first, or from the token filter when
 /// the other was a date.
-pub(crate) fn filter_sizes(tenant: TenantId, query: &CandidateQuery) -> Option<(Sql, Vec<usize>)> {
+pub(crate) fn filter_sizes(
+    tenant: TenantId,
+    query: &CandidateQuery,
+    engine: Engine,
+) -> Option<(Sql, Vec<usize>)> {
     let drivable = |position: usize, filter: &CandidateFilter| match filter {
         CandidateFilter::AnyToken(tokens) if !tokens.is_empty() => Some(position),
         CandidateFilter::AnyDate { conditions, .. } if !conditions.is_empty() => Some(position),
@@ -488,9 +493,11 @@ pub(crate) fn filter_sizes(tenant: TenantId, query: &CandidateQuery) -> Option<(
         sql.push("(SELECT count(*) FROM (");
         match &query.filters[*position] {
             CandidateFilter::AnyDate { param, conditions } => {
-                push_date_rows(&mut sql, Rows::Ids, param, conditions);
+                push_date_rows(&mut sql, engine, Rows::Ids, param, conditions);
             }
-            CandidateFilter::AnyToken(tokens) => push_token_rows(&mut sql, Rows::Ids, tokens),
+            CandidateFilter::AnyToken(tokens) => {
+                push_token_rows(&mut sql, engine, Rows::Ids, tokens);
+            }
             // Not drivable: `drivable` above leaves them out.
             CandidateFilter::Ids(_) | CandidateFilter::LastUpdated(_) => {
                 sql.push("SELECT NULL");
@@ -501,52 +508,111 @@ pub(crate) fn filter_sizes(tenant: TenantId, query: &CandidateQuery) -> Option<(
     Some((sql, positions))
 }
 
+/// How an engine's search tables name a resource, and where a search driven by a token filter
+/// probes the other filters.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Engine {
+    /// Search rows name a resource by its key, `resource_current.rkey`; a token row holds the
+    /// token, a type code and the key, no tenant (migration 0012), and a search checks the
+    /// tenant and type on the resource's row. A driving token filter probes the other token
+    /// and date filters on each of its rows, inside the driver's set, before the resource is
+    /// looked up (SQLite runs the statement as written).
+    Sqlite,
+    /// Search rows carry the tenant, type and id (row-level security filters them by tenant).
+    /// Probes are made on each candidate, after its look-up: given the other shape,
+    /// PostgreSQL ran the conformance test of several token filters in 318 s instead of 4.
+    Postgres,
+}
+
+impl Engine {
+    /// The column of `resource_current` (and of the search rows) that names a resource.
+    fn resource_column(self) -> &'static str {
+        match self {
+            Engine::Sqlite => "rkey",
+            Engine::Postgres => "id",
+        }
+    }
+}
+
 /// Which rows a filter's sub-select yields.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Rows {
-    /// The ids of every matching row of the query's tenant and type (`$1`, `$2`): a set of
-    /// candidates (`c.id IN (…)`).
+    /// The resources (ids, or keys on SQLite) of every matching row of the query's tenant and
+    /// type (`$1`, `$2`): a set of candidates (`c.id IN (…)`, `c.rkey IN (…)`).
     Ids,
-    /// The candidate's own matching rows (`EXISTS (…)`): a look-up by `c.id`.
+    /// The candidate's own matching rows (`EXISTS (…)`): a look-up by the candidate.
     OfCandidate,
     /// The matching rows of the resource a driving token row names (`EXISTS (…)` inside the
-    /// driver's set): a look-up by `t.id`, made before the resource itself is looked up.
+    /// driver's set): a look-up by the driving row's resource, made before the resource itself
+    /// is looked up.
     OfDriverRow,
 }
 
+/// The search tables.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Table {
+    Tokens,
+    Dates,
+}
+
 impl Rows {
-    /// `SELECT … FROM table alias WHERE` the tenant and type match (and, for a probe, the id).
-    fn push_head(self, sql: &mut Sql, table: &'static str, alias: &'static str) {
+    /// `SELECT … FROM table alias WHERE` the rows are the query's tenant's and type's (`$1`,
+    /// `$2`) and, for a probe, the resource's.
+    fn push_head(self, sql: &mut Sql, engine: Engine, table: Table, alias: &'static str) {
+        let column = engine.resource_column();
         match self {
-            Rows::Ids => sql.push("SELECT ").push(alias).push(".id"),
+            Rows::Ids => sql.push("SELECT ").push(alias).push(".").push(column),
             Rows::OfCandidate | Rows::OfDriverRow => sql.push("SELECT 1"),
         };
-        sql.push(" FROM ")
-            .push(table)
-            .push(" ")
-            .push(alias)
-            .push(" WHERE ")
-            .push(alias)
-            .push(".tenant_id = $1 AND ")
-            .push(alias)
-            .push(".resource_type = $2");
-        match self {
-            Rows::Ids => {}
-            Rows::OfCandidate => {
-                sql.push(" AND ").push(alias).push(".id = c.id");
+        let name = match table {
+            Table::Tokens => " FROM search_tokens ",
+            Table::Dates => " FROM search_dates ",
+        };
+        sql.push(name).push(alias).push(" WHERE ");
+        let of = match self {
+            Rows::Ids => None,
+            Rows::OfCandidate => Some("c"),
+            Rows::OfDriverRow => Some("t"),
+        };
+        match (engine, table) {
+            // A token row holds no tenant: the search checks the tenant on the resource's row,
+            // and a probe follows a resource the search checks there.
+            (Engine::Sqlite, Table::Tokens) => {
+                sql.push(alias)
+                    .push(".type_code = (SELECT code FROM resource_types WHERE name = $2)");
+                if of.is_some() {
+                    sql.push(" AND ");
+                }
             }
-            Rows::OfDriverRow => {
-                sql.push(" AND ").push(alias).push(".id = t.id");
+            // A resource's key is of one tenant and type.
+            (Engine::Sqlite, Table::Dates) if of.is_some() => {}
+            _ => {
+                sql.push(alias)
+                    .push(".tenant_id = $1 AND ")
+                    .push(alias)
+                    .push(".resource_type = $2");
+                if of.is_some() {
+                    sql.push(" AND ");
+                }
             }
+        }
+        if let Some(of) = of {
+            sql.push(alias)
+                .push(".")
+                .push(column)
+                .push(" = ")
+                .push(of)
+                .push(".")
+                .push(column);
         }
     }
 }
 
 /// The rows matching any of `tokens`.
-fn push_token_rows(sql: &mut Sql, rows: Rows, tokens: &[[u8; 16]]) {
+fn push_token_rows(sql: &mut Sql, engine: Engine, rows: Rows, tokens: &[[u8; 16]]) {
     // `t` is the driving token row that a probe of the same table refers to.
     let alias = if rows == Rows::OfDriverRow { "p" } else { "t" };
-    rows.push_head(sql, "search_tokens", alias);
+    rows.push_head(sql, engine, Table::Tokens, alias);
     sql.push(" AND ")
         .push(alias)
         .push(".token IN (")
@@ -554,7 +620,9 @@ fn push_token_rows(sql: &mut Sql, rows: Rows, tokens: &[[u8; 16]]) {
         .push(")");
 }
 
-/// One date row of a resource; nothing is written when the row exists.
+/// One date row as PostgreSQL, and SQLite before version 12, hold it: tests write rows
+/// directly. (PostgreSQL's commits write multi-row statements, SQLite's writer its own.)
+#[cfg(test)]
 pub(crate) const INSERT_DATE: &str = "INSERT INTO search_dates \
      (tenant_id, resource_type, id, param, low, high) \
      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
@@ -569,10 +637,16 @@ const DATE_ROWS: date_sql::Range = date_sql::Range {
 /// The rows of date `param` meeting any of `conditions`: as a set of ids, one `SELECT` per
 /// term of the conditions joined by `UNION`, so that each can use an index (see `date_sql`);
 /// as a probe of the candidate's own rows, the terms joined by `OR`.
-fn push_date_rows(sql: &mut Sql, rows: Rows, param: &str, conditions: &[DateCondition]) {
+fn push_date_rows(
+    sql: &mut Sql,
+    engine: Engine,
+    rows: Rows,
+    param: &str,
+    conditions: &[DateCondition],
+) {
     let param_index = sql.preset(Value::Text(param.to_owned()));
     let head = |sql: &mut Sql| {
-        rows.push_head(sql, "search_dates", "d");
+        rows.push_head(sql, engine, Table::Dates, "d");
         sql.push(" AND d.param = ").again(param_index);
     };
     match rows {
@@ -586,31 +660,19 @@ fn push_date_rows(sql: &mut Sql, rows: Rows, param: &str, conditions: &[DateCond
     }
 }
 
-/// Where a search driven by a token filter tests its other token and date filters.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Probes {
-    /// On each of the driver's rows, inside the driver's set, before the resource is looked
-    /// up (SQLite, which runs the statement as written).
-    OnDriverRows,
-    /// On each candidate resource, after its look-up (PostgreSQL: given the other shape, it ran
-    /// the conformance test of several token filters in 318 s instead of 4).
-    OnCandidates,
-}
-
 /// A candidate search. See [`CandidateQuery`]: every filter must match; ordered by sort value
 /// then id; keyset-paged strictly after `after`.
 ///
 /// With `driver`, that token or date filter selects the candidates and every other filter is a
-/// membership probe on each of them (a look-up by the candidate's id); without, every token
-/// filter is a set the planner may start from. With [`Probes::OnDriverRows`], a driving token
-/// filter probes the other token and date filters on each of its rows, before the resource is
+/// membership probe on each of them (a look-up by the candidate); without, every token filter
+/// is a set the planner may start from. On [`Engine::Sqlite`], a driving token filter probes the other token and date filters on each of its rows, before the resource is
 /// looked up: a birth date shared by a few patients at 100,000 then costs one look-up, of the
 /// one whose family name matches, not one for each of them.
 pub(crate) fn search(
     tenant: TenantId,
     query: &CandidateQuery,
     driver: Option<usize>,
-    probes: Probes,
+    engine: Engine,
 ) -> Sql {
     let mut sql = Sql::new();
     // $1 and $2 are reused by every fragment below.
@@ -624,11 +686,17 @@ pub(crate) fn search(
             sql.push("c.last_updated_ms");
         }
         SortBy::Date(param) => {
-            sql.push(
-                "COALESCE((SELECT MIN(d.low) FROM search_dates d \
-                 WHERE d.tenant_id = c.tenant_id AND d.resource_type = c.resource_type \
-                   AND d.id = c.id AND d.param = ",
-            )
+            sql.push(match engine {
+                Engine::Sqlite => {
+                    "COALESCE((SELECT MIN(d.low) FROM search_dates d \
+                     WHERE d.rkey = c.rkey AND d.param = "
+                }
+                Engine::Postgres => {
+                    "COALESCE((SELECT MIN(d.low) FROM search_dates d \
+                     WHERE d.tenant_id = c.tenant_id AND d.resource_type = c.resource_type \
+                       AND d.id = c.id AND d.param = "
+                }
+            })
             .bind(Value::Text(param.clone()))
             .push("), 9223372036854775807)");
         }
@@ -642,12 +710,13 @@ pub(crate) fn search(
         CandidateFilter::AnyDate { conditions, .. } => !conditions.is_empty(),
         CandidateFilter::Ids(_) | CandidateFilter::LastUpdated(_) => false,
     };
+    let member = engine.resource_column();
     let token_driver = driver.filter(|position| {
         let token = matches!(
             query.filters.get(*position),
             Some(CandidateFilter::AnyToken(tokens)) if !tokens.is_empty()
         );
-        probes == Probes::OnDriverRows && token
+        engine == Engine::Sqlite && token
     });
     for (position, filter) in query.filters.iter().enumerate() {
         if token_driver.is_some_and(|driver| driver != position) && probe(filter) {
@@ -657,17 +726,17 @@ pub(crate) fn search(
         sql.push(" AND ");
         match filter {
             CandidateFilter::AnyToken(tokens) if token_driver == Some(position) => {
-                sql.push("c.id IN (");
-                push_token_rows(&mut sql, Rows::Ids, tokens);
+                sql.push("c.").push(member).push(" IN (");
+                push_token_rows(&mut sql, engine, Rows::Ids, tokens);
                 for (other, probed) in query.filters.iter().enumerate() {
                     if other == position || !probe(probed) {
                         continue;
                     }
                     sql.push(" AND EXISTS (");
                     if let CandidateFilter::AnyDate { param, conditions } = probed {
-                        push_date_rows(&mut sql, Rows::OfDriverRow, param, conditions);
+                        push_date_rows(&mut sql, engine, Rows::OfDriverRow, param, conditions);
                     } else if let CandidateFilter::AnyToken(tokens) = probed {
-                        push_token_rows(&mut sql, Rows::OfDriverRow, tokens);
+                        push_token_rows(&mut sql, engine, Rows::OfDriverRow, tokens);
                     }
                     // A subquery with a limit stays a probe: SQLite (3.51) turns a bare
                     // `EXISTS` here into a join, which it may then run from the probed
@@ -681,17 +750,17 @@ pub(crate) fn search(
                 if !tokens.is_empty() && driver.is_some_and(|driver| driver != position) =>
             {
                 sql.push("EXISTS (");
-                push_token_rows(&mut sql, Rows::OfCandidate, tokens);
+                push_token_rows(&mut sql, engine, Rows::OfCandidate, tokens);
                 sql.push(")");
             }
             CandidateFilter::AnyDate { param, conditions }
                 if !conditions.is_empty() && driver == Some(position) =>
             {
-                sql.push("c.id IN (");
-                push_date_rows(&mut sql, Rows::Ids, param, conditions);
+                sql.push("c.").push(member).push(" IN (");
+                push_date_rows(&mut sql, engine, Rows::Ids, param, conditions);
                 sql.push(")");
             }
-            _ => push_filter(&mut sql, filter),
+            _ => push_filter(&mut sql, engine, filter),
         }
     }
     // The candidates drive, their versions are looked up by primary key: `CROSS JOIN` keeps
@@ -725,15 +794,15 @@ pub(crate) fn search(
     sql
 }
 
-fn push_filter(sql: &mut Sql, filter: &CandidateFilter) {
+fn push_filter(sql: &mut Sql, engine: Engine, filter: &CandidateFilter) {
     match filter {
         CandidateFilter::AnyToken(tokens) => {
             if tokens.is_empty() {
                 sql.push("FALSE");
                 return;
             }
-            sql.push("c.id IN (");
-            push_token_rows(sql, Rows::Ids, tokens);
+            sql.push("c.").push(engine.resource_column()).push(" IN (");
+            push_token_rows(sql, engine, Rows::Ids, tokens);
             sql.push(")");
         }
         CandidateFilter::AnyDate { param, conditions } => {
@@ -742,7 +811,7 @@ fn push_filter(sql: &mut Sql, filter: &CandidateFilter) {
                 return;
             }
             sql.push("EXISTS (");
-            push_date_rows(sql, Rows::OfCandidate, param, conditions);
+            push_date_rows(sql, engine, Rows::OfCandidate, param, conditions);
             sql.push(")");
         }
         CandidateFilter::Ids(ids) => {
@@ -881,7 +950,7 @@ pub(crate) mod tests {
             };
             let lines = plan(
                 &connection,
-                &search(TenantId::generate(), &query, None, Probes::OnDriverRows),
+                &search(TenantId::generate(), &query, None, Engine::Sqlite),
             );
             assert_eq!(lines.len(), 2, "{lines:#?}");
             assert!(
@@ -891,6 +960,49 @@ pub(crate) mod tests {
                 "{lines:#?}"
             );
         }
+    }
+
+    /// A search by one token (an NHS number) reads the token's rows by the table's key and
+    /// looks up each of their resources by its key, where the tenant and type are checked; it
+    /// never walks the type's resources.
+    #[tokio::test]
+    async fn sqlite_finds_a_tokens_resources_by_their_keys() {
+        use carevault_domain::store::{CandidateFilter, CandidateQuery, SortBy};
+
+        let (_dir, connection) = migrated_database().await;
+        let query = CandidateQuery {
+            resource_type: "Patient".to_owned(),
+            filters: vec![CandidateFilter::AnyToken(vec![[1; 16]])],
+            sort: SortBy::LastUpdated,
+            descending: false,
+            after: None,
+            limit: 20,
+        };
+        let statement = search(TenantId::generate(), &query, None, Engine::Sqlite);
+        assert!(
+            statement
+                .text()
+                .contains("c.tenant_id = $1 AND c.resource_type = $2"),
+            "{}",
+            statement.text()
+        );
+        let lines = plan(&connection, &statement);
+        for expected in [
+            "SEARCH t USING PRIMARY KEY (token=? AND type_code=?)",
+            "SEARCH c USING INTEGER PRIMARY KEY (rowid=?)",
+            "SEARCH v USING INDEX sqlite_autoindex_resource_versions_1",
+        ] {
+            assert!(
+                lines.iter().any(|line| line.contains(expected)),
+                "no {expected:?} in {lines:#?}"
+            );
+        }
+        assert!(
+            lines
+                .iter()
+                .all(|line| !line.contains("resource_current_by_update")),
+            "{lines:#?}"
+        );
     }
 
     /// A search driven by a token probes the other token and date filters on each of the
@@ -923,7 +1035,7 @@ pub(crate) mod tests {
             after: None,
             limit: 20,
         };
-        let statement = search(TenantId::generate(), &query, Some(1), Probes::OnDriverRows);
+        let statement = search(TenantId::generate(), &query, Some(1), Engine::Sqlite);
         let lines = plan_tree(&connection, &statement);
         let parent_of = |id: i64| {
             lines
@@ -938,13 +1050,13 @@ pub(crate) mod tests {
                 .find(|(_, _, detail)| detail.contains(text))
                 .unwrap_or_else(|| panic!("no {text:?} in {lines:#?}"))
         };
-        let driver =
-            find("SEARCH t USING PRIMARY KEY (tenant_id=? AND resource_type=? AND token=?)");
-        // By the table's key: there is no index of token rows by resource (migration 0011).
-        let token_probe = find(
-            "SEARCH p USING PRIMARY KEY (tenant_id=? AND resource_type=? AND token=? AND id=?)",
-        );
-        let date_probe = find("SEARCH d USING");
+        let driver = find("SEARCH t USING PRIMARY KEY (token=? AND type_code=?)");
+        // By the table's key: there is no index of token rows by resource (migration 0011),
+        // and the rows name their resource by its key (migration 0012).
+        let token_probe = find("SEARCH p USING PRIMARY KEY (token=? AND type_code=? AND rkey=?)");
+        let date_probe = find("SEARCH d USING PRIMARY KEY (rkey=? AND param=? AND low>?");
+        // Each candidate is looked up by its key, where its tenant and type are checked.
+        find("SEARCH c USING INTEGER PRIMARY KEY (rowid=?)");
         // Each probe is a subquery of the driver's set, not of the outer look-up.
         assert_eq!(parent_of(token_probe.1), driver.1, "{lines:#?}");
         assert_eq!(parent_of(date_probe.1), driver.1, "{lines:#?}");

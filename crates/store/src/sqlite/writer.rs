@@ -34,7 +34,7 @@ use std::time::Duration;
 use carevault_domain::audit::AuditRecord;
 use carevault_domain::ids::TenantId;
 use carevault_domain::store::{Precondition, ResourceWrite, StoreError, StoreResult};
-use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use super::direct::stable_plans;
@@ -42,7 +42,7 @@ use crate::audit::{
     INSERT_SEGMENT, SELECT_HEAD, bucket_of, build_segments, keys_json, previous_hash,
 };
 use crate::engine::group_by_tenant;
-use crate::sql::{self, sqlite_placeholders};
+use crate::sql::sqlite_placeholders;
 
 mod ingest;
 
@@ -54,21 +54,31 @@ const INSERT_VERSION: &str = "INSERT INTO resource_versions \
      (tenant_id, resource_type, id, version, last_updated_ms, deleted, body) \
      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING";
 /// The current row, with the current version's blind tokens listed (16 bytes each, NULL for
-/// none): an update or a delete finds the tokens it replaces there (migration 0011).
+/// none): an update or a delete finds the tokens it replaces there (migration 0011). An update
+/// keeps the row, and so the resource's key, which the search rows name (migration 0012).
 const UPSERT_CURRENT: &str = "INSERT INTO resource_current \
      (tenant_id, resource_type, id, version, last_updated_ms, deleted, tokens) \
      VALUES ($1, $2, $3, $4, $5, $6, $7) \
      ON CONFLICT (tenant_id, resource_type, id) DO UPDATE SET \
        version = excluded.version, last_updated_ms = excluded.last_updated_ms, \
-       deleted = excluded.deleted, tokens = excluded.tokens";
-/// The current version number and the tokens listed for it.
-const SELECT_CURRENT_TOKENS: &str = "SELECT version, tokens FROM resource_current \
+       deleted = excluded.deleted, tokens = excluded.tokens \
+     RETURNING rkey";
+/// The current version number, the tokens listed for it and the resource's key.
+const SELECT_CURRENT_TOKENS: &str = "SELECT version, tokens, rkey FROM resource_current \
      WHERE tenant_id = $1 AND resource_type = $2 AND id = $3";
+/// A type's code, and a new type's.
+const SELECT_TYPE_CODE: &str = "SELECT code FROM resource_types WHERE name = $1";
+const INSERT_TYPE_CODE: &str = "INSERT INTO resource_types (name) VALUES ($1) RETURNING code";
 /// One token row, by the table's key.
-const DELETE_TOKEN: &str = "DELETE FROM search_tokens \
-     WHERE tenant_id = $1 AND resource_type = $2 AND token = $3 AND id = $4";
-const INSERT_TOKEN: &str = "INSERT INTO search_tokens (tenant_id, resource_type, id, token) \
-     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+const DELETE_TOKEN: &str =
+    "DELETE FROM search_tokens WHERE token = $1 AND type_code = $2 AND rkey = $3";
+const INSERT_TOKEN: &str = "INSERT INTO search_tokens (token, type_code, rkey) \
+     VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+/// A resource's date rows, and one of them (nothing is written when the row exists).
+const DELETE_DATES: &str = "DELETE FROM search_dates WHERE rkey = $1";
+const INSERT_DATE: &str = "INSERT INTO search_dates \
+     (rkey, param, low, high, tenant_id, resource_type) \
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
 
 /// Most resource writes in one group, so that a commit waits for at most this many others
 /// (about a fifth of a second of writing here).
@@ -102,6 +112,8 @@ struct Statements {
     insert_segment: String,
     insert_keys: String,
     select_current_tokens: String,
+    select_type_code: String,
+    insert_type_code: String,
     delete_token: String,
     delete_dates: String,
     insert_version: String,
@@ -146,12 +158,14 @@ impl Writer {
                 insert_segment: sqlite_placeholders(INSERT_SEGMENT),
                 insert_keys: sqlite_placeholders(insert_keys),
                 select_current_tokens: sqlite_placeholders(SELECT_CURRENT_TOKENS),
+                select_type_code: sqlite_placeholders(SELECT_TYPE_CODE),
+                insert_type_code: sqlite_placeholders(INSERT_TYPE_CODE),
                 delete_token: sqlite_placeholders(DELETE_TOKEN),
-                delete_dates: sqlite_placeholders(sql::DELETE_DATES),
+                delete_dates: sqlite_placeholders(DELETE_DATES),
                 insert_version: sqlite_placeholders(INSERT_VERSION),
                 upsert_current: sqlite_placeholders(UPSERT_CURRENT),
                 insert_token: sqlite_placeholders(INSERT_TOKEN),
-                insert_date: sqlite_placeholders(sql::INSERT_DATE),
+                insert_date: sqlite_placeholders(INSERT_DATE),
             },
             pending: Mutex::new(Vec::new()),
         })
@@ -386,48 +400,50 @@ impl Writer {
                 resource_type: version.resource_type.clone(),
                 id: version.id.clone(),
             };
+            // Only a write with search rows to write or replace needs its type's code.
+            let mut type_code = None;
             // A create of version 1 needs no look-up: every resource has a version 1 once it
             // exists (versions are never removed), so the primary key of `resource_versions`
             // refuses a create of an existing id, and a new id has no search rows to replace.
             let creates = write.precondition == Precondition::Absent && version.version == 1;
             if !creates {
-                let current: Option<(i64, Option<Vec<u8>>)> = {
-                    let mut statement = connection
-                        .prepare_cached(&statements.select_current_tokens)
-                        .map_err(backend)?;
-                    let mut rows = statement
-                        .query(params![tenant, resource_type, id])
-                        .map_err(backend)?;
-                    match rows.next().map_err(backend)? {
-                        Some(row) => {
-                            Some((row.get(0).map_err(backend)?, row.get(1).map_err(backend)?))
-                        }
-                        None => None,
-                    }
-                };
+                let current: Option<(i64, Option<Vec<u8>>, i64)> = connection
+                    .prepare_cached(&statements.select_current_tokens)
+                    .and_then(|mut statement| {
+                        statement
+                            .query_row(params![tenant, resource_type, id], |row| {
+                                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                            })
+                            .optional()
+                    })
+                    .map_err(backend)?;
                 let holds = match write.precondition {
                     Precondition::Absent => current.is_none(),
                     Precondition::CurrentVersion(expected) => {
-                        current.as_ref().map(|(version, _)| *version) == Some(expected)
+                        current.as_ref().map(|(version, _, _)| *version) == Some(expected)
                     }
                 };
                 if !holds {
                     return Err(conflict());
                 }
-                let listed = current.and_then(|(_, tokens)| tokens).unwrap_or_default();
-                if !listed.len().is_multiple_of(16) {
-                    return Err(StoreError::Backend(format!(
-                        "the token list of {resource_type}/{id} is {} bytes, not a multiple of 16",
-                        listed.len()
-                    )));
+                if let Some((_, listed, key)) = current {
+                    let listed = listed.unwrap_or_default();
+                    if !listed.len().is_multiple_of(16) {
+                        return Err(StoreError::Backend(format!(
+                            "the token list of {resource_type}/{id} is {} bytes, not a multiple \
+                             of 16",
+                            listed.len()
+                        )));
+                    }
+                    if !listed.is_empty() {
+                        let code = self.type_code(connection, resource_type)?;
+                        type_code = Some(code);
+                        for token in listed.chunks_exact(16) {
+                            run(&statements.delete_token, params![token, code, key])?;
+                        }
+                    }
+                    run(&statements.delete_dates, params![key])?;
                 }
-                for token in listed.chunks_exact(16) {
-                    run(
-                        &statements.delete_token,
-                        params![tenant, resource_type, token, id],
-                    )?;
-                }
-                run(&statements.delete_dates, params![tenant, resource_type, id])?;
             }
             let inserted = run(
                 &statements.insert_version,
@@ -446,31 +462,42 @@ impl Writer {
             }
             let tokens: Option<Vec<u8>> =
                 (!version.deleted && !write.tokens.is_empty()).then(|| write.tokens.concat());
-            run(
-                &statements.upsert_current,
-                params![
-                    tenant,
-                    resource_type,
-                    id,
-                    version.version,
-                    version.last_updated_ms,
-                    version.deleted,
-                    tokens,
-                ],
-            )?;
+            let key: i64 = connection
+                .prepare_cached(&statements.upsert_current)
+                .and_then(|mut statement| {
+                    statement.query_row(
+                        params![
+                            tenant,
+                            resource_type,
+                            id,
+                            version.version,
+                            version.last_updated_ms,
+                            version.deleted,
+                            tokens,
+                        ],
+                        |row| row.get(0),
+                    )
+                })
+                .map_err(backend)?;
             if version.deleted {
                 continue;
             }
-            for token in &write.tokens {
-                run(
-                    &statements.insert_token,
-                    params![tenant, resource_type, id, token.as_slice()],
-                )?;
+            if !write.tokens.is_empty() {
+                let code = match type_code {
+                    Some(code) => code,
+                    None => self.type_code(connection, resource_type)?,
+                };
+                for token in &write.tokens {
+                    run(
+                        &statements.insert_token,
+                        params![token.as_slice(), code, key],
+                    )?;
+                }
             }
             for date in &write.dates {
                 run(
                     &statements.insert_date,
-                    params![tenant, resource_type, id, date.param, date.low, date.high],
+                    params![key, date.param, date.low, date.high, tenant, resource_type],
                 )?;
             }
         }
@@ -479,6 +506,29 @@ impl Writer {
             self.append_chained(connection, commit.tenant, &records)?;
         }
         Ok(())
+    }
+
+    /// The code of `resource_type` in `resource_types`, given it on first use (inside the
+    /// caller's transaction: a code given in a transaction that rolls back goes with it).
+    fn type_code(&self, connection: &Connection, resource_type: &str) -> StoreResult<i64> {
+        let statements = &self.statements;
+        let known: Option<i64> = connection
+            .prepare_cached(&statements.select_type_code)
+            .and_then(|mut statement| {
+                statement
+                    .query_row(params![resource_type], |row| row.get(0))
+                    .optional()
+            })
+            .map_err(backend)?;
+        match known {
+            Some(code) => Ok(code),
+            None => connection
+                .prepare_cached(&statements.insert_type_code)
+                .and_then(|mut statement| {
+                    statement.query_row(params![resource_type], |row| row.get(0))
+                })
+                .map_err(backend),
+        }
     }
 }
 

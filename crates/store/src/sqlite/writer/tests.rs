@@ -1,5 +1,5 @@
 //! The group writer's tests: grouping, failures and withdrawals, tenants kept apart, and
-//! migration 0011's token lists.
+//! migrations 0011 (token lists) and 0012 (search rows keyed by resource).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -70,6 +70,10 @@ async fn add_tenant(store: &SqliteStore) -> (TenantId, TenantScope) {
     (tenant, scope_for(tenant))
 }
 
+/// A token row as versions 5 to 11 held it.
+const INSERT_TOKEN_V10: &str =
+    "INSERT INTO search_tokens (tenant_id, resource_type, id, token) VALUES (?, ?, ?, ?)";
+
 /// Migration 0011 on a database of version 10: each current row lists its version's
 /// tokens, the index of token rows by resource is gone, and an update through the store then
 /// replaces exactly the tokens the migration listed.
@@ -97,7 +101,7 @@ async fn migration_11_lists_each_resources_tokens_and_an_update_replaces_them() 
                 .unwrap();
         }
         for token in tokens {
-            sqlx::query(INSERT_TOKEN)
+            sqlx::query(INSERT_TOKEN_V10)
                 .bind(tenant.as_uuid())
                 .bind("Patient")
                 .bind(id)
@@ -147,7 +151,10 @@ async fn migration_11_lists_each_resources_tokens_and_an_update_replaces_them() 
         .unwrap();
     let connection = Connection::open(&path).unwrap();
     let mut statement = connection
-        .prepare("SELECT token FROM search_tokens WHERE id = 'two'")
+        .prepare(
+            "SELECT t.token FROM search_tokens t JOIN resource_current c ON c.rkey = t.rkey \
+             WHERE c.id = 'two'",
+        )
         .unwrap();
     let left: Vec<Vec<u8>> = statement
         .query_map([], |row| row.get(0))
@@ -155,6 +162,197 @@ async fn migration_11_lists_each_resources_tokens_and_an_update_replaces_them() 
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(left, vec![vec![3u8; 16]]);
+}
+
+/// Migration 0012 on a database of version 11: every token and date row of two tenants that
+/// share an id, a token and a date, in two types that share a token, names the same
+/// resource afterwards, by its key; token rows hold no tenant; searches through the store find
+/// each tenant's own resources, and an update replaces exactly its own rows.
+#[tokio::test]
+async fn migration_12_keys_search_rows_by_resource_and_keeps_tenants_and_types_apart() {
+    use carevault_domain::store::{CandidateFilter, CandidateQuery, SortBy};
+    use sqlx::{Connection as _, Row};
+
+    let (_dir, path, mut connection) = test_support::database_through(11).await;
+    let tenants = [TenantId::generate(), TenantId::generate()];
+    let shared = [7u8; 16];
+    // (type, id, tokens): the same id, token and date in both tenants; Observation shares the
+    // Patient's token (blind tokens are not bound to a type).
+    let resources = [
+        ("Patient", "p1", vec![shared, [1; 16]]),
+        ("Observation", "o1", vec![shared]),
+        ("Patient", "gone", Vec::new()),
+    ];
+    let mut before = Vec::new();
+    for (position, tenant) in tenants.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO tenants (id, name, status, created_ms) VALUES (?, ?, 'active', 1)",
+        )
+        .bind(tenant.as_uuid())
+        .bind(format!("t{position}"))
+        .execute(&mut connection)
+        .await
+        .unwrap();
+        for (resource_type, id, tokens) in &resources {
+            let deleted = i64::from(*id == "gone");
+            sqlx::query("INSERT INTO resource_versions VALUES (?1, ?2, ?3, 1, 1, ?4, x'00')")
+                .bind(tenant.as_uuid())
+                .bind(resource_type)
+                .bind(id)
+                .bind(deleted)
+                .execute(&mut connection)
+                .await
+                .unwrap();
+            sqlx::query("INSERT INTO resource_current VALUES (?1, ?2, ?3, 1, 1, ?4, ?5)")
+                .bind(tenant.as_uuid())
+                .bind(resource_type)
+                .bind(id)
+                .bind(deleted)
+                .bind((!tokens.is_empty()).then(|| tokens.concat()))
+                .execute(&mut connection)
+                .await
+                .unwrap();
+            for token in tokens {
+                sqlx::query(INSERT_TOKEN_V10)
+                    .bind(tenant.as_uuid())
+                    .bind(resource_type)
+                    .bind(id)
+                    .bind(token.to_vec())
+                    .execute(&mut connection)
+                    .await
+                    .unwrap();
+                before.push((
+                    tenant.as_uuid().into_bytes().to_vec(),
+                    *resource_type,
+                    *id,
+                    "token",
+                    token.to_vec(),
+                    0,
+                ));
+            }
+            if !tokens.is_empty() {
+                sqlx::query("INSERT INTO search_dates VALUES (?1, ?2, ?3, 'date', 5, 6)")
+                    .bind(tenant.as_uuid())
+                    .bind(resource_type)
+                    .bind(id)
+                    .execute(&mut connection)
+                    .await
+                    .unwrap();
+                before.push((
+                    tenant.as_uuid().into_bytes().to_vec(),
+                    *resource_type,
+                    *id,
+                    "date",
+                    Vec::new(),
+                    5,
+                ));
+            }
+        }
+    }
+    crate::migrations::sqlite()
+        .run(&mut connection)
+        .await
+        .unwrap();
+    let rows = sqlx::query(
+        "SELECT c.tenant_id, c.resource_type, c.id, 'token', t.token, 0 FROM search_tokens t \
+           JOIN resource_types types ON types.code = t.type_code \
+           JOIN resource_current c ON c.rkey = t.rkey AND c.resource_type = types.name \
+         UNION ALL \
+         SELECT c.tenant_id, c.resource_type, c.id, 'date', x'', d.low FROM search_dates d \
+           JOIN resource_current c ON c.rkey = d.rkey \
+             AND c.tenant_id = d.tenant_id AND c.resource_type = d.resource_type \
+         ORDER BY 1, 2, 3, 4, 5",
+    )
+    .fetch_all(&mut connection)
+    .await
+    .unwrap();
+    let mut after: Vec<(Vec<u8>, String, String, String, Vec<u8>, i64)> = rows
+        .iter()
+        .map(|row| {
+            (
+                row.get(0),
+                row.get(1),
+                row.get(2),
+                row.get(3),
+                row.get(4),
+                row.get(5),
+            )
+        })
+        .collect();
+    after.sort();
+    let mut before: Vec<(Vec<u8>, String, String, String, Vec<u8>, i64)> = before
+        .into_iter()
+        .map(|(tenant, resource_type, id, kind, token, low)| {
+            (
+                tenant,
+                resource_type.to_owned(),
+                id.to_owned(),
+                kind.to_owned(),
+                token,
+                low,
+            )
+        })
+        .collect();
+    before.sort();
+    assert_eq!(after, before);
+    let columns: Vec<String> = sqlx::query("SELECT name FROM pragma_table_info('search_tokens')")
+        .fetch_all(&mut connection)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(columns, ["token", "type_code", "rkey"]);
+    connection.close().await.unwrap();
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    let by_token = |resource_type: &str| CandidateQuery {
+        resource_type: resource_type.to_owned(),
+        filters: vec![CandidateFilter::AnyToken(vec![shared])],
+        sort: SortBy::LastUpdated,
+        descending: false,
+        after: None,
+        limit: 10,
+    };
+    let found = |candidates: Vec<carevault_domain::store::Candidate>| -> Vec<String> {
+        candidates
+            .into_iter()
+            .map(|found| found.version.id)
+            .collect()
+    };
+    for tenant in tenants {
+        for (resource_type, id) in [("Patient", "p1"), ("Observation", "o1")] {
+            let candidates = store
+                .search(&scope_for(tenant), &by_token(resource_type))
+                .await
+                .unwrap();
+            assert_eq!(found(candidates), [id], "{resource_type} of {tenant}");
+        }
+    }
+    // The first tenant's update replaces its Patient's rows, and nobody else's.
+    let mut update = create("p1");
+    update.version.version = 2;
+    update.precondition = Precondition::CurrentVersion(1);
+    update.tokens = vec![[3; 16]];
+    store
+        .commit(&scope_for(tenants[0]), &[update], &[])
+        .await
+        .unwrap();
+    let first = store
+        .search(&scope_for(tenants[0]), &by_token("Patient"))
+        .await
+        .unwrap();
+    assert!(found(first).is_empty());
+    let second = store
+        .search(&scope_for(tenants[1]), &by_token("Patient"))
+        .await
+        .unwrap();
+    assert_eq!(found(second), ["p1"]);
+    let observation = store
+        .search(&scope_for(tenants[0]), &by_token("Observation"))
+        .await
+        .unwrap();
+    assert_eq!(found(observation), ["o1"]);
 }
 
 /// A group whose middle commit conflicts is written again commit by commit: the commits
