@@ -163,12 +163,13 @@ pub(crate) const FIND_ACCESS_TOKEN: &str = "SELECT a.token_hash, a.tenant_id, a.
 
 // ---- tenant data ----
 
+/// A resource's current version: its newest, which is the one `resource_current` points at
+/// (every commit writes both in one transaction, and versions are never removed). Read from
+/// the versions' key alone, it takes two B-tree descents instead of four.
 pub(crate) const SELECT_CURRENT: &str = "SELECT v.resource_type, v.id, v.version, \
-     v.last_updated_ms, v.deleted, v.body \
-     FROM resource_current c JOIN resource_versions v \
-       ON v.tenant_id = c.tenant_id AND v.resource_type = c.resource_type \
-      AND v.id = c.id AND v.version = c.version \
-     WHERE c.tenant_id = $1 AND c.resource_type = $2 AND c.id = $3";
+     v.last_updated_ms, v.deleted, v.body FROM resource_versions v \
+     WHERE v.tenant_id = $1 AND v.resource_type = $2 AND v.id = $3 \
+     ORDER BY v.version DESC LIMIT 1";
 pub(crate) const SELECT_VERSION: &str = "SELECT v.resource_type, v.id, v.version, \
      v.last_updated_ms, v.deleted, v.body FROM resource_versions v \
      WHERE v.tenant_id = $1 AND v.resource_type = $2 AND v.id = $3 AND v.version = $4";
@@ -574,29 +575,29 @@ impl Rows {
             Rows::OfCandidate => Some("c"),
             Rows::OfDriverRow => Some("t"),
         };
-        match (engine, table) {
+        // The rows' type and tenant; a probe of a date row needs neither on SQLite, where the
+        // resource's key is of one tenant and type.
+        let scoped = match (engine, table) {
             // A token row holds no tenant: the search checks the tenant on the resource's row,
             // and a probe follows a resource the search checks there.
             (Engine::Sqlite, Table::Tokens) => {
                 sql.push(alias)
                     .push(".type_code = (SELECT code FROM resource_types WHERE name = $2)");
-                if of.is_some() {
-                    sql.push(" AND ");
-                }
+                true
             }
-            // A resource's key is of one tenant and type.
-            (Engine::Sqlite, Table::Dates) if of.is_some() => {}
+            (Engine::Sqlite, Table::Dates) if of.is_some() => false,
             _ => {
                 sql.push(alias)
                     .push(".tenant_id = $1 AND ")
                     .push(alias)
                     .push(".resource_type = $2");
-                if of.is_some() {
-                    sql.push(" AND ");
-                }
+                true
             }
-        }
+        };
         if let Some(of) = of {
+            if scoped {
+                sql.push(" AND ");
+            }
             sql.push(alias)
                 .push(".")
                 .push(column)
@@ -665,9 +666,10 @@ fn push_date_rows(
 ///
 /// With `driver`, that token or date filter selects the candidates and every other filter is a
 /// membership probe on each of them (a look-up by the candidate); without, every token filter
-/// is a set the planner may start from. On [`Engine::Sqlite`], a driving token filter probes the other token and date filters on each of its rows, before the resource is
-/// looked up: a birth date shared by a few patients at 100,000 then costs one look-up, of the
-/// one whose family name matches, not one for each of them.
+/// is a set the planner may start from. On [`Engine::Sqlite`], a driving token filter probes
+/// the other token and date filters on each of its rows, before the resource is looked up: a
+/// birth date shared by a few patients at 100,000 then costs one look-up, of the one whose
+/// family name matches, not one for each of them.
 pub(crate) fn search(
     tenant: TenantId,
     query: &CandidateQuery,
@@ -960,6 +962,32 @@ pub(crate) mod tests {
                 "{lines:#?}"
             );
         }
+    }
+
+    /// A read by id finds the newest version at the end of the id's run in the versions' key:
+    /// one index search, no sort, and no look-up in `resource_current` (two descents fewer).
+    #[tokio::test]
+    async fn sqlite_reads_a_current_version_from_the_versions_key_alone() {
+        let (_dir, connection) = migrated_database().await;
+        let mut statement = connection
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                sqlite_placeholders(SELECT_CURRENT)
+            ))
+            .unwrap();
+        let lines: Vec<String> = statement
+            .query_map(rusqlite::params![vec![0u8; 16], "Patient", "p1"], |row| {
+                row.get(3)
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            lines,
+            ["SEARCH v USING INDEX sqlite_autoindex_resource_versions_1 \
+              (tenant_id=? AND resource_type=? AND id=?)"],
+            "{lines:#?}"
+        );
     }
 
     /// A search by one token (an NHS number) reads the token's rows by the table's key and
