@@ -164,6 +164,10 @@ async fn migration_11_lists_each_resources_tokens_and_an_update_replaces_them() 
     assert_eq!(left, vec![vec![3u8; 16]]);
 }
 
+/// A search row as the resource it names sees it: tenant, type, id, "token" or "date", the
+/// token, the date's low end.
+type SearchRow = (Vec<u8>, String, String, String, Vec<u8>, i64);
+
 /// Migration 0012 on a database of version 11: every token and date row of two tenants that
 /// share an id, a token and a date, in two types that share a token, names the same
 /// resource afterwards, by its key; token rows hold no tenant; searches through the store find
@@ -183,7 +187,7 @@ async fn migration_12_keys_search_rows_by_resource_and_keeps_tenants_and_types_a
         ("Observation", "o1", vec![shared]),
         ("Patient", "gone", Vec::new()),
     ];
-    let mut before = Vec::new();
+    let mut before: Vec<SearchRow> = Vec::new();
     for (position, tenant) in tenants.iter().enumerate() {
         sqlx::query(
             "INSERT INTO tenants (id, name, status, created_ms) VALUES (?, ?, 'active', 1)",
@@ -223,9 +227,9 @@ async fn migration_12_keys_search_rows_by_resource_and_keeps_tenants_and_types_a
                     .unwrap();
                 before.push((
                     tenant.as_uuid().into_bytes().to_vec(),
-                    *resource_type,
-                    *id,
-                    "token",
+                    (*resource_type).to_owned(),
+                    (*id).to_owned(),
+                    "token".to_owned(),
                     token.to_vec(),
                     0,
                 ));
@@ -240,9 +244,9 @@ async fn migration_12_keys_search_rows_by_resource_and_keeps_tenants_and_types_a
                     .unwrap();
                 before.push((
                     tenant.as_uuid().into_bytes().to_vec(),
-                    *resource_type,
-                    *id,
-                    "date",
+                    (*resource_type).to_owned(),
+                    (*id).to_owned(),
+                    "date".to_owned(),
                     Vec::new(),
                     5,
                 ));
@@ -266,7 +270,7 @@ async fn migration_12_keys_search_rows_by_resource_and_keeps_tenants_and_types_a
     .fetch_all(&mut connection)
     .await
     .unwrap();
-    let mut after: Vec<(Vec<u8>, String, String, String, Vec<u8>, i64)> = rows
+    let mut after: Vec<SearchRow> = rows
         .iter()
         .map(|row| {
             (
@@ -280,19 +284,6 @@ async fn migration_12_keys_search_rows_by_resource_and_keeps_tenants_and_types_a
         })
         .collect();
     after.sort();
-    let mut before: Vec<(Vec<u8>, String, String, String, Vec<u8>, i64)> = before
-        .into_iter()
-        .map(|(tenant, resource_type, id, kind, token, low)| {
-            (
-                tenant,
-                resource_type.to_owned(),
-                id.to_owned(),
-                kind.to_owned(),
-                token,
-                low,
-            )
-        })
-        .collect();
     before.sort();
     assert_eq!(after, before);
     let columns: Vec<String> = sqlx::query("SELECT name FROM pragma_table_info('search_tokens')")
