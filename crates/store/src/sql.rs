@@ -969,19 +969,12 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn sqlite_reads_a_current_version_from_the_versions_key_alone() {
         let (_dir, connection) = migrated_database().await;
-        let mut statement = connection
-            .prepare(&format!(
-                "EXPLAIN QUERY PLAN {}",
-                sqlite_placeholders(SELECT_CURRENT)
-            ))
-            .unwrap();
-        let lines: Vec<String> = statement
-            .query_map(rusqlite::params![vec![0u8; 16], "Patient", "p1"], |row| {
-                row.get(3)
-            })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let mut statement = Sql::new();
+        statement.preset(tenant_value(TenantId::generate()));
+        statement.preset(Value::Text("Patient".to_owned()));
+        statement.preset(Value::Text("p1".to_owned()));
+        statement.push(SELECT_CURRENT);
+        let lines = plan(&connection, &statement);
         assert_eq!(
             lines,
             ["SEARCH v USING INDEX sqlite_autoindex_resource_versions_1 \
