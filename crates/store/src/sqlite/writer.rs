@@ -393,6 +393,9 @@ impl Writer {
                 .and_then(|mut statement| statement.execute(values))
                 .map_err(backend)
         };
+        // Type codes looked up in this commit: a Bundle writes a handful of types (a savepoint
+        // that rolls this commit back takes any code it gave with it, and this list with it).
+        let mut codes: Vec<(&str, i64)> = Vec::new();
         for write in &commit.writes {
             let version = &write.version;
             let (resource_type, id) = (version.resource_type.as_str(), version.id.as_str());
@@ -436,7 +439,7 @@ impl Writer {
                         )));
                     }
                     if !listed.is_empty() {
-                        let code = self.type_code(connection, resource_type)?;
+                        let code = self.type_code(connection, resource_type, &mut codes)?;
                         type_code = Some(code);
                         for token in listed.chunks_exact(16) {
                             run(&statements.delete_token, params![token, code, key])?;
@@ -485,7 +488,7 @@ impl Writer {
             if !write.tokens.is_empty() {
                 let code = match type_code {
                     Some(code) => code,
-                    None => self.type_code(connection, resource_type)?,
+                    None => self.type_code(connection, resource_type, &mut codes)?,
                 };
                 for token in &write.tokens {
                     run(
@@ -510,7 +513,22 @@ impl Writer {
 
     /// The code of `resource_type` in `resource_types`, given it on first use (inside the
     /// caller's transaction: a code given in a transaction that rolls back goes with it).
-    fn type_code(&self, connection: &Connection, resource_type: &str) -> StoreResult<i64> {
+    /// `known` holds the codes this commit looked up already.
+    fn type_code<'a>(
+        &self,
+        connection: &Connection,
+        resource_type: &'a str,
+        known: &mut Vec<(&'a str, i64)>,
+    ) -> StoreResult<i64> {
+        if let Some((_, code)) = known.iter().find(|(name, _)| *name == resource_type) {
+            return Ok(*code);
+        }
+        let code = self.look_up_type_code(connection, resource_type)?;
+        known.push((resource_type, code));
+        Ok(code)
+    }
+
+    fn look_up_type_code(&self, connection: &Connection, resource_type: &str) -> StoreResult<i64> {
         let statements = &self.statements;
         let known: Option<i64> = connection
             .prepare_cached(&statements.select_type_code)
