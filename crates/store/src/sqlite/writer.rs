@@ -393,8 +393,9 @@ impl Writer {
                 .and_then(|mut statement| statement.execute(values))
                 .map_err(backend)
         };
-        // Type codes looked up in this commit: a Bundle writes a handful of types (a savepoint
-        // that rolls this commit back takes any code it gave with it, and this list with it).
+        // Type codes looked up in this commit, asked for only by writes with search rows to write
+        // or replace: a Bundle writes a handful of types (a savepoint that rolls this commit back
+        // takes any code it gave with it, and this list with it).
         let mut codes: Vec<(&str, i64)> = Vec::new();
         for write in &commit.writes {
             let version = &write.version;
@@ -403,8 +404,6 @@ impl Writer {
                 resource_type: version.resource_type.clone(),
                 id: version.id.clone(),
             };
-            // Only a write with search rows to write or replace needs its type's code.
-            let mut type_code = None;
             // A create of version 1 needs no look-up: every resource has a version 1 once it
             // exists (versions are never removed), so the primary key of `resource_versions`
             // refuses a create of an existing id, and a new id has no search rows to replace.
@@ -440,7 +439,6 @@ impl Writer {
                     }
                     if !listed.is_empty() {
                         let code = self.type_code(connection, resource_type, &mut codes)?;
-                        type_code = Some(code);
                         for token in listed.chunks_exact(16) {
                             run(&statements.delete_token, params![token, code, key])?;
                         }
@@ -486,10 +484,7 @@ impl Writer {
                 continue;
             }
             if !write.tokens.is_empty() {
-                let code = match type_code {
-                    Some(code) => code,
-                    None => self.type_code(connection, resource_type, &mut codes)?,
-                };
+                let code = self.type_code(connection, resource_type, &mut codes)?;
                 for token in &write.tokens {
                     run(
                         &statements.insert_token,
@@ -528,6 +523,7 @@ impl Writer {
         Ok(code)
     }
 
+    /// The code of `resource_type` from the database, given it if it has none.
     fn look_up_type_code(&self, connection: &Connection, resource_type: &str) -> StoreResult<i64> {
         let statements = &self.statements;
         let known: Option<i64> = connection
