@@ -94,6 +94,19 @@ fn seal_cursor(
     ))
 }
 
+/// The tokens of a term look-up: each term blinded under `param` and under each parameter it
+/// includes (`Lookup::Terms`).
+fn blind_terms(keys: &TenantKeys, param: &str, also: &[&str], any_of: &[String]) -> Vec<[u8; 16]> {
+    std::iter::once(param)
+        .chain(also.iter().copied())
+        .flat_map(|param| {
+            any_of
+                .iter()
+                .map(move |term| keys.index_key().blind_token(param, term))
+        })
+        .collect()
+}
+
 fn cursor_mac_input(scope: &TenantScope, json: &[u8]) -> Vec<u8> {
     let mut input = scope.tenant().as_uuid().as_bytes().to_vec();
     input.extend_from_slice(json);
@@ -217,12 +230,13 @@ impl Records {
         let mut unindexed = Vec::new();
         for param in &query.params {
             match param.lookup() {
-                Lookup::Terms { param, any_of } => filters.push(CandidateFilter::AnyToken(
-                    any_of
-                        .iter()
-                        .map(|term| keys.index_key().blind_token(param, term))
-                        .collect(),
-                )),
+                Lookup::Terms {
+                    param,
+                    also,
+                    any_of,
+                } => filters.push(CandidateFilter::AnyToken(blind_terms(
+                    &keys, param, also, &any_of,
+                ))),
                 Lookup::Dates { param, any_of } => filters.push(CandidateFilter::AnyDate {
                     param: param.to_owned(),
                     conditions: any_of,
@@ -587,13 +601,15 @@ impl Records {
             .map_err(|issue| RecordError::Internal(issue.to_string()))?;
         let mut filters = Vec::new();
         for param in &query.params {
-            if let Lookup::Terms { param, any_of } = param.lookup() {
-                filters.push(CandidateFilter::AnyToken(
-                    any_of
-                        .iter()
-                        .map(|term| keys.index_key().blind_token(param, term))
-                        .collect(),
-                ));
+            if let Lookup::Terms {
+                param,
+                also,
+                any_of,
+            } = param.lookup()
+            {
+                filters.push(CandidateFilter::AnyToken(blind_terms(
+                    &keys, param, also, &any_of,
+                )));
             }
         }
         if let Some(condition) = date {

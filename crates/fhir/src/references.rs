@@ -19,6 +19,7 @@ pub fn data_subjects(rt: ResourceType, resource: &Value, own_id: &str) -> Vec<St
         targets: &["Patient"],
         contact_system: None,
         date_as_terms: false,
+        includes: &[],
     };
     let mut ids: Vec<String> = crate::search::terms_reference_values(resource, &compartment)
         .into_iter()

@@ -218,10 +218,16 @@ fn found(rt_name: &str, resource: &Value, key: &str, value: &str) -> bool {
     let q = query(rt_name, key, value);
     let filter = &q.params[0];
     let indexed = match filter.lookup() {
-        Lookup::Terms { param, any_of } => {
-            let have = terms(rt_name, resource, param);
-            any_of.iter().any(|t| have.contains(t))
-        }
+        Lookup::Terms {
+            param,
+            also,
+            any_of,
+        } => std::iter::once(param)
+            .chain(also.iter().copied())
+            .any(|param| {
+                let have = terms(rt_name, resource, param);
+                any_of.iter().any(|t| have.contains(t))
+            }),
         other => panic!("expected terms for {key}, got {other:?}"),
     };
     let matched = filter.matches(resource, "example", 0);
@@ -268,18 +274,92 @@ fn term_symmetry() {
     assert!(found("Patient", &p, "birthdate", "1974"));
     assert!(found("Patient", &p, "birthdate", "1974-12-25"));
     assert!(!found("Patient", &p, "birthdate", "1974-11"));
+    // Longer than the longest prefix term: its first five characters are looked up (under
+    // the name and the parts it includes), and the re-check decides.
     let long = query("Patient", "name", "Smith-Jonesxyzabc");
     assert_eq!(
         long.params[0].lookup(),
         Lookup::Terms {
             param: "name",
-            any_of: vec!["p:smith-jonesx".into()]
+            also: &["family", "given"],
+            any_of: vec!["p:smith".into()]
         }
     );
     assert!(!long.params[0].matches(&p, "example", 0));
     let lt = query("Patient", "birthdate", "lt1975");
     assert_eq!(lt.params[0].lookup(), Lookup::Unindexed);
     assert!(lt.params[0].matches(&p, "example", 0));
+}
+
+/// A Patient's `name` includes its `family` and `given`, and `telecom` its `phone` and
+/// `email`: their terms are written once, under the part, and a look-up of the whole finds
+/// them there; what only the whole holds (a prefix, a text, a fax number) stays under it.
+#[test]
+fn a_term_of_an_included_parameter_is_written_once_and_found_through_it() {
+    let mut p = patient();
+    p["name"][0]["prefix"] = json!(["Dr"]);
+    p["telecom"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"system": "fax", "value": "0113 496 0000"}));
+    let name = terms("Patient", &p, "name");
+    let parts = [
+        terms("Patient", &p, "family"),
+        terms("Patient", &p, "given"),
+    ]
+    .concat();
+    assert!(parts.contains(&"p:smith".to_owned()) && parts.contains(&"e:jose".to_owned()));
+    assert!(
+        name.iter().all(|term| !parts.contains(term)),
+        "{name:?} repeats a term of {parts:?}"
+    );
+    assert!(name.contains(&"e:dr".to_owned()), "{name:?}");
+    assert!(found("Patient", &p, "name", "dr"));
+    assert!(found("Patient", &p, "name", "smith-jo"));
+    assert!(found("Patient", &p, "name", "lu"));
+    assert!(found("Patient", &p, "name:exact", "José"));
+    assert!(!found("Patient", &p, "name", "brown"));
+
+    let telecom = terms("Patient", &p, "telecom");
+    let contacts = [terms("Patient", &p, "phone"), terms("Patient", &p, "email")].concat();
+    assert!(contacts.contains(&"t:|01234 567890".to_owned()));
+    assert!(
+        telecom.iter().all(|term| !contacts.contains(term)),
+        "{telecom:?}"
+    );
+    assert!(
+        telecom.contains(&"t:|0113 496 0000".to_owned()),
+        "{telecom:?}"
+    );
+    assert!(found("Patient", &p, "telecom", "01234 567890"));
+    assert!(found("Patient", &p, "telecom", "jose@example.org"));
+    assert!(found("Patient", &p, "telecom", "0113 496 0000"));
+    assert!(!found("Patient", &p, "phone", "0113 496 0000"));
+}
+
+/// An included parameter is one the type has, of the same kind (so a query's terms mean the
+/// same under it), and includes nothing itself: its own terms are all written, which is what
+/// a look-up of the including parameter relies on.
+#[test]
+fn included_parameters_are_of_the_same_type_and_kind_and_include_nothing() {
+    let mut seen = 0;
+    for rt in supported_types() {
+        for param in rt.search_params() {
+            for name in param.includes {
+                let included = rt.search_param(name).unwrap_or_else(|| {
+                    panic!("{}.{} includes unknown {name}", rt.name(), param.name)
+                });
+                assert_eq!(included.kind, param.kind, "{}.{}", rt.name(), param.name);
+                assert!(
+                    included.includes.is_empty(),
+                    "{}.{name} includes",
+                    rt.name()
+                );
+                seen += 1;
+            }
+        }
+    }
+    assert_eq!(seen, 6, "Patient name and telecom, Practitioner name");
 }
 
 #[test]

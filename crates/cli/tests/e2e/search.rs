@@ -225,6 +225,13 @@ async fn search_cases(engine: Engine) {
     expect(&fhir, "Patient?name=anna", &[&p2]).await;
     expect(&fhir, "Patient?name=jones", &[&p3]).await;
     expect(&fhir, "Patient?name=anna,bob", &[&p2, &p3]).await;
+    // `name` includes `family` and `given`, whose terms are written once, under the part: a
+    // look-up of the name finds them there, and the re-check passes a query longer than the
+    // five characters of the longest prefix term only where the whole of it matches.
+    expect(&fhir, "Patient?name=smi", &[&p1]).await;
+    expect(&fhir, "Patient?name:exact=Bob", &[&p3]).await;
+    expect(&fhir, "Patient?name=smyth", &[&p2]).await;
+    expect(&fhir, "Patient?name=smythe", &[]).await;
     // :exact is exact: case and accents matter, and a prefix is not enough.
     expect(
         &fhir,
@@ -258,6 +265,9 @@ async fn search_cases(engine: Engine) {
     expect(&fhir, "Patient?address-postalcode=ls", &[&p1, &p3]).await;
     expect(&fhir, "Patient?phone=01614960000", &[&p2]).await;
     expect(&fhir, "Patient?phone=0161", &[]).await;
+    // `telecom` includes `phone` and `email`.
+    expect(&fhir, "Patient?telecom=01614960000", &[&p2]).await;
+    expect(&fhir, "Patient?telecom=Bob@example.org", &[&p3]).await;
     // Phonetic: Smith finds Smyth and the other way round; Jones does not sound like them.
     expect(&fhir, "Patient?phonetic=Smith", &[&p1, &p2]).await;
     expect(&fhir, "Patient?phonetic=smyth", &[&p1, &p2]).await;
@@ -760,8 +770,8 @@ async fn paging_cases(engine: Engine) {
     let (_tenant, client) = server.tenant_with_client("Paging Trust").await;
     let fhir = Fhir::new(&server, &client);
 
-    // Family names longer than the 12-character prefix token: the index over-matches
-    // "Abcdefghijkl…" and the re-check must drop the ones that do not start with the query.
+    // Family names longer than the 5-character prefix token: the index over-matches
+    // "Abcde…" and the re-check must drop the ones that do not start with the query.
     // Runs of non-matching candidates longer than a candidate batch sit between the matches.
     let mut matching = BTreeSet::new();
     let layout = [(3, 2), (4, 20), (7, 1), (2, 25), (9, 3), (0, 0)];

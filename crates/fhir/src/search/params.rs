@@ -23,6 +23,12 @@ pub struct SearchParam {
     pub(crate) contact_system: Option<&'static str>,
     /// Date params indexed as exact-precision Terms (birthdate), not ranges.
     pub(crate) date_as_terms: bool,
+    /// Parameters of the same type and kind whose values are a part of this one's (a
+    /// Patient's `name` holds its `family` and `given`; `telecom` its `phone` and `email`). A
+    /// term one of them indexes for a resource is not indexed again under this parameter, and
+    /// a look-up of this parameter reads theirs as well ([`crate::Lookup::Terms`]), so each
+    /// term is written once.
+    pub(crate) includes: &'static [&'static str],
 }
 
 const fn p(name: &'static str, kind: ParamKind, paths: &'static [&'static str]) -> SearchParam {
@@ -33,6 +39,7 @@ const fn p(name: &'static str, kind: ParamKind, paths: &'static [&'static str]) 
         targets: &[],
         contact_system: None,
         date_as_terms: false,
+        includes: &[],
     }
 }
 
@@ -48,6 +55,7 @@ const fn r(
         targets,
         contact_system: None,
         date_as_terms: false,
+        includes: &[],
     }
 }
 
@@ -59,10 +67,18 @@ const fn contact(name: &'static str, system: Option<&'static str>) -> SearchPara
         targets: &[],
         contact_system: system,
         date_as_terms: false,
+        includes: &[],
     }
 }
 
+/// `param`, whose values include those of `includes` (see [`SearchParam::includes`]).
+const fn including(param: SearchParam, includes: &'static [&'static str]) -> SearchParam {
+    SearchParam { includes, ..param }
+}
+
 use ParamKind::{Date, Phonetic, String, Token};
+
+const NAME_PARTS: &[&str] = &["family", "given"];
 
 const PATIENT_ONLY: &[&str] = &["Patient"];
 const SUBJECT_TARGETS: &[&str] = &["Patient", "Group"];
@@ -72,7 +88,7 @@ pub(crate) const PATIENT: &[SearchParam] = &[
     p("identifier", Token, &["identifier"]),
     p("family", String, &["name.family"]),
     p("given", String, &["name.given"]),
-    p("name", String, &["name"]),
+    including(p("name", String, &["name"]), NAME_PARTS),
     SearchParam {
         name: "birthdate",
         kind: Date,
@@ -80,19 +96,20 @@ pub(crate) const PATIENT: &[SearchParam] = &[
         targets: &[],
         contact_system: None,
         date_as_terms: true,
+        includes: &[],
     },
     p("gender", Token, &["gender"]),
     p("address-postalcode", String, &["address.postalCode"]),
     contact("phone", Some("phone")),
     contact("email", Some("email")),
-    contact("telecom", None),
+    including(contact("telecom", None), &["phone", "email"]),
     p("active", Token, &["active"]),
     p("phonetic", Phonetic, &["name"]),
 ];
 
 pub(crate) const PRACTITIONER: &[SearchParam] = &[
     p("identifier", Token, &["identifier"]),
-    p("name", String, &["name"]),
+    including(p("name", String, &["name"]), NAME_PARTS),
     p("family", String, &["name.family"]),
     p("given", String, &["name.given"]),
     p("active", Token, &["active"]),

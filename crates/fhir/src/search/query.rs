@@ -97,9 +97,12 @@ pub struct SearchQuery {
 /// How the store can narrow candidates for a filter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lookup {
-    /// Candidate if it has ANY of these terms (same strings as `index_entries`).
+    /// Candidate if it has ANY of these terms (same strings as `index_entries`), under `param`
+    /// or under any parameter of `also`: those `param` includes (`SearchParam::includes`),
+    /// whose terms `index_entries` does not write again under `param`.
     Terms {
         param: &'static str,
+        also: &'static [&'static str],
         any_of: Vec<String>,
     },
     /// Candidate if ANY condition matches an indexed range.
@@ -423,6 +426,7 @@ impl ParamFilter {
             Some(p) => p.name,
             None => "",
         };
+        let also = self.param.map_or(&[][..], |p| p.includes);
         match &self.filter {
             Filter::Id(ids) => Lookup::Ids(ids.clone()),
             Filter::LastUpdated(conditions) => Lookup::LastUpdated(conditions.clone()),
@@ -432,6 +436,7 @@ impl ParamFilter {
                 values,
             } => Lookup::Terms {
                 param,
+                also,
                 any_of: values
                     .iter()
                     .map(|v| format!("e:{}", normalise(v)))
@@ -442,6 +447,7 @@ impl ParamFilter {
                 values,
             } => Lookup::Terms {
                 param,
+                also,
                 any_of: values.iter().map(|v| prefix_term(v)).collect(),
             },
             Filter::Phonetic(codes) => {
@@ -450,10 +456,15 @@ impl ParamFilter {
                     .iter()
                     .map(|c| c.first().map(|c| format!("ph:{c}")))
                     .collect();
-                any_of.map_or(Lookup::Unindexed, |any_of| Lookup::Terms { param, any_of })
+                any_of.map_or(Lookup::Unindexed, |any_of| Lookup::Terms {
+                    param,
+                    also,
+                    any_of,
+                })
             }
             Filter::Token(tokens) => Lookup::Terms {
                 param,
+                also,
                 any_of: tokens
                     .iter()
                     .map(|t| match (&t.system, &t.code) {
@@ -466,6 +477,7 @@ impl ParamFilter {
             },
             Filter::Reference(refs) => Lookup::Terms {
                 param,
+                also,
                 any_of: refs.iter().map(|r| format!("r:{r}")).collect(),
             },
             Filter::Date { values } if self.param.is_some_and(|p| p.date_as_terms) => {
@@ -476,7 +488,11 @@ impl ParamFilter {
                         _ => None,
                     })
                     .collect();
-                terms.map_or(Lookup::Unindexed, |any_of| Lookup::Terms { param, any_of })
+                terms.map_or(Lookup::Unindexed, |any_of| Lookup::Terms {
+                    param,
+                    also,
+                    any_of,
+                })
             }
             Filter::Date { values } => Lookup::Dates {
                 param,

@@ -7,10 +7,13 @@
 //!
 //! * string params: the value is normalised (NFKD, combining marks removed,
 //!   lowercase, whitespace collapsed). Terms are `e:<normalised value>` and
-//!   `p:<first k chars>` for k = 1..=min(len, 12) of the normalised value and
+//!   `p:<first k chars>` for k = 1..=min(len, 5) of the normalised value and
 //!   of each of its words (split on whitespace and hyphens), so `name=smi`
-//!   finds "John Smith-Jones". Queries longer than 12 chars look up the
-//!   12-char prefix term; `ParamFilter::matches` re-checks the rest.
+//!   finds "John Smith-Jones". Queries longer than 5 chars look up the
+//!   5-char prefix term; `ParamFilter::matches` re-checks the rest. (Up to
+//!   the eleventh session the prefixes ran to 12 characters: a file written
+//!   then holds the longer ones too, which nothing looks up any more, until
+//!   the resource is next written.)
 //! * phonetic: `ph:<Soundex>` of each alphabetic word of each name part.
 //! * token params: `t:<system>|<code>` (when a system is present), `t:|<code>`
 //!   (for every code, so a bare `code` query finds it whatever its system) and
@@ -20,6 +23,13 @@
 //!   value's precision goes, so `eq` at any precision is indexable.
 //! * other date params are not terms but plain `[low, high)` epoch-ms ranges
 //!   (`IndexEntry::Date`), since clinical date ranges must support ordering.
+//!
+//! A parameter that includes others (`SearchParam::includes`: a Patient's `name` its
+//! `family` and `given`, `telecom` its `phone` and `email`) keeps only the terms they do not
+//! index already; a look-up of it reads theirs as well (`Lookup::Terms::also`). Each term is
+//! then written once. With the five-character prefixes, a generated Patient (`carevault-bench
+//! populate`) has 38.1 token rows instead of 61.5, and an import writes 14 % fewer bytes to
+//! SQLite's WAL (docs/performance.md, twelfth session).
 
 use serde_json::Value;
 use unicode_normalization::UnicodeNormalization;
@@ -29,8 +39,10 @@ use super::params::{ParamKind, SearchParam};
 use crate::datetime;
 use crate::types::ResourceType;
 
-/// Longest prefix kept as a term.
-pub(crate) const MAX_PREFIX: usize = 12;
+/// Longest prefix kept as a term. Five characters tell family names apart about as well as
+/// twelve (a query's candidates are re-checked whole), with fewer rows to write per resource
+/// and less for someone holding the database to count (docs/threat-model.md).
+pub(crate) const MAX_PREFIX: usize = 5;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IndexEntry {
@@ -108,7 +120,31 @@ pub fn index_entries(rt: ResourceType, resource: &Value) -> Vec<IndexEntry> {
             }
         }
     }
+    without_included_terms(rt, entries)
+}
+
+/// `entries` less the terms of a parameter that one of the parameters it includes indexes
+/// already (see [`SearchParam::includes`]).
+fn without_included_terms(rt: ResourceType, entries: Vec<IndexEntry>) -> Vec<IndexEntry> {
+    let included = |entry: &IndexEntry| {
+        let IndexEntry::Term { param, term } = entry else {
+            return false;
+        };
+        let includes = rt
+            .search_param(param)
+            .map_or(&[][..], |found| found.includes);
+        includes.iter().any(|other| {
+            entries.iter().any(
+                |e| matches!(e, IndexEntry::Term { param, term: t } if param == other && t == term),
+            )
+        })
+    };
+    let keep: Vec<bool> = entries.iter().map(|entry| !included(entry)).collect();
     entries
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(entry, keep)| keep.then_some(entry))
+        .collect()
 }
 
 /// NFKD, strip combining marks, lowercase, collapse whitespace.
