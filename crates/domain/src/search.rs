@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use carevault_fhir::{Lookup, ResourceType, SearchQuery, SortKey};
+use carevault_fhir::{Lookup, ResourceType, SearchParam, SearchQuery, SortKey};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::Outcome;
@@ -105,6 +105,22 @@ fn blind_terms(keys: &TenantKeys, param: &str, also: &[&str], any_of: &[String])
                 .map(move |term| keys.index_key().blind_token(param, term))
         })
         .collect()
+}
+
+/// A date parameter's name and those of the parameters it includes (`Lookup::Dates`).
+fn with_included(param: &str, also: &[&str]) -> Vec<String> {
+    std::iter::once(param)
+        .chain(also.iter().copied())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Date parameter `param` of `rt` and those it includes (`SearchParam::includes`).
+fn date_params(rt: ResourceType, param: &str) -> Vec<String> {
+    let also = rt
+        .search_param(param)
+        .map_or(&[][..], SearchParam::includes);
+    with_included(param, also)
 }
 
 fn cursor_mac_input(scope: &TenantScope, json: &[u8]) -> Vec<u8> {
@@ -221,7 +237,7 @@ impl Records {
         let count = query.count.unwrap_or(DEFAULT_COUNT).min(MAX_COUNT);
         let (sort, descending) = match query.sort {
             Some(SortKey::Date { param, descending }) => {
-                (SortBy::Date(param.to_owned()), descending)
+                (SortBy::Date(date_params(rt, param)), descending)
             }
             Some(SortKey::LastUpdated { descending }) => (SortBy::LastUpdated, descending),
             None => (SortBy::LastUpdated, false),
@@ -237,8 +253,12 @@ impl Records {
                 } => filters.push(CandidateFilter::AnyToken(blind_terms(
                     &keys, param, also, &any_of,
                 ))),
-                Lookup::Dates { param, any_of } => filters.push(CandidateFilter::AnyDate {
-                    param: param.to_owned(),
+                Lookup::Dates {
+                    param,
+                    also,
+                    any_of,
+                } => filters.push(CandidateFilter::AnyDate {
+                    params: with_included(param, also),
                     conditions: any_of,
                 }),
                 Lookup::Ids(ids) => filters.push(CandidateFilter::Ids(ids)),
@@ -614,7 +634,7 @@ impl Records {
         }
         if let Some(condition) = date {
             filters.push(CandidateFilter::AnyDate {
-                param: "date".to_owned(),
+                params: date_params(rt, "date"),
                 conditions: vec![condition],
             });
         }

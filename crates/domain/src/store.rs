@@ -196,18 +196,20 @@ pub struct ResourceWrite {
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum SortBy {
     LastUpdated,
-    /// Earliest `low` among the resource's entries for this date param; resources without one
-    /// sort as if their value were `i64::MAX`.
-    Date(String),
+    /// Earliest `low` among the resource's entries for these date params (a parameter and
+    /// those it includes, whose values are a part of its own); resources without one sort as
+    /// if their value were `i64::MAX`.
+    Date(Vec<String>),
 }
 
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum CandidateFilter {
     /// The resource has at least one of these blind tokens.
     AnyToken(Vec<[u8; 16]>),
-    /// The resource has an entry for `param` matching at least one condition.
+    /// The resource has an entry for one of `params` (a parameter and those it includes)
+    /// matching at least one condition.
     AnyDate {
-        param: String,
+        params: Vec<String>,
         conditions: Vec<DateCondition>,
     },
     /// The resource's id is one of these.

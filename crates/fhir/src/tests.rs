@@ -338,28 +338,89 @@ fn a_term_of_an_included_parameter_is_written_once_and_found_through_it() {
 }
 
 /// An included parameter is one the type has, of the same kind (so a query's terms mean the
-/// same under it), and includes nothing itself: its own terms are all written, which is what
-/// a look-up of the including parameter relies on.
+/// same under it), whose paths lie within the including one's (so a sort by the including
+/// parameter over both sets of rows takes the same earliest date), and includes nothing
+/// itself: its own terms are all written, which is what a look-up of the including
+/// parameter relies on.
 #[test]
 fn included_parameters_are_of_the_same_type_and_kind_and_include_nothing() {
-    let mut seen = 0;
+    let mut seen = Vec::new();
     for rt in supported_types() {
         for param in rt.search_params() {
             for name in param.includes {
-                let included = rt.search_param(name).unwrap_or_else(|| {
-                    panic!("{}.{} includes unknown {name}", rt.name(), param.name)
-                });
-                assert_eq!(included.kind, param.kind, "{}.{}", rt.name(), param.name);
+                let what = format!("{}.{} includes {name}", rt.name(), param.name);
+                let included = rt
+                    .search_param(name)
+                    .unwrap_or_else(|| panic!("{what}: unknown"));
+                assert_eq!(included.kind, param.kind, "{what}");
                 assert!(
                     included.includes.is_empty(),
-                    "{}.{name} includes",
-                    rt.name()
+                    "{what}, which includes others"
                 );
-                seen += 1;
+                assert!(
+                    included.paths.iter().all(|path| param
+                        .paths
+                        .iter()
+                        .any(|outer| path == outer || path.starts_with(&format!("{outer}.")))),
+                    "{what}: {:?} outside {:?}",
+                    included.paths,
+                    param.paths
+                );
+                seen.push(what);
             }
         }
     }
-    assert_eq!(seen, 6, "Patient name and telecom, Practitioner name");
+    assert_eq!(seen.len(), 10, "{seen:#?}");
+}
+
+/// The date parameters of `resource`'s index entries, in order.
+fn date_params(rt_name: &str, resource: &Value) -> Vec<&'static str> {
+    index_entries(rt(rt_name), resource)
+        .into_iter()
+        .filter_map(|e| match e {
+            IndexEntry::Date { param, .. } => Some(param),
+            IndexEntry::Term { .. } => None,
+        })
+        .collect()
+}
+
+/// A Condition's `date` is its onset or its recorded date: those ranges are written once,
+/// under `onset-date` and `recorded-date`, and a `date` look-up reads them there. A
+/// MedicationStatement's `date` is its `effective`.
+#[test]
+fn a_date_range_of_an_included_parameter_is_written_once_and_found_through_it() {
+    let condition = json!({
+        "resourceType": "Condition",
+        "subject": {"reference": "Patient/example"},
+        "onsetDateTime": "2024-03-01",
+        "recordedDate": "2024-03-04"
+    });
+    assert_eq!(
+        date_params("Condition", &condition),
+        ["onset-date", "recorded-date"]
+    );
+    for value in ["2024-03-01", "2024-03-04", "ge2024-03-02"] {
+        let q = query("Condition", "date", value);
+        let Lookup::Dates { param, also, .. } = q.params[0].lookup() else {
+            panic!("date={value}: {:?}", q.params[0].lookup());
+        };
+        assert_eq!(
+            (param, also),
+            ("date", &["onset-date", "recorded-date"][..])
+        );
+        assert!(q.params[0].matches(&condition, "c", 0), "date={value}");
+    }
+    let statement = json!({
+        "resourceType": "MedicationStatement",
+        "status": "active",
+        "medicationCodeableConcept": {"text": "x"},
+        "subject": {"reference": "Patient/example"},
+        "effectiveDateTime": "2024-03-01"
+    });
+    assert_eq!(
+        date_params("MedicationStatement", &statement),
+        ["effective"]
+    );
 }
 
 #[test]

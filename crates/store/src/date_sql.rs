@@ -200,11 +200,17 @@ mod tests {
 
     /// SQLite's plan for a search driven by a date filter uses an index range for every term
     /// (a bound on `low`, or `high` among the long ranges): none walks all of the parameter's
-    /// rows, as `ge` and `le` did with an index on each end. (`ne` cannot be bounded.)
+    /// rows, as `ge` and `le` did with an index on each end. (`ne` cannot be bounded.) So does
+    /// a filter over a parameter and those it includes (`param IN (…)`).
     #[tokio::test]
     async fn sqlite_bounds_every_date_term_by_an_index_range() {
         let (_dir, connection) = migrated_database().await;
-        for prefix in [
+        let one = vec!["date".to_owned()];
+        let several: Vec<String> = ["date", "onset-date", "recorded-date"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        for (params, prefix) in [
             DatePrefix::Eq,
             DatePrefix::Lt,
             DatePrefix::Le,
@@ -212,13 +218,16 @@ mod tests {
             DatePrefix::Ge,
             DatePrefix::Sa,
             DatePrefix::Eb,
-        ] {
+        ]
+        .into_iter()
+        .flat_map(|prefix| [(one.clone(), prefix), (several.clone(), prefix)])
+        {
             let query = CandidateQuery {
                 resource_type: "Encounter".to_owned(),
                 filters: vec![
                     CandidateFilter::AnyToken(vec![[7; 16]]),
                     CandidateFilter::AnyDate {
-                        param: "date".to_owned(),
+                        params: params.clone(),
                         conditions: vec![DateCondition {
                             prefix,
                             low: 1_000,
@@ -242,14 +251,18 @@ mod tests {
                 .iter()
                 .filter(|line| line.contains("search_dates"))
                 .collect();
-            assert!(!dates.is_empty(), "{prefix:?}: {lines:#?}");
+            assert!(!dates.is_empty(), "{prefix:?} {params:?}: {lines:#?}");
+            if params.len() > 1 {
+                let statement_text = statement.sqlite_text();
+                assert!(statement_text.contains("d.param IN ("), "{statement_text}");
+            }
             for line in &dates {
                 let ranged = ["low>", "low<", "high>"]
                     .iter()
                     .any(|range| line.contains(&format!("param=? AND {range}")));
                 assert!(
                     ranged,
-                    "{prefix:?} walks every row of the parameter: {lines:#?}"
+                    "{prefix:?} {params:?} walks every row of the parameter: {lines:#?}"
                 );
             }
             let long = dates.iter().any(|line| line.contains("search_dates_long"));

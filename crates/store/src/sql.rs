@@ -493,8 +493,8 @@ pub(crate) fn filter_sizes(
         }
         sql.push("(SELECT count(*) FROM (");
         match &query.filters[*position] {
-            CandidateFilter::AnyDate { param, conditions } => {
-                push_date_rows(&mut sql, engine, Rows::Ids, param, conditions);
+            CandidateFilter::AnyDate { params, conditions } => {
+                push_date_rows(&mut sql, engine, Rows::Ids, params, conditions);
             }
             CandidateFilter::AnyToken(tokens) => {
                 push_token_rows(&mut sql, engine, Rows::Ids, tokens);
@@ -635,20 +635,46 @@ const DATE_ROWS: date_sql::Range = date_sql::Range {
     indexed: true,
 };
 
-/// The rows of date `param` meeting any of `conditions`: as a set of ids, one `SELECT` per
-/// term of the conditions joined by `UNION`, so that each can use an index (see `date_sql`);
-/// as a probe of the candidate's own rows, the terms joined by `OR`.
+/// ` AND column = $n` for one parameter, ` AND column IN ($n, …)` for several (values preset
+/// at `indexes`); no parameter matches no row.
+fn push_param_in(sql: &mut Sql, column: &'static str, indexes: &[usize]) {
+    match indexes {
+        [] => {
+            sql.push(" AND FALSE");
+        }
+        [one] => {
+            sql.push(" AND ").push(column).push(" = ").again(*one);
+        }
+        several => {
+            sql.push(" AND ").push(column).push(" IN (");
+            for (position, index) in several.iter().enumerate() {
+                if position > 0 {
+                    sql.push(", ");
+                }
+                sql.again(*index);
+            }
+            sql.push(")");
+        }
+    }
+}
+
+/// The rows of the date `params` meeting any of `conditions`: as a set of ids, one `SELECT`
+/// per term of the conditions joined by `UNION`, so that each can use an index (see
+/// `date_sql`); as a probe of the candidate's own rows, the terms joined by `OR`.
 fn push_date_rows(
     sql: &mut Sql,
     engine: Engine,
     rows: Rows,
-    param: &str,
+    params: &[String],
     conditions: &[DateCondition],
 ) {
-    let param_index = sql.preset(Value::Text(param.to_owned()));
+    let param_indexes: Vec<usize> = params
+        .iter()
+        .map(|param| sql.preset(Value::Text(param.clone())))
+        .collect();
     let head = |sql: &mut Sql| {
         rows.push_head(sql, engine, Table::Dates, "d");
-        sql.push(" AND d.param = ").again(param_index);
+        push_param_in(sql, "d.param", &param_indexes);
     };
     match rows {
         Rows::Ids => date_sql::push_id_sets(sql, conditions, DATE_ROWS, head),
@@ -687,20 +713,23 @@ pub(crate) fn search(
         SortBy::LastUpdated => {
             sql.push("c.last_updated_ms");
         }
-        SortBy::Date(param) => {
+        SortBy::Date(params) => {
+            let indexes: Vec<usize> = params
+                .iter()
+                .map(|param| sql.preset(Value::Text(param.clone())))
+                .collect();
             sql.push(match engine {
                 Engine::Sqlite => {
-                    "COALESCE((SELECT MIN(d.low) FROM search_dates d \
-                     WHERE d.rkey = c.rkey AND d.param = "
+                    "COALESCE((SELECT MIN(d.low) FROM search_dates d WHERE d.rkey = c.rkey"
                 }
                 Engine::Postgres => {
                     "COALESCE((SELECT MIN(d.low) FROM search_dates d \
                      WHERE d.tenant_id = c.tenant_id AND d.resource_type = c.resource_type \
-                       AND d.id = c.id AND d.param = "
+                       AND d.id = c.id"
                 }
-            })
-            .bind(Value::Text(param.clone()))
-            .push("), 9223372036854775807)");
+            });
+            push_param_in(&mut sql, "d.param", &indexes);
+            sql.push("), 9223372036854775807)");
         }
     }
     sql.push(
@@ -735,8 +764,8 @@ pub(crate) fn search(
                         continue;
                     }
                     sql.push(" AND EXISTS (");
-                    if let CandidateFilter::AnyDate { param, conditions } = probed {
-                        push_date_rows(&mut sql, engine, Rows::OfDriverRow, param, conditions);
+                    if let CandidateFilter::AnyDate { params, conditions } = probed {
+                        push_date_rows(&mut sql, engine, Rows::OfDriverRow, params, conditions);
                     } else if let CandidateFilter::AnyToken(tokens) = probed {
                         push_token_rows(&mut sql, engine, Rows::OfDriverRow, tokens);
                     }
@@ -755,11 +784,11 @@ pub(crate) fn search(
                 push_token_rows(&mut sql, engine, Rows::OfCandidate, tokens);
                 sql.push(")");
             }
-            CandidateFilter::AnyDate { param, conditions }
+            CandidateFilter::AnyDate { params, conditions }
                 if !conditions.is_empty() && driver == Some(position) =>
             {
                 sql.push("c.").push(member).push(" IN (");
-                push_date_rows(&mut sql, engine, Rows::Ids, param, conditions);
+                push_date_rows(&mut sql, engine, Rows::Ids, params, conditions);
                 sql.push(")");
             }
             _ => push_filter(&mut sql, engine, filter),
@@ -807,13 +836,13 @@ fn push_filter(sql: &mut Sql, engine: Engine, filter: &CandidateFilter) {
             push_token_rows(sql, engine, Rows::Ids, tokens);
             sql.push(")");
         }
-        CandidateFilter::AnyDate { param, conditions } => {
+        CandidateFilter::AnyDate { params, conditions } => {
             if conditions.is_empty() {
                 sql.push("FALSE");
                 return;
             }
             sql.push("EXISTS (");
-            push_date_rows(sql, engine, Rows::OfCandidate, param, conditions);
+            push_date_rows(sql, engine, Rows::OfCandidate, params, conditions);
             sql.push(")");
         }
         CandidateFilter::Ids(ids) => {
@@ -1043,7 +1072,7 @@ pub(crate) mod tests {
                 CandidateFilter::AnyToken(vec![[1; 16], [2; 16]]),
                 CandidateFilter::AnyToken(vec![[3; 16]]),
                 CandidateFilter::AnyDate {
-                    param: "birthdate".to_owned(),
+                    params: vec!["birthdate".to_owned()],
                     conditions: vec![DateCondition {
                         prefix: DatePrefix::Eq,
                         low: 0,

@@ -583,6 +583,12 @@ async fn search_cases(engine: Engine) {
     expect(&fhir, "Condition?date=lt2015", &[&c2]).await;
     expect(&fhir, "Condition?date=ge2020", &[&c1]).await;
     expect(&fhir, "Condition?date=2010", &[&c2]).await;
+    // A Condition's `date` includes its `onset-date` and `recorded-date`: the ranges are
+    // written once, under them, and `date` finds and sorts by either.
+    expect(&fhir, "Condition?date=2020-02", &[&c1]).await;
+    expect(&fhir, "Condition?onset-date=2020-01", &[&c1]).await;
+    expect(&fhir, "Condition?onset-date=2020-02", &[]).await;
+    expect(&fhir, "Condition?recorded-date=2020-02-01", &[&c1]).await;
     expect(
         &fhir,
         &format!("Condition?_lastUpdated=gt{}", enc(&c1_updated)),
@@ -608,6 +614,17 @@ async fn search_cases(engine: Engine) {
             ids_of(&reply, "match")
         }
     };
+    // c2's onset (2010) before c1's (2020), and back.
+    assert_eq!(
+        ordered("Condition?category=encounter-diagnosis,problem-list-item&_sort=date".to_owned())
+            .await,
+        vec![c2.clone(), c1.clone()]
+    );
+    assert_eq!(
+        ordered("Condition?category=encounter-diagnosis,problem-list-item&_sort=-date".to_owned())
+            .await,
+        vec![c1.clone(), c2.clone()]
+    );
     // Earliest start: a (Jun 14 12:00), e (Jun 14 22:00), b (Jun 15 10:00), c (Jun 15 20:00), d.
     assert_eq!(
         ordered(format!("Observation?patient={p1}&_sort=date")).await,

@@ -24,10 +24,11 @@ pub struct SearchParam {
     /// Date params indexed as exact-precision Terms (birthdate), not ranges.
     pub(crate) date_as_terms: bool,
     /// Parameters of the same type and kind whose values are a part of this one's (a
-    /// Patient's `name` holds its `family` and `given`; `telecom` its `phone` and `email`). A
-    /// term one of them indexes for a resource is not indexed again under this parameter, and
-    /// a look-up of this parameter reads theirs as well ([`crate::Lookup::Terms`]), so each
-    /// term is written once.
+    /// Patient's `name` holds its `family` and `given`; `telecom` its `phone` and `email`; a
+    /// Condition's `date` its `onset-date` and `recorded-date`). A term or date range one of
+    /// them indexes for a resource is not indexed again under this parameter, and a look-up
+    /// of this parameter (or a sort by it) reads theirs as well ([`crate::Lookup::Terms`],
+    /// [`crate::Lookup::Dates`]), so each is written once.
     pub(crate) includes: &'static [&'static str],
 }
 
@@ -68,6 +69,13 @@ const fn contact(name: &'static str, system: Option<&'static str>) -> SearchPara
         contact_system: system,
         date_as_terms: false,
         includes: &[],
+    }
+}
+
+impl SearchParam {
+    /// The parameters this one includes (see the field).
+    pub fn includes(&self) -> &'static [&'static str] {
+        self.includes
     }
 }
 
@@ -165,7 +173,10 @@ pub(crate) const CONDITION: &[SearchParam] = &[
     p("identifier", Token, &["identifier"]),
     r("patient", &["subject"], PATIENT_ONLY),
     r("subject", &["subject"], SUBJECT_TARGETS),
-    p("date", Date, &["recordedDate", "onset[x]"]),
+    including(
+        p("date", Date, &["recordedDate", "onset[x]"]),
+        &["onset-date", "recorded-date"],
+    ),
     p("onset-date", Date, &["onset[x]"]),
     p("recorded-date", Date, &["recordedDate"]),
     p("code", Token, &["code"]),
@@ -189,7 +200,7 @@ pub(crate) const MEDICATION_STATEMENT: &[SearchParam] = &[
     p("identifier", Token, &["identifier"]),
     r("patient", &["subject"], PATIENT_ONLY),
     r("subject", &["subject"], SUBJECT_TARGETS),
-    p("date", Date, &["effective[x]"]),
+    including(p("date", Date, &["effective[x]"]), &["effective"]),
     p("effective", Date, &["effective[x]"]),
     p("code", Token, &["medication[x]"]),
     p("status", Token, &["status"]),
@@ -201,7 +212,7 @@ pub(crate) const MEDICATION_REQUEST: &[SearchParam] = &[
     p("identifier", Token, &["identifier"]),
     r("patient", &["subject"], PATIENT_ONLY),
     r("subject", &["subject"], SUBJECT_TARGETS),
-    p("date", Date, &["authoredOn"]),
+    including(p("date", Date, &["authoredOn"]), &["authoredon"]),
     p("authoredon", Date, &["authoredOn"]),
     p("code", Token, &["medication[x]"]),
     p("status", Token, &["status"]),

@@ -105,9 +105,11 @@ pub enum Lookup {
         also: &'static [&'static str],
         any_of: Vec<String>,
     },
-    /// Candidate if ANY condition matches an indexed range.
+    /// Candidate if ANY condition matches an indexed range of `param` or of a parameter of
+    /// `also` (those it includes, as for `Terms`).
     Dates {
         param: &'static str,
+        also: &'static [&'static str],
         any_of: Vec<DateCondition>,
     },
     Ids(Vec<String>),
@@ -496,6 +498,7 @@ impl ParamFilter {
             }
             Filter::Date { values } => Lookup::Dates {
                 param,
+                also,
                 any_of: values.iter().map(|(c, _)| *c).collect(),
             },
         }

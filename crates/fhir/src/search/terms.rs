@@ -25,11 +25,12 @@
 //!   (`IndexEntry::Date`), since clinical date ranges must support ordering.
 //!
 //! A parameter that includes others (`SearchParam::includes`: a Patient's `name` its
-//! `family` and `given`, `telecom` its `phone` and `email`) keeps only the terms they do not
-//! index already; a look-up of it reads theirs as well (`Lookup::Terms::also`). Each term is
-//! then written once. With the five-character prefixes, a generated Patient (`carevault-bench
-//! populate`) has 38.1 token rows instead of 61.5, and an import writes 14 % fewer bytes to
-//! SQLite's WAL (docs/performance.md, twelfth session).
+//! `family` and `given`, `telecom` its `phone` and `email`, a Condition's `date` its
+//! `onset-date` and `recorded-date`) keeps only the terms and date ranges they do not index
+//! already; a look-up of it reads theirs as well (`Lookup::Terms::also`,
+//! `Lookup::Dates::also`). Each is then written once. With the five-character prefixes, a
+//! generated Patient (`carevault-bench populate`) has 38.1 token rows instead of 61.5, and an
+//! import writes 14 % fewer bytes to SQLite's WAL (docs/performance.md, twelfth session).
 
 use serde_json::Value;
 use unicode_normalization::UnicodeNormalization;
@@ -123,20 +124,27 @@ pub fn index_entries(rt: ResourceType, resource: &Value) -> Vec<IndexEntry> {
     without_included_terms(rt, entries)
 }
 
-/// `entries` less the terms of a parameter that one of the parameters it includes indexes
-/// already (see [`SearchParam::includes`]).
+/// `entries` less the terms and date ranges of a parameter that one of the parameters it
+/// includes indexes already (see [`SearchParam::includes`]).
 fn without_included_terms(rt: ResourceType, entries: Vec<IndexEntry>) -> Vec<IndexEntry> {
     let included = |entry: &IndexEntry| {
-        let IndexEntry::Term { param, term } = entry else {
-            return false;
-        };
+        let (IndexEntry::Term { param, .. } | IndexEntry::Date { param, .. }) = entry;
         let includes = rt
             .search_param(param)
             .map_or(&[][..], |found| found.includes);
         includes.iter().any(|other| {
-            entries.iter().any(
-                |e| matches!(e, IndexEntry::Term { param, term: t } if param == other && t == term),
-            )
+            entries.iter().any(|e| match (e, entry) {
+                (IndexEntry::Term { param, term }, IndexEntry::Term { term: t, .. }) => {
+                    param == other && term == t
+                }
+                (
+                    IndexEntry::Date { param, low, high },
+                    IndexEntry::Date {
+                        low: l, high: h, ..
+                    },
+                ) => param == other && low == l && high == h,
+                _ => false,
+            })
         })
     };
     let keep: Vec<bool> = entries.iter().map(|entry| !included(entry)).collect();

@@ -83,7 +83,7 @@ async fn tenants_cannot_see_each_other(store: Arc<dyn Store>, _raw: &Raw) {
         vec![],
         vec![CandidateFilter::AnyToken(vec![token(5)])],
         vec![CandidateFilter::AnyDate {
-            param: "birthdate".to_owned(),
+            params: vec!["birthdate".to_owned()],
             conditions: vec![DateCondition {
                 prefix: DatePrefix::Eq,
                 low: 0,
@@ -104,7 +104,7 @@ async fn tenants_cannot_see_each_other(store: Arc<dyn Store>, _raw: &Raw) {
                 .is_empty()
         );
         let by_date = CandidateQuery {
-            sort: SortBy::Date("birthdate".to_owned()),
+            sort: SortBy::Date(vec!["birthdate".to_owned()]),
             ..query("Patient", filter.clone())
         };
         assert!(search_ids(&store, &scope_b, &by_date).await.is_empty());
@@ -176,7 +176,7 @@ async fn an_update_replaces_only_its_own_tenants_search_rows(store: Arc<dyn Stor
     let by_date = query(
         "Patient",
         vec![CandidateFilter::AnyDate {
-            param: "birthdate".to_owned(),
+            params: vec!["birthdate".to_owned()],
             conditions: vec![DateCondition {
                 prefix: DatePrefix::Eq,
                 low: 0,

@@ -14,6 +14,7 @@ conformance!(
     several_token_filters_match_their_intersection_whichever_is_smaller,
     a_token_and_a_date_filter_match_their_intersection_whichever_is_smaller,
     search_by_date_follows_fhir_prefixes,
+    a_date_filter_and_sort_over_several_parameters_read_the_rows_of_each,
     search_by_last_updated_and_ids,
     search_sorts_and_pages,
 );
@@ -179,7 +180,7 @@ async fn search_by_date_follows_fhir_prefixes(store: Arc<dyn Store>, _raw: &Raw)
                 .cloned()
                 .collect();
             let filter = CandidateFilter::AnyDate {
-                param: "date".to_owned(),
+                params: vec!["date".to_owned()],
                 conditions: vec![condition],
             };
             // Alone, the filter probes each candidate's rows; beside the larger token filter,
@@ -198,7 +199,7 @@ async fn search_by_date_follows_fhir_prefixes(store: Arc<dyn Store>, _raw: &Raw)
     }
     // Several conditions: any may match.
     let either = CandidateFilter::AnyDate {
-        param: "date".to_owned(),
+        params: vec!["date".to_owned()],
         conditions: vec![
             DateCondition {
                 prefix: DatePrefix::Eq,
@@ -218,7 +219,7 @@ async fn search_by_date_follows_fhir_prefixes(store: Arc<dyn Store>, _raw: &Raw)
     );
     // The param must match too.
     let other = CandidateFilter::AnyDate {
-        param: "other".to_owned(),
+        params: vec!["other".to_owned()],
         conditions: vec![DateCondition {
             prefix: DatePrefix::Eq,
             low: 10,
@@ -231,13 +232,115 @@ async fn search_by_date_follows_fhir_prefixes(store: Arc<dyn Store>, _raw: &Raw)
             .is_empty()
     );
     let none = CandidateFilter::AnyDate {
-        param: "date".to_owned(),
+        params: vec!["date".to_owned()],
         conditions: vec![],
     };
     assert!(
         search_ids(&store, &scope, &query("Encounter", vec![none]))
             .await
             .is_empty()
+    );
+}
+
+/// A date filter or sort over a parameter and those it includes (a Condition's `date`, its
+/// `onset-date` and `recorded-date`) reads the rows of each, and of no other parameter: alone
+/// (a probe of each candidate), driving (a set of ids) and probed inside a token's set.
+async fn a_date_filter_and_sort_over_several_parameters_read_the_rows_of_each(
+    store: Arc<dyn Store>,
+    _raw: &Raw,
+) {
+    let (_, scope) = new_tenant(&store, "included dates").await;
+    let rows = [
+        ("onset", vec![date("onset-date", 30, 31)]),
+        ("recorded", vec![date("recorded-date", 10, 11)]),
+        (
+            "both",
+            vec![date("onset-date", 50, 51), date("recorded-date", 20, 21)],
+        ),
+        // As a file written before `date` included the others holds it.
+        (
+            "written-before",
+            vec![date("date", 40, 41), date("onset-date", 40, 41)],
+        ),
+        ("other", vec![date("abatement-date", 10, 60)]),
+    ];
+    let writes: Vec<ResourceWrite> = rows
+        .iter()
+        .map(|(id, dates)| {
+            let mut write = create("Condition", id, T0);
+            write.dates = dates.clone();
+            // Tokens 1 and 2 on every resource (more rows than any date filter here matches,
+            // so the date filter drives beside them); token 3 on two (fewer, so it drives).
+            write.tokens = vec![token(1), token(2)];
+            if matches!(*id, "onset" | "both") {
+                write.tokens.push(token(3));
+            }
+            write
+        })
+        .collect();
+    store.commit(&scope, &writes, &[]).await.unwrap();
+    let params = strings(&["date", "onset-date", "recorded-date"]);
+    let within = |low: i64, high: i64| CandidateFilter::AnyDate {
+        params: params.clone(),
+        conditions: vec![DateCondition {
+            prefix: DatePrefix::Eq,
+            low,
+            high,
+        }],
+    };
+    for ((low, high), expected) in [
+        (
+            (0, 100),
+            vec!["both", "onset", "recorded", "written-before"],
+        ),
+        ((15, 35), vec!["both", "onset"]),
+        ((35, 45), vec!["written-before"]),
+        ((60, 70), vec![]),
+    ] {
+        let filter = within(low, high);
+        let forms = [
+            ("alone", vec![filter.clone()], expected.clone()),
+            (
+                "driving",
+                vec![
+                    CandidateFilter::AnyToken(vec![token(1), token(2)]),
+                    filter.clone(),
+                ],
+                expected.clone(),
+            ),
+            (
+                "probed",
+                vec![CandidateFilter::AnyToken(vec![token(3)]), filter],
+                expected
+                    .iter()
+                    .copied()
+                    .filter(|id| matches!(*id, "onset" | "both"))
+                    .collect(),
+            ),
+        ];
+        for (form, filters, want) in forms {
+            let found = sorted(search_ids(&store, &scope, &query("Condition", filters)).await);
+            assert_eq!(found, strings(&want), "[{low}, {high}) {form}");
+        }
+    }
+    let by_date = CandidateQuery {
+        sort: SortBy::Date(params.clone()),
+        ..query("Condition", vec![])
+    };
+    let found = store.search(&scope, &by_date).await.unwrap();
+    let pairs: Vec<(i64, &str)> = found
+        .iter()
+        .map(|c| (c.sort_value, c.version.id.as_str()))
+        .collect();
+    assert_eq!(
+        pairs,
+        vec![
+            (10, "recorded"),
+            (20, "both"),
+            (30, "onset"),
+            (40, "written-before"),
+            (i64::MAX, "other")
+        ]
     );
 }
 
@@ -357,7 +460,7 @@ async fn search_sorts_and_pages(store: Arc<dyn Store>, _raw: &Raw) {
     );
 
     let by_birthdate = CandidateQuery {
-        sort: SortBy::Date("birthdate".to_owned()),
+        sort: SortBy::Date(vec!["birthdate".to_owned()]),
         ..by_updated.clone()
     };
     let found = store.search(&scope, &by_birthdate).await.unwrap();
@@ -547,7 +650,7 @@ async fn a_token_and_a_date_filter_match_their_intersection_whichever_is_smaller
         .collect();
     store.commit(&scope, &writes, &[]).await.unwrap();
     let born = |prefix: DatePrefix, low: i64, high: i64| CandidateFilter::AnyDate {
-        param: "birthdate".to_owned(),
+        params: vec!["birthdate".to_owned()],
         conditions: vec![DateCondition { prefix, low, high }],
     };
     let any = |byte: u8| CandidateFilter::AnyToken(vec![token(byte)]);

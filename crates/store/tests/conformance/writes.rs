@@ -476,7 +476,7 @@ async fn a_large_commit_writes_every_resource_and_its_search_rows(
             "{id}"
         );
         let by_date = CandidateFilter::AnyDate {
-            param: "date".to_owned(),
+            params: vec!["date".to_owned()],
             conditions: vec![DateCondition {
                 prefix: DatePrefix::Eq,
                 low: index as i64 * 10,
