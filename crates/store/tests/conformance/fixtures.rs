@@ -130,6 +130,29 @@ pub(crate) async fn search_ids(
         .collect()
 }
 
+/// The sort value and id of each candidate of `query`, in order.
+pub(crate) async fn search_pairs(
+    store: &Arc<dyn Store>,
+    scope: &TenantScope,
+    query: &CandidateQuery,
+) -> Vec<(i64, String)> {
+    store
+        .search(scope, query)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|candidate| (candidate.sort_value, candidate.version.id))
+        .collect()
+}
+
+/// Owned (sort value, id) pairs, to compare with [`search_pairs`].
+pub(crate) fn pairs(expected: &[(i64, &str)]) -> Vec<(i64, String)> {
+    expected
+        .iter()
+        .map(|(value, id)| (*value, (*id).to_owned()))
+        .collect()
+}
+
 /// The ids of every page of `query`, following the keyset cursor from page to page.
 pub(crate) async fn search_all_ids(
     store: &Arc<dyn Store>,

@@ -327,20 +327,15 @@ async fn a_date_filter_and_sort_over_several_parameters_read_the_rows_of_each(
         sort: SortBy::Date(params.clone()),
         ..query("Condition", vec![])
     };
-    let found = store.search(&scope, &by_date).await.unwrap();
-    let pairs: Vec<(i64, &str)> = found
-        .iter()
-        .map(|c| (c.sort_value, c.version.id.as_str()))
-        .collect();
     assert_eq!(
-        pairs,
-        vec![
+        search_pairs(&store, &scope, &by_date).await,
+        pairs(&[
             (10, "recorded"),
             (20, "both"),
             (30, "onset"),
             (40, "written-before"),
             (i64::MAX, "other")
-        ]
+        ])
     );
 }
 
@@ -433,21 +428,16 @@ async fn search_sorts_and_pages(store: Arc<dyn Store>, _raw: &Raw) {
     store.commit(&scope, &writes, &[]).await.unwrap();
 
     let by_updated = query("Patient", vec![]);
-    let found = store.search(&scope, &by_updated).await.unwrap();
-    let pairs: Vec<(i64, &str)> = found
-        .iter()
-        .map(|c| (c.sort_value, c.version.id.as_str()))
-        .collect();
     assert_eq!(
-        pairs,
-        vec![
+        search_pairs(&store, &scope, &by_updated).await,
+        pairs(&[
             (100, "b"),
             (100, "d"),
             (200, "c"),
             (200, "f"),
             (300, "a"),
             (400, "e")
-        ]
+        ])
     );
 
     let descending = CandidateQuery {
@@ -463,21 +453,16 @@ async fn search_sorts_and_pages(store: Arc<dyn Store>, _raw: &Raw) {
         sort: SortBy::Date(vec!["birthdate".to_owned()]),
         ..by_updated.clone()
     };
-    let found = store.search(&scope, &by_birthdate).await.unwrap();
-    let pairs: Vec<(i64, &str)> = found
-        .iter()
-        .map(|c| (c.sort_value, c.version.id.as_str()))
-        .collect();
     assert_eq!(
-        pairs,
-        vec![
+        search_pairs(&store, &scope, &by_birthdate).await,
+        pairs(&[
             (10, "b"),
             (50, "a"),
             (50, "d"),
             (90, "f"),
             (i64::MAX, "c"),
             (i64::MAX, "e")
-        ]
+        ])
     );
 
     // Keyset paging, both directions, both sorts, page sizes 1 to 4: same order as unpaged.
