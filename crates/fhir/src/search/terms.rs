@@ -40,9 +40,10 @@ use super::params::{ParamKind, SearchParam};
 use crate::datetime;
 use crate::types::ResourceType;
 
-/// Longest prefix kept as a term. Five characters tell family names apart about as well as
-/// twelve (a query's candidates are re-checked whole), with fewer rows to write per resource
-/// and less for someone holding the database to count (docs/threat-model.md).
+/// Longest prefix kept as a term. A longer query looks up its first five characters and the
+/// re-check of each candidate decides; the family and birth-date search ran as fast as with
+/// twelve, each resource writes fewer rows, and someone holding the database has less to count
+/// (docs/performance.md and docs/threat-model.md, twelfth session).
 pub(crate) const MAX_PREFIX: usize = 5;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
