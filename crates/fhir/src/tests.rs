@@ -335,6 +335,13 @@ fn a_term_of_an_included_parameter_is_written_once_and_found_through_it() {
     assert!(found("Patient", &p, "telecom", "jose@example.org"));
     assert!(found("Patient", &p, "telecom", "0113 496 0000"));
     assert!(!found("Patient", &p, "phone", "0113 496 0000"));
+
+    // A `subject`'s references to patients are its `patient`'s.
+    let o = observation();
+    let patient_ref = "r:Patient/example".to_owned();
+    assert!(terms("Observation", &o, "patient").contains(&patient_ref));
+    assert!(!terms("Observation", &o, "subject").contains(&patient_ref));
+    assert!(found("Observation", &o, "subject", "Patient/example"));
 }
 
 /// An included parameter is one the type has, of the same kind (so a query's terms mean the
@@ -370,7 +377,7 @@ fn included_parameters_are_of_the_same_type_and_kind_and_include_nothing() {
             }
         }
     }
-    assert_eq!(seen.len(), 10, "{seen:#?}");
+    assert_eq!(seen.len(), 19, "{seen:#?}");
 }
 
 /// The date parameters of `resource`'s index entries, in order.

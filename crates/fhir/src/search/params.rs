@@ -87,6 +87,8 @@ const fn including(param: SearchParam, includes: &'static [&'static str]) -> Sea
 use ParamKind::{Date, Phonetic, String, Token};
 
 const NAME_PARTS: &[&str] = &["family", "given"];
+/// A `subject`'s references to patients are its `patient`'s.
+const PATIENT_PART: &[&str] = &["patient"];
 
 const PATIENT_ONLY: &[&str] = &["Patient"];
 const SUBJECT_TARGETS: &[&str] = &["Patient", "Group"];
@@ -141,7 +143,7 @@ pub(crate) const LOCATION: &[SearchParam] = &[
 pub(crate) const ENCOUNTER: &[SearchParam] = &[
     p("identifier", Token, &["identifier"]),
     r("patient", &["subject"], PATIENT_ONLY),
-    r("subject", &["subject"], SUBJECT_TARGETS),
+    including(r("subject", &["subject"], SUBJECT_TARGETS), PATIENT_PART),
     p("date", Date, &["period"]),
     p("status", Token, &["status"]),
     p("class", Token, &["class"]),
@@ -161,7 +163,7 @@ pub(crate) const EPISODE_OF_CARE: &[SearchParam] = &[
 pub(crate) const OBSERVATION: &[SearchParam] = &[
     p("identifier", Token, &["identifier"]),
     r("patient", &["subject"], PATIENT_ONLY),
-    r("subject", &["subject"], OBS_SUBJECT),
+    including(r("subject", &["subject"], OBS_SUBJECT), PATIENT_PART),
     p("date", Date, &["effective[x]"]),
     p("code", Token, &["code"]),
     p("status", Token, &["status"]),
@@ -172,7 +174,7 @@ pub(crate) const OBSERVATION: &[SearchParam] = &[
 pub(crate) const CONDITION: &[SearchParam] = &[
     p("identifier", Token, &["identifier"]),
     r("patient", &["subject"], PATIENT_ONLY),
-    r("subject", &["subject"], SUBJECT_TARGETS),
+    including(r("subject", &["subject"], SUBJECT_TARGETS), PATIENT_PART),
     including(
         p("date", Date, &["recordedDate", "onset[x]"]),
         &["onset-date", "recorded-date"],
@@ -199,7 +201,7 @@ pub(crate) const ALLERGY_INTOLERANCE: &[SearchParam] = &[
 pub(crate) const MEDICATION_STATEMENT: &[SearchParam] = &[
     p("identifier", Token, &["identifier"]),
     r("patient", &["subject"], PATIENT_ONLY),
-    r("subject", &["subject"], SUBJECT_TARGETS),
+    including(r("subject", &["subject"], SUBJECT_TARGETS), PATIENT_PART),
     including(p("date", Date, &["effective[x]"]), &["effective"]),
     p("effective", Date, &["effective[x]"]),
     p("code", Token, &["medication[x]"]),
@@ -211,7 +213,7 @@ pub(crate) const MEDICATION_STATEMENT: &[SearchParam] = &[
 pub(crate) const MEDICATION_REQUEST: &[SearchParam] = &[
     p("identifier", Token, &["identifier"]),
     r("patient", &["subject"], PATIENT_ONLY),
-    r("subject", &["subject"], SUBJECT_TARGETS),
+    including(r("subject", &["subject"], SUBJECT_TARGETS), PATIENT_PART),
     including(p("date", Date, &["authoredOn"]), &["authoredon"]),
     p("authoredon", Date, &["authoredOn"]),
     p("code", Token, &["medication[x]"]),
@@ -229,7 +231,7 @@ pub(crate) const MEDICATION_REQUEST: &[SearchParam] = &[
 pub(crate) const CARE_PLAN: &[SearchParam] = &[
     p("identifier", Token, &["identifier"]),
     r("patient", &["subject"], PATIENT_ONLY),
-    r("subject", &["subject"], SUBJECT_TARGETS),
+    including(r("subject", &["subject"], SUBJECT_TARGETS), PATIENT_PART),
     p("date", Date, &["period"]),
     p("status", Token, &["status"]),
     p("category", Token, &["category"]),
@@ -239,7 +241,7 @@ pub(crate) const CARE_PLAN: &[SearchParam] = &[
 pub(crate) const CARE_TEAM: &[SearchParam] = &[
     p("identifier", Token, &["identifier"]),
     r("patient", &["subject"], PATIENT_ONLY),
-    r("subject", &["subject"], SUBJECT_TARGETS),
+    including(r("subject", &["subject"], SUBJECT_TARGETS), PATIENT_PART),
     p("date", Date, &["period"]),
     p("status", Token, &["status"]),
     p("category", Token, &["category"]),
@@ -264,16 +266,19 @@ pub(crate) const APPOINTMENT: &[SearchParam] = &[
 pub(crate) const FLAG: &[SearchParam] = &[
     p("identifier", Token, &["identifier"]),
     r("patient", &["subject"], PATIENT_ONLY),
-    r(
-        "subject",
-        &["subject"],
-        &[
-            "Patient",
-            "Location",
-            "Group",
-            "Organization",
-            "Practitioner",
-        ],
+    including(
+        r(
+            "subject",
+            &["subject"],
+            &[
+                "Patient",
+                "Location",
+                "Group",
+                "Organization",
+                "Practitioner",
+            ],
+        ),
+        PATIENT_PART,
     ),
     p("date", Date, &["period"]),
     p("status", Token, &["status"]),
@@ -284,10 +289,13 @@ pub(crate) const FLAG: &[SearchParam] = &[
 pub(crate) const DOCUMENT_REFERENCE: &[SearchParam] = &[
     p("identifier", Token, &["masterIdentifier", "identifier"]),
     r("patient", &["subject"], PATIENT_ONLY),
-    r(
-        "subject",
-        &["subject"],
-        &["Patient", "Practitioner", "Group", "Device"],
+    including(
+        r(
+            "subject",
+            &["subject"],
+            &["Patient", "Practitioner", "Group", "Device"],
+        ),
+        PATIENT_PART,
     ),
     p("date", Date, &["date"]),
     p("status", Token, &["status"]),
