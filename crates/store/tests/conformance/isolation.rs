@@ -90,6 +90,15 @@ async fn tenants_cannot_see_each_other(store: Arc<dyn Store>, _raw: &Raw) {
                 high: 10,
             }],
         }],
+        // A parameter with those it includes: a list of date parameters (`d.param IN (…)`).
+        vec![CandidateFilter::AnyDate {
+            params: strings(&["date", "birthdate"]),
+            conditions: vec![DateCondition {
+                prefix: DatePrefix::Eq,
+                low: 0,
+                high: 10,
+            }],
+        }],
         vec![CandidateFilter::Ids(strings(&["shared-id"]))],
         vec![CandidateFilter::LastUpdated(vec![DateCondition {
             prefix: DatePrefix::Ge,
@@ -108,6 +117,11 @@ async fn tenants_cannot_see_each_other(store: Arc<dyn Store>, _raw: &Raw) {
             ..query("Patient", filter.clone())
         };
         assert!(search_ids(&store, &scope_b, &by_date).await.is_empty());
+        let by_dates = CandidateQuery {
+            sort: SortBy::Date(strings(&["date", "birthdate"])),
+            ..query("Patient", filter.clone())
+        };
+        assert!(search_ids(&store, &scope_b, &by_dates).await.is_empty());
         // Tenant A sees its own resource through the same filter.
         assert_eq!(
             search_ids(&store, &scope_a, &query("Patient", filter.clone())).await,
