@@ -18,8 +18,8 @@ pub mod search;
 pub mod storage;
 pub mod verify;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -213,7 +213,10 @@ pub struct AuditTrail {
 #[derive(Clone)]
 enum Route {
     /// Through the group committer (the server).
-    Committer(mpsc::Sender<Pending>),
+    Committer {
+        sender: mpsc::Sender<Pending>,
+        gathering: Arc<Gathering>,
+    },
     /// Appended by the caller itself, one record at a time (benchmarks only).
     Inline(Arc<dyn AuditSink>),
 }
@@ -221,23 +224,57 @@ enum Route {
 /// The most records one shared commit carries.
 const MAX_BATCH: usize = 512;
 
-/// Under load, a small shared commit begins at most this long after the one before it.
+/// When the committer begins a shared commit.
+#[derive(Clone, Copy, Debug)]
+struct Pacing {
+    /// Under load, a small shared commit begins at most this long after the one before it.
+    interval: Duration,
+    /// A batch this large commits at once, interval or not.
+    enough: usize,
+}
+
 /// Committing as soon as anything waited made batches of 3 to 7 records when the server's two
 /// cores were busy with reads: thousands of commits a second, each costing the committer CPU
-/// (SQLite's commit, the fsync) and every SQLite reader its page cache. With the interval, over
-/// HTTP at 10,000 patients, reads by id ran 1.03–1.25× faster in alternated runs, p99 from 10–11
-/// to 8.3–9.3 ms, and the committer used about 37 % less CPU (bench/notes.md, "Pacing the group
-/// commit"). An idle server commits at once.
-const COMMIT_INTERVAL: Duration = Duration::from_micros(1_500);
+/// (the commit, the sync) and every SQLite reader its page cache. With an interval of 1.5 ms,
+/// over HTTP at 10,000 patients, reads by id ran 1.03–1.25× faster in alternated runs, p99 from
+/// 10–11 to 8.3–9.3 ms, and the committer used about 37 % less CPU (bench/notes.md, "Pacing the
+/// group commit"). An idle server commits at once.
+///
+/// A pause ends early once 32 records wait: on a machine fast enough to gather them sooner, the
+/// requests would otherwise wait out the interval with the cores idle. Measured at 100,000
+/// patients (bench/notes.md, thirteenth session), reads by id 0.386–0.393 × `/healthz` against
+/// 0.319–0.359 × when every pause ran its whole interval, searches unchanged.
+const PACING: Pacing = Pacing {
+    interval: Duration::from_micros(1_500),
+    enough: 32,
+};
 
-/// A batch this large commits at once, interval or not: the committer is then the stage the
-/// requests wait for, and waiting longer would only slow them.
-const SMALL_BATCH: usize = 16;
+/// What a sender needs to end the committer's pause: its thread, and how many records its
+/// batch already holds (the channel counts only those not yet taken).
+struct Gathering {
+    committer: OnceLock<std::thread::Thread>,
+    taken: AtomicUsize,
+    enough: usize,
+}
+
+impl Gathering {
+    /// Called after each send: wakes a pausing committer once its batch would be large enough.
+    /// Unparking a thread that is not parked costs an atomic swap, and makes its next park
+    /// return at once (the committer then counts again and parks anew).
+    fn sent(&self, sender: &mpsc::Sender<Pending>) {
+        let queued = sender.max_capacity() - sender.capacity();
+        if queued + self.taken.load(Ordering::Relaxed) >= self.enough
+            && let Some(committer) = self.committer.get()
+        {
+            committer.unpark();
+        }
+    }
+}
 
 impl AuditTrail {
     /// Starts the committer, appending to the store.
     pub fn start(store: Arc<dyn Store>) -> AuditTrail {
-        AuditTrail::with_committer(Arc::new(StoreSink(store)))
+        AuditTrail::with_committer(Arc::new(StoreSink(store)), PACING)
     }
 
     /// The committer runs on a thread of its own. On the server's runtime it would be one task
@@ -246,10 +283,16 @@ impl AuditTrail {
     /// for that commit waits with it. On its own thread the operating system runs it as soon as
     /// it wakes. It stops when the last [`AuditTrail`] is dropped; if it cannot start, every
     /// record fails and data is refused.
-    fn with_committer(sink: Arc<dyn AuditSink>) -> AuditTrail {
+    fn with_committer(sink: Arc<dyn AuditSink>, pacing: Pacing) -> AuditTrail {
         let (sender, receiver) = mpsc::channel::<Pending>(MAX_BATCH * 8);
         let healthy = Arc::new(AtomicBool::new(true));
         let committer_healthy = healthy.clone();
+        let gathering = Arc::new(Gathering {
+            committer: OnceLock::new(),
+            taken: AtomicUsize::new(0),
+            enough: pacing.enough,
+        });
+        let committer_gathering = gathering.clone();
         let started = std::thread::Builder::new()
             .name("audit-committer".to_owned())
             .spawn(move || {
@@ -258,7 +301,13 @@ impl AuditTrail {
                     .build()
                 {
                     Ok(runtime) => {
-                        runtime.block_on(run_committer(sink, receiver, committer_healthy));
+                        runtime.block_on(run_committer(
+                            sink,
+                            receiver,
+                            committer_healthy,
+                            &committer_gathering,
+                            pacing,
+                        ));
                     }
                     Err(error) => {
                         committer_healthy.store(false, Ordering::Relaxed);
@@ -266,12 +315,20 @@ impl AuditTrail {
                     }
                 }
             });
-        if let Err(error) = started {
-            healthy.store(false, Ordering::Relaxed);
-            tracing::error!(%error, "the audit committer thread could not start");
+        match started {
+            Ok(handle) => {
+                // Set before any record can be sent: the trail is not yet returned.
+                let _ = gathering.committer.set(handle.thread().clone());
+            }
+            Err(error) => {
+                // The receiver is dropped with the closure: every send fails, and data is
+                // refused.
+                healthy.store(false, Ordering::Relaxed);
+                tracing::error!(%error, "the audit committer thread could not start");
+            }
         }
         AuditTrail {
-            route: Route::Committer(sender),
+            route: Route::Committer { sender, gathering },
             healthy,
         }
     }
@@ -288,8 +345,8 @@ impl AuditTrail {
 
     /// Returns once the record is durable. An error means the caller must not release data.
     pub async fn record(&self, record: AuditRecord) -> Result<(), AuditUnavailable> {
-        let sender = match &self.route {
-            Route::Committer(sender) => sender,
+        let (sender, gathering) = match &self.route {
+            Route::Committer { sender, gathering } => (sender, gathering),
             Route::Inline(sink) => {
                 return sink
                     .append(std::slice::from_ref(&record))
@@ -302,6 +359,7 @@ impl AuditTrail {
             .send((record, done))
             .await
             .map_err(|_| AuditUnavailable("the audit committer has stopped".to_owned()))?;
+        gathering.sent(sender);
         match wait.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(AuditUnavailable(message)),
@@ -326,23 +384,35 @@ async fn run_committer(
     sink: Arc<dyn AuditSink>,
     mut receiver: mpsc::Receiver<Pending>,
     healthy: Arc<AtomicBool>,
+    gathering: &Gathering,
+    pacing: Pacing,
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     let mut last_commit: Option<Instant> = None;
     // Each commit takes everything that arrived while the last one was being written, and, under
-    // load, what arrives until [`COMMIT_INTERVAL`] has passed since the last commit began. A lone
-    // request (an idle server) is committed at once.
+    // load, what arrives until the interval has passed since the last commit began, or until
+    // enough records wait. A lone request (an idle server) is committed at once.
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        if let Some(pause) = pause_before_commit(last_commit, Instant::now(), batch.len()) {
-            // A plain sleep: Tokio's timer counts whole milliseconds, and this thread runs
-            // only the committer (and at most a database pool's housekeeping, delayed as long).
-            std::thread::sleep(pause);
-            while batch.len() < MAX_BATCH {
-                match receiver.try_recv() {
-                    Ok(pending) => batch.push(pending),
-                    Err(_) => break,
+        if let Some(pause) = pause_before_commit(pacing, last_commit, Instant::now(), batch.len()) {
+            // A plain park: Tokio's timer counts whole milliseconds, and this thread runs only
+            // the committer (and at most a database pool's housekeeping, delayed as long). A
+            // sender unparks it once enough records wait; a wake-up that finds fewer (an
+            // unpark left from before, or a spurious one) parks again until the pause is over.
+            let until = Instant::now() + pause;
+            loop {
+                gathering.taken.store(batch.len(), Ordering::Relaxed);
+                std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
+                while batch.len() < MAX_BATCH {
+                    match receiver.try_recv() {
+                        Ok(pending) => batch.push(pending),
+                        Err(_) => break,
+                    }
+                }
+                if batch.len() >= pacing.enough || Instant::now() >= until {
+                    break;
                 }
             }
+            gathering.taken.store(0, Ordering::Relaxed);
         }
         last_commit = Some(Instant::now());
         let (records, waiting): (Vec<AuditRecord>, Vec<_>) = batch.drain(..).unzip();
@@ -363,15 +433,16 @@ async fn run_committer(
 }
 
 /// How long a batch of `waiting` records found at `now` waits before its commit begins: until
-/// [`COMMIT_INTERVAL`] after the last commit began, unless the batch is already large or there
+/// the interval after the last commit began, unless the batch is already large enough or there
 /// was no commit before. `None`: commit at once.
 fn pause_before_commit(
+    pacing: Pacing,
     last_began: Option<Instant>,
     now: Instant,
     waiting: usize,
 ) -> Option<Duration> {
     let since = now.saturating_duration_since(last_began?);
-    (since < COMMIT_INTERVAL && waiting < SMALL_BATCH).then(|| COMMIT_INTERVAL - since)
+    (since < pacing.interval && waiting < pacing.enough).then(|| pacing.interval - since)
 }
 
 fn describe(error: &StoreError) -> String {
@@ -410,23 +481,29 @@ mod tests {
     fn a_small_batch_waits_out_the_interval_since_the_last_commit_began() {
         let began = Instant::now();
         let at = |micros: u64| began + Duration::from_micros(micros);
-        assert_eq!(pause_before_commit(None, at(0), 1), None);
+        assert_eq!(pause_before_commit(PACING, None, at(0), 1), None);
         assert_eq!(
-            pause_before_commit(Some(began), at(0), 1),
-            Some(COMMIT_INTERVAL)
+            pause_before_commit(PACING, Some(began), at(0), 1),
+            Some(PACING.interval)
         );
         assert_eq!(
-            pause_before_commit(Some(began), at(400), SMALL_BATCH - 1),
-            Some(COMMIT_INTERVAL - Duration::from_micros(400))
+            pause_before_commit(PACING, Some(began), at(400), PACING.enough - 1),
+            Some(PACING.interval - Duration::from_micros(400))
         );
-        for late in [COMMIT_INTERVAL, COMMIT_INTERVAL + Duration::from_micros(1)] {
-            assert_eq!(pause_before_commit(Some(began), began + late, 1), None);
+        for late in [PACING.interval, PACING.interval + Duration::from_micros(1)] {
+            assert_eq!(
+                pause_before_commit(PACING, Some(began), began + late, 1),
+                None
+            );
         }
-        assert_eq!(pause_before_commit(Some(began), at(400), SMALL_BATCH), None);
+        assert_eq!(
+            pause_before_commit(PACING, Some(began), at(400), PACING.enough),
+            None
+        );
         // Every pause ends exactly the interval after the last commit began.
         for micros in [0, 1, 700, 1_499] {
-            let pause = pause_before_commit(Some(began), at(micros), 1).unwrap_or_default();
-            assert_eq!(at(micros) + pause, began + COMMIT_INTERVAL, "{micros} µs");
+            let pause = pause_before_commit(PACING, Some(began), at(micros), 1).unwrap_or_default();
+            assert_eq!(at(micros) + pause, began + PACING.interval, "{micros} µs");
         }
     }
 
@@ -440,7 +517,7 @@ mod tests {
     async fn small_commits_one_after_another_begin_at_least_the_interval_apart()
     -> Result<(), Box<dyn std::error::Error>> {
         let sink = Arc::new(Recording::default());
-        let trail = AuditTrail::with_committer(sink.clone());
+        let trail = AuditTrail::with_committer(sink.clone(), PACING);
         let mut sent = Vec::new();
         for _ in 0..4 {
             sent.push(Instant::now());
@@ -455,10 +532,117 @@ mod tests {
         for (previous_sent, (seen, _)) in sent.iter().zip(appends.iter().skip(1)) {
             let gap = seen.duration_since(*previous_sent);
             assert!(
-                gap >= COMMIT_INTERVAL,
+                gap >= PACING.interval,
                 "a commit {gap:?} after the record before it"
             );
         }
+        Ok(())
+    }
+
+    /// A pause ends as soon as enough records wait, and not before: seven records of a pacing
+    /// that wants eight wait out (here) a minute's interval, and the eighth sends all eight
+    /// into one commit at once. Without the wake-up the eight would wait the minute and the
+    /// test would time out.
+    #[tokio::test]
+    async fn a_pause_ends_once_enough_records_wait() -> Result<(), Box<dyn std::error::Error>> {
+        let pacing = Pacing {
+            interval: Duration::from_secs(60),
+            enough: 8,
+        };
+        let sink = Arc::new(Recording::default());
+        let trail = AuditTrail::with_committer(sink.clone(), pacing);
+        // The first commit begins at once; the next small one pauses.
+        trail.record(record("read")).await?;
+        let waiting: Vec<_> = (0..pacing.enough - 1)
+            .map(|_| {
+                let trail = trail.clone();
+                tokio::spawn(async move { trail.record(record("read")).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            waiting.iter().all(|task| !task.is_finished()),
+            "fewer records than enough ended the pause"
+        );
+        let last = Duration::from_secs(20);
+        tokio::time::timeout(last, trail.record(record("read"))).await??;
+        for task in waiting {
+            tokio::time::timeout(last, task).await???;
+        }
+        let appends = sink.0.lock().map_err(|_| "poisoned")?.clone();
+        assert_eq!(
+            appends.iter().map(|(_, count)| *count).collect::<Vec<_>>(),
+            vec![1, pacing.enough]
+        );
+        Ok(())
+    }
+
+    /// Notes each append as it begins, then holds the committer's thread `.1` long: a commit
+    /// in progress, during which records queue.
+    struct Slow(Arc<Recording>, Duration);
+
+    #[async_trait]
+    impl AuditSink for Slow {
+        async fn append(&self, records: &[AuditRecord]) -> StoreResult<()> {
+            self.0.append(records).await?;
+            std::thread::sleep(self.1);
+            Ok(())
+        }
+    }
+
+    /// A wake-up that finds too few records parks again. Eight records sent during one commit
+    /// wake the committer while it is not parked, which leaves its next park to return at once;
+    /// three records sent during the next commit then find that wake-up, and must still wait
+    /// for five more (or the interval) rather than commit on their own.
+    #[tokio::test]
+    async fn a_wake_up_that_finds_too_few_records_parks_again()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let pacing = Pacing {
+            interval: Duration::from_secs(60),
+            enough: 8,
+        };
+        let commit = Duration::from_millis(600);
+        let recording = Arc::new(Recording::default());
+        let trail = AuditTrail::with_committer(Arc::new(Slow(recording.clone(), commit)), pacing);
+        let send = |count: usize| -> Vec<_> {
+            (0..count)
+                .map(|_| {
+                    let trail = trail.clone();
+                    tokio::spawn(async move { trail.record(record("read")).await })
+                })
+                .collect()
+        };
+        let start = tokio::time::Instant::now();
+        let first = send(1);
+        tokio::time::sleep_until(start + commit / 3).await;
+        let during_first = send(pacing.enough);
+        tokio::time::sleep_until(start + commit + commit / 3).await;
+        let during_second = send(3);
+        tokio::time::sleep_until(start + commit * 2 + commit / 2).await;
+        let counts = |recording: &Recording| -> Result<Vec<usize>, &'static str> {
+            Ok(recording
+                .0
+                .lock()
+                .map_err(|_| "poisoned")?
+                .iter()
+                .map(|(_, count)| *count)
+                .collect())
+        };
+        assert_eq!(
+            counts(&recording)?,
+            vec![1, pacing.enough],
+            "three committed alone"
+        );
+        let last = send(pacing.enough - 3);
+        for task in first
+            .into_iter()
+            .chain(during_first)
+            .chain(during_second)
+            .chain(last)
+        {
+            tokio::time::timeout(Duration::from_secs(20), task).await???;
+        }
+        assert_eq!(counts(&recording)?, vec![1, pacing.enough, pacing.enough]);
         Ok(())
     }
 }
