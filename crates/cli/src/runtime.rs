@@ -205,7 +205,7 @@ impl Runtime {
 
     /// The server's state.
     pub fn server_state(&self, services: &Services) -> carevault_server::ServerState {
-        carevault_server::ServerState {
+        carevault_server::ServerState::new(carevault_server::StateParts {
             records: services.records.clone(),
             authority: services.authority.clone(),
             identity: services.identity.clone(),
@@ -213,7 +213,7 @@ impl Runtime {
             audit: services.audit.clone(),
             clock: self.clock.clone(),
             base_url: self.config.public_url(),
-        }
+        })
     }
 
     /// Serves the API on `listener` until `shutdown` completes, signing audit checkpoints
